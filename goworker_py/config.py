@@ -1,0 +1,260 @@
+"""Configuration: dataclasses, TOML files and ``GOWORKER_*`` environment overrides.
+
+A TOML file mirrors the dataclasses::
+
+    shutdown_timeout = 20
+    timezone = "Europe/Berlin"
+    misfire_policy = "skip"
+
+    [logger]
+    level = "INFO"
+    sink = "/var/log/myworker.log"
+    rotation = "100 MB"
+
+    [discovery]
+    hosts = "zk1:2181,zk2:2181,zk3:2181"
+    session_timeout = 10
+
+Every key can be overridden from the environment: ``GOWORKER_SHUTDOWN_TIMEOUT=5``,
+``GOWORKER_LOGGER_LEVEL=DEBUG``, ``GOWORKER_DISCOVERY_HOSTS=...``. Unknown keys and values
+of the wrong type are errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from goworker_py.errors import ConfigError, ConfigFileError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+MISFIRE_POLICIES = ("skip", "run_once")
+_ENV_PREFIX = "GOWORKER_"
+
+
+@dataclass
+class LoggerConfig:
+    """How goworker-py's (and your handlers') log lines are written, through loguru.
+
+    ``sink`` is ``"stderr"``, ``"stdout"`` or a file path; ``rotation`` and ``retention`` are
+    loguru's (``"100 MB"``, ``"1 day"``, ``"7 days"``); ``serialize`` writes JSON lines.
+    """
+
+    level: str = "INFO"
+    sink: str = "stderr"
+    rotation: str | None = None
+    retention: str | None = None
+    serialize: bool = False
+    format: str | None = None
+    colorize: bool | None = None
+    #: Write from a background thread (safe across processes, never blocks a run on I/O).
+    enqueue: bool = False
+
+
+@dataclass
+class DiscoveryConfig:
+    """Where the cluster's members find each other (the seed's ``WorkerDiscoveryConfig``).
+
+    ``hosts`` is a ZooKeeper connection string (``"zk1:2181,zk2:2181"``, optionally with a
+    chroot ``"/path"``); timeouts are seconds; ``auth_user``/``auth_password`` enable digest
+    authentication and ACL-protected nodes.
+    """
+
+    protocol: str = "zookeeper"
+    hosts: str = ""
+    connect_timeout: float = 10.0
+    session_timeout: float = 10.0
+    namespace: str = "goworker"
+    auth_user: str | None = None
+    auth_password: str | None = None
+    use_ssl: bool = False
+    certfile: str | None = None
+    keyfile: str | None = None
+    ca: str | None = None
+    verify_certs: bool = True
+
+
+@dataclass
+class WorkerConfig:
+    """Settings of a worker that are not about its handler (the seed's ``WorkerConfig``).
+
+    ``logger=None`` leaves logging alone (the application configures loguru); give a
+    :class:`LoggerConfig` and the worker calls :func:`~goworker_py.configure_logging` with it.
+    """
+
+    logger: LoggerConfig | None = None
+    discovery: DiscoveryConfig | None = None
+    #: Seconds an in-flight step gets to return after cancellation before it is abandoned.
+    shutdown_timeout: float = 30.0
+    #: IANA zone for schedules without a ``TZ=`` prefix; ``None`` is the machine's local zone.
+    timezone: str | None = None
+    #: What to do with fire times that passed while a run was still going: "skip" or "run_once".
+    misfire_policy: str = "skip"
+
+    def __post_init__(self) -> None:
+        check_worker_config(self)
+
+
+def check_worker_config(config: WorkerConfig) -> None:
+    """Raise :class:`ConfigError` if a value of ``config`` is out of range."""
+    timeout = config.shutdown_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ConfigError(f"shutdown_timeout must be a number of seconds >= 0, got {timeout!r}")
+    if config.misfire_policy not in MISFIRE_POLICIES:
+        raise ConfigError(
+            f"misfire_policy must be one of {', '.join(MISFIRE_POLICIES)}, "
+            f"got {config.misfire_policy!r}"
+        )
+
+
+def default_worker_config() -> WorkerConfig:
+    """The defaults (the seed's ``DefaultWorkerConfig``): logging untouched, local mode."""
+    return WorkerConfig()
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type[Any]] = {"logger": LoggerConfig, "discovery": DiscoveryConfig}
+
+
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> WorkerConfig:
+    """Read a :class:`WorkerConfig` from a TOML file, then apply ``GOWORKER_*`` overrides.
+
+    Raises :class:`ConfigFileError` naming the file and the key for anything wrong.
+    """
+    source = Path(path)
+    try:
+        with source.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigFileError(f"config file {source} does not exist") from exc
+    except OSError as exc:
+        raise ConfigFileError(f"config file {source} cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"config file {source} is not valid TOML: {exc}") from exc
+    _apply_environment(raw, os.environ if environ is None else environ, source)
+    return config_from_mapping(raw, str(source))
+
+
+def config_from_mapping(raw: Mapping[str, Any], origin: str = "<mapping>") -> WorkerConfig:
+    """Build a :class:`WorkerConfig` from a dict shaped like the TOML file."""
+    top = _fields(WorkerConfig)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in top:
+            raise ConfigFileError(
+                f"{origin}: unknown key {key!r} (known: {', '.join(sorted(top))})"
+            )
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigFileError(f"{origin}: {key!r} must be a table ([{key}])")
+            values[key] = _build(_SECTIONS[key], value, f"{origin}: [{key}]")
+        else:
+            values[key] = _coerce(value, top[key], f"{origin}: key {key!r}")
+    try:
+        return WorkerConfig(**values)
+    except ConfigError as exc:
+        raise ConfigFileError(f"{origin}: {exc}") from exc
+
+
+def _build(kind: type[Any], raw: Mapping[str, Any], where: str) -> Any:
+    known = _fields(kind)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigFileError(
+                f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})"
+            )
+        values[key] = _coerce(value, known[key], f"{where} key {key!r}")
+    return kind(**values)
+
+
+def _fields(kind: type[Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(kind)
+    return {f.name: hints[f.name] for f in dataclasses.fields(kind)}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the field's type (ints are accepted where floats are expected)."""
+    allowed = _allowed_types(hint)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and (int in allowed or float in allowed):
+        return value if int in allowed else float(value)
+    elif isinstance(value, (float, str)) and type(value) in allowed:
+        return value
+    names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+    raise ConfigFileError(f"{where} must be {names}, got {type(value).__name__} {value!r}")
+
+
+def _allowed_types(hint: Any) -> tuple[type[Any], ...]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(arg for arg in typing.get_args(hint) if isinstance(arg, type))
+    if dataclasses.is_dataclass(hint):
+        return (dict,)
+    return (hint,) if isinstance(hint, type) else (object,)
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], source: Path) -> None:
+    """Fold ``GOWORKER_<KEY>`` and ``GOWORKER_<SECTION>_<KEY>`` variables into ``raw``."""
+    for name, text in environ.items():
+        if not name.startswith(_ENV_PREFIX):
+            continue
+        key = name[len(_ENV_PREFIX) :].lower()
+        target, field_name, hint = _env_target(raw, key)
+        if target is None:
+            raise ConfigFileError(f"environment variable {name} matches no config key")
+        target[field_name] = _parse_env(text, hint, name)
+
+
+def _env_target(raw: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str, Any]:
+    top = _fields(WorkerConfig)
+    for section, kind in _SECTIONS.items():
+        if key.startswith(section + "_"):
+            field_name = key[len(section) + 1 :]
+            fields = _fields(kind)
+            if field_name in fields:
+                table = raw.setdefault(section, {})
+                return table, field_name, fields[field_name]
+    if key in top and key not in _SECTIONS:
+        return raw, key, top[key]
+    return None, key, None
+
+
+def _parse_env(text: str, hint: Any, name: str) -> Any:
+    allowed = _allowed_types(hint)
+    if type(None) in allowed and text.strip().lower() in ("", "none", "null"):
+        return None
+    if bool in allowed:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigFileError(f"environment variable {name} must be true or false, got {text!r}")
+    for kind in (int, float):
+        if kind in allowed:
+            try:
+                return kind(text)
+            except ValueError:
+                raise ConfigFileError(
+                    f"environment variable {name} must be a number, got {text!r}"
+                ) from None
+    return text

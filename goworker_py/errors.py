@@ -1,0 +1,105 @@
+"""The exception tree of goworker-py.
+
+Everything the library raises derives from :class:`GoWorkerError`, so ``except GoWorkerError``
+catches all of it. Bad input is a :class:`ConfigError` (raised at construction or at
+``Worker.run()``, before any thread starts); a run-once worker whose run gave up makes
+``Worker.wait()`` raise :class:`RunFailed`; each step that exhausts its retries reports one
+:class:`AttemptsExhausted` to the handler's ``error_message``.
+"""
+
+from __future__ import annotations
+
+
+class GoWorkerError(Exception):
+    """Root of every exception goworker-py raises."""
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+class ConfigError(GoWorkerError, ValueError):
+    """Invalid configuration or argument; the message says what to fix."""
+
+
+class InvalidScheduleError(ConfigError):
+    """A schedule expression that cannot be parsed, or that can never fire."""
+
+
+class InvalidHandlerError(ConfigError):
+    """Something passed as a handler that is not one (no callable ``do``)."""
+
+
+class InvalidParamsError(ConfigError):
+    """A malformed ``params`` string (the format is ``"0=a,1=b"``)."""
+
+
+class ConfigFileError(ConfigError):
+    """A configuration file that cannot be read or holds a bad key or value."""
+
+
+class DiscoveryError(ConfigError):
+    """Discovery is misconfigured: unknown protocol, missing hosts, bad credentials."""
+
+
+# -- cluster --------------------------------------------------------------------------------------
+
+
+class ClusterError(GoWorkerError):
+    """Cluster mode could not start or keep going."""
+
+
+class ZooKeeperUnavailable(ClusterError):
+    """ZooKeeper could not be reached within the connect timeout."""
+
+
+class ServiceConfigConflict(ClusterError, ConfigError):
+    """This instance's service settings disagree with the ones stored in ZooKeeper."""
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+class TryAgain(GoWorkerError):
+    """Raise from a step to run it again at once without counting an attempt.
+
+    The seed's ``ErrTryAgain``. The step is re-run immediately (unless the worker is
+    stopping); ``error_message`` is not called and the retry policy is not consulted.
+    """
+
+
+class AttemptsExhausted(GoWorkerError):
+    """A step failed and the retry policy gave up (or the error is non-retryable).
+
+    Reported once per failed step to ``error_message``, after the error of each attempt.
+    """
+
+    def __init__(self, step: str, attempts: int, last_error: BaseException, reason: str) -> None:
+        self.step = step
+        self.attempts = attempts
+        self.last_error = last_error
+        self.reason = reason
+        super().__init__(
+            f"{step}: gave up after {attempts} attempt{'s' if attempts != 1 else ''} "
+            f"({reason}); last error: {last_error!r}"
+        )
+
+
+class RunFailed(GoWorkerError):
+    """Raised by ``Worker.wait()`` when a run-once worker's run gave up.
+
+    ``last_error`` is the exception of the last failed attempt; ``errors`` maps each failed
+    shard index to its last error (local mode with several shards can fail on more than one).
+    """
+
+    def __init__(self, last_error: BaseException, errors: dict[int, BaseException]) -> None:
+        self.last_error = last_error
+        self.errors = dict(errors)
+        shards = ", ".join(str(s) for s in sorted(self.errors))
+        super().__init__(f"run failed on shard(s) {shards}: {last_error!r}")
+
+
+class RunCancelled(BaseException):
+    """Raised by ``Context.raise_if_cancelled()`` to leave a step because the run was cancelled.
+
+    Derives from ``BaseException`` so that ``except Exception`` in handler code cannot swallow it.
+    """

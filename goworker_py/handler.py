@@ -1,0 +1,191 @@
+"""The handler a user writes, and the context each of its runs receives.
+
+A handler implements ``do`` and optionally ``before``, ``after``, ``error_message`` and
+``watch``. Per run the order is ``watch`` → ``before`` → ``do`` → ``after``; a step that fails
+(after its retries) skips the steps after it. Once a run is cancelled ``do`` is not started,
+but ``after`` still runs when ``before`` succeeded and ``do`` did not fail, so resources that
+``before`` acquired are released.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from goworker_py.errors import InvalidHandlerError, RunCancelled
+from goworker_py.instance import WatchInfo, WorkerInstance
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from goworker_py.clock import Clock
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The shard a run serves: its ``index`` of ``total`` and its ``param`` from ``params``."""
+
+    index: int
+    total: int
+    param: str = ""
+
+
+class Context:
+    """Everything one run knows about itself. A new context is made for every run.
+
+    Long ``do`` loops (message-queue consumers) poll :attr:`cancelled` or sleep with
+    :meth:`wait`, which returns early when the run is cancelled.
+    """
+
+    __slots__ = (
+        "_clock",
+        "attempt",
+        "event",
+        "fencing_token",
+        "instance",
+        "is_failover",
+        "logger",
+        "params",
+        "run_id",
+        "scheduled_time",
+        "shard",
+        "step",
+        "worker_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        scheduled_time: datetime,
+        shard: Shard,
+        params: str,
+        instance: WorkerInstance,
+        logger: Logger,
+        event: threading.Event,
+        clock: Clock,
+        worker_name: str = "",
+        fencing_token: int | None = None,
+        is_failover: bool = False,
+    ) -> None:
+        #: Unique id of this run (also in every log line of the run).
+        self.run_id = run_id
+        #: The fire time this run serves (the start time for a run-once worker).
+        self.scheduled_time = scheduled_time
+        #: This run's shard: index, total and param.
+        self.shard = shard
+        #: The worker's raw ``params`` string.
+        self.params = params
+        #: The instance running this run, as seen from this shard's thread.
+        self.instance = instance
+        #: A loguru logger bound with worker, service, shard and run ids.
+        self.logger = logger
+        #: Set when the run is cancelled (worker stopping, shard moving, session lost).
+        self.event = event
+        #: Cluster mode: the shard claim's fencing token, increasing with each new owner.
+        self.fencing_token = fencing_token
+        #: True when this run re-runs a run interrupted on a dead instance (failover).
+        self.is_failover = is_failover
+        #: 1-based attempt number of the current step.
+        self.attempt = 1
+        #: Name of the step being run: "before", "do" or "after".
+        self.step = ""
+        #: Name of the worker this run belongs to.
+        self.worker_name = worker_name
+        self._clock = clock
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run has been cancelled."""
+        return self.event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, returning early if the run is cancelled.
+
+        Returns True if the run was cancelled (like ``threading.Event.wait``).
+        """
+        return self._clock.wait(self.event, max(seconds, 0.0))
+
+    def raise_if_cancelled(self) -> None:
+        """Leave the current step by raising :class:`RunCancelled` if the run was cancelled."""
+        if self.event.is_set():
+            raise RunCancelled(f"run {self.run_id} cancelled")
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(run_id={self.run_id!r}, shard={self.shard.index}/{self.shard.total}, "
+            f"scheduled_time={self.scheduled_time.isoformat()}, attempt={self.attempt})"
+        )
+
+
+class Handler:
+    """Base class of a worker's handler; override :meth:`do` and any of the optional hooks.
+
+    Pass the **class** to ``Worker`` to get a fresh instance per run (state set in ``before``
+    is visible in ``do`` and ``after`` of the same run and never leaks into the next), or an
+    **instance** to reuse it for every run (its methods then run on several shard threads at
+    once when the worker has several shards).
+    """
+
+    def before(self, ctx: Context) -> None:
+        """Prepare the run; raising fails the step (retried by the policy). Default: nothing."""
+
+    def do(self, ctx: Context) -> None:
+        """The work of one run. Must be overridden."""
+        raise NotImplementedError(f"{type(self).__name__}.do() is not implemented")
+
+    def after(self, ctx: Context) -> None:
+        """Finish the run; runs only when ``before`` succeeded and ``do`` did not fail."""
+
+    def error_message(self, ctx: Context, err: BaseException) -> None:
+        """Receive every error of the run, in order, on the run's thread. Default: log it."""
+        ctx.logger.opt(exception=err).error("{} failed: {!r}", ctx.step or "run", err)
+
+    # ``watch(info: WatchInfo) -> None`` is optional: define it to be told before each run
+    # and whenever membership or ownership changes. It is not defined here so that the
+    # worker can tell whether a handler wants it.
+
+
+def validate_handler(handler: Any) -> None:
+    """Raise :class:`InvalidHandlerError` unless ``handler`` is a usable handler class or instance.
+
+    A handler is a :class:`Handler` subclass (or instance) that overrides ``do``, or any class
+    or object with a callable ``do``; ``before``, ``after``, ``error_message`` and ``watch``, if
+    present, must be callable too.
+    """
+    target = handler
+    if isinstance(handler, type):
+        if issubclass(handler, Handler) and handler.do is Handler.do:
+            raise InvalidHandlerError(f"handler class {handler.__name__} must override do(ctx)")
+    elif isinstance(handler, Handler) and type(handler).do is Handler.do:
+        raise InvalidHandlerError(f"handler {type(handler).__name__} must override do(ctx)")
+    if handler is None or isinstance(handler, (str, bytes, int, float, bool)):
+        raise InvalidHandlerError(
+            f"handler must be a Handler subclass or instance with a do(ctx) method, got {handler!r}"
+        )
+    if not callable(getattr(target, "do", None)):
+        raise InvalidHandlerError(
+            f"handler must be a Handler subclass or instance with a do(ctx) method, got {handler!r}"
+        )
+    for hook in ("before", "after", "error_message", "watch"):
+        value = getattr(target, hook, None)
+        if value is not None and not callable(value):
+            raise InvalidHandlerError(f"handler attribute {hook!r} must be a method, got {value!r}")
+    if isinstance(handler, type):
+        try:
+            inspect.signature(handler).bind()
+        except TypeError as exc:
+            raise InvalidHandlerError(
+                f"handler class {handler.__name__} must be constructible without arguments "
+                f"(a fresh instance is made per run): {exc}; pass an instance instead"
+            ) from exc
+
+
+def watch_info(
+    instance: WorkerInstance, param: str, members: tuple[WorkerInstance, ...]
+) -> WatchInfo:
+    """Build the :class:`WatchInfo` for one shard thread."""
+    return WatchInfo(current_instance=instance, param=param, cluster_instances=members)

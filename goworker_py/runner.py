@@ -1,0 +1,332 @@
+"""One shard's dedicated thread: waits for fire times and performs runs.
+
+A :class:`ShardRunner` owns one shard of one worker. With a schedule it sleeps until each fire
+time (an interruptible ``Event.wait`` against the wall clock, recomputed from the previous fire
+time so it never drifts) and performs one run per fire time; runs of one shard never overlap.
+Fire times that pass while a run is still going are *misfires*, handled by the worker's
+misfire policy: ``skip`` (default) drops them and logs once, ``run_once`` runs once at once.
+Without a schedule it performs a single run.
+
+A run is ``watch`` → ``before`` → ``do`` → ``after``, each step under the retry policy
+(:class:`~goworker_py.retry.StepRetrier`); every error goes to ``error_message`` synchronously,
+on this thread, in order.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+from typing import TYPE_CHECKING, Any, Protocol
+
+from goworker_py.errors import AttemptsExhausted
+from goworker_py.handler import Context, Shard
+from goworker_py.instance import WatchInfo, WorkerInstance
+from goworker_py.retry import RetryPolicy, StepRetrier
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from goworker_py.clock import Clock
+    from goworker_py.schedule import Schedule
+
+#: Longest single sleep: a wall clock stepped forward while we sleep is noticed this soon.
+MAX_SLEEP = 30.0
+#: Misfires counted one by one up to this many; beyond, the schedule restarts from now.
+_MAX_MISFIRES_COUNTED = 10_000
+_STEPS = ("before", "do", "after")
+
+
+@dataclass
+class RunResult:
+    """How one run ended."""
+
+    run_id: str
+    ok: bool
+    cancelled: bool = False
+    error: BaseException | None = None
+    failed_step: str = ""
+
+
+@dataclass
+class RunTicket:
+    """What the host grants a run that may start: its fencing token and failover flag."""
+
+    fencing_token: int | None = None
+    is_failover: bool = False
+    scheduled_time: datetime | None = None
+
+
+class ShardHost(Protocol):
+    """What a shard runner needs from the worker that owns it (local or cluster mode)."""
+
+    def instance_for(self, shard_index: int) -> WorkerInstance:
+        """This instance, as seen from ``shard_index``'s thread."""
+
+    def members(self) -> tuple[WorkerInstance, ...]:
+        """The live members of the service."""
+
+    def begin_run(self, runner: ShardRunner, fire_time: datetime) -> RunTicket | None:
+        """Called before a run; ``None`` means the run must not start (not owner, unhealthy)."""
+
+    def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
+        """Called after a run, whatever its outcome."""
+
+    def runner_exited(self, runner: ShardRunner) -> None:
+        """Called once, on the runner's thread, when it stops for good."""
+
+
+@dataclass
+class RunSettings:
+    """Everything about a worker that its shard runners share."""
+
+    worker_name: str
+    service: str
+    handler_factory: Callable[[], Any]
+    retry_policy: RetryPolicy
+    schedule: Schedule | None
+    zone: tzinfo
+    params: str
+    params_map: dict[int, str]
+    total: int
+    clock: Clock
+    misfire_policy: str
+    logger: Logger
+    wants_watch: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ShardRunner:
+    """The thread of one shard of one worker."""
+
+    def __init__(self, settings: RunSettings, shard_index: int, host: ShardHost) -> None:
+        self.settings = settings
+        self.shard = Shard(shard_index, settings.total, settings.params_map.get(shard_index, ""))
+        self.host = host
+        self.logger = settings.logger.bind(shard=shard_index)
+        self.result: RunResult | None = None
+        self.runs = 0
+        self._stop = threading.Event()
+        self._run_event: threading.Event | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._main,
+            name=f"goworker:{settings.worker_name}:shard-{shard_index}",
+            daemon=True,
+        )
+
+    # -- control, from any thread -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the shard's thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to stop: no new run starts; the in-flight run is cancelled."""
+        with self._lock:
+            self._stop.set()
+            if self._run_event is not None:
+                self._run_event.set()
+
+    def cancel_run(self) -> bool:
+        """Cancel the in-flight run only (the shard keeps its schedule); False if none."""
+        with self._lock:
+            if self._run_event is None:
+                return False
+            self._run_event.set()
+            return True
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; return True if it did."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    @property
+    def in_run(self) -> bool:
+        """True while a run is in flight."""
+        return self._run_event is not None
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            if self.settings.schedule is None:
+                self.result = self.execute(self._now())
+            else:
+                self._scheduled_loop(self.settings.schedule)
+        except BaseException as exc:  # noqa: BLE001 - a dying shard thread must be reported
+            self.logger.opt(exception=exc).critical("shard thread crashed: {!r}", exc)
+            self.result = RunResult(run_id="", ok=False, error=exc, failed_step="framework")
+        finally:
+            self.host.runner_exited(self)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.settings.clock.time(), timezone.utc).astimezone(
+            self.settings.zone
+        )
+
+    def _scheduled_loop(self, schedule: Schedule) -> None:
+        fire = schedule.next_after(self._now())
+        while fire is not None and self._sleep_until(fire):
+            self.execute(fire)
+            fire = self._next_fire(schedule, fire)
+        if fire is None and not self._stop.is_set():
+            self.logger.info("schedule {!r} has no further fire time", schedule.expression)
+
+    def _sleep_until(self, fire: datetime) -> bool:
+        """Sleep until ``fire``; False if stopped first."""
+        clock, target = self.settings.clock, fire.timestamp()
+        while not self._stop.is_set():
+            remaining = target - clock.time()
+            if remaining <= 0:
+                return True
+            clock.wait(self._stop, min(remaining, MAX_SLEEP))
+        return False
+
+    def _next_fire(self, schedule: Schedule, previous: datetime) -> datetime | None:
+        """The fire time after ``previous``, applying the misfire policy to those already past."""
+        upcoming = schedule.next_after(previous)
+        now = self.settings.clock.time()
+        if upcoming is None or upcoming.timestamp() > now:
+            return upcoming
+        missed, latest = 0, upcoming
+        while upcoming is not None and upcoming.timestamp() <= now:
+            missed, latest = missed + 1, upcoming
+            if missed >= _MAX_MISFIRES_COUNTED:
+                upcoming = schedule.next_after(self._now())
+                break
+            upcoming = schedule.next_after(upcoming)
+        if self.settings.misfire_policy == "run_once":
+            self.logger.warning(
+                "run overran {} fire time(s); running once now for {}", missed, latest.isoformat()
+            )
+            return latest
+        self.logger.warning(
+            "run overran: skipped {} fire time(s) up to {}; next at {}",
+            missed,
+            latest.isoformat(),
+            upcoming.isoformat() if upcoming else "never",
+        )
+        return upcoming
+
+    # -- one run ------------------------------------------------------------------------------
+
+    def execute(self, fire_time: datetime) -> RunResult:
+        """Perform one run for ``fire_time`` on the calling thread."""
+        settings = self.settings
+        ticket = self.host.begin_run(self, fire_time)
+        if ticket is None:
+            return RunResult(run_id="", ok=False, cancelled=True)
+        run_id = uuid.uuid4().hex[:16]
+        event = threading.Event()
+        with self._lock:
+            if self._stop.is_set():
+                event.set()
+            self._run_event = event
+        instance = self.host.instance_for(self.shard.index)
+        ctx = Context(
+            run_id=run_id,
+            scheduled_time=ticket.scheduled_time or fire_time,
+            shard=self.shard,
+            params=settings.params,
+            instance=instance,
+            logger=self.logger.bind(run=run_id),
+            event=event,
+            clock=settings.clock,
+            worker_name=settings.worker_name,
+            fencing_token=ticket.fencing_token,
+            is_failover=ticket.is_failover,
+        )
+        result = RunResult(run_id=run_id, ok=False)
+        try:
+            result = self._perform(ctx)
+        finally:
+            with self._lock:
+                self._run_event = None
+            self.runs += 1
+            self.host.end_run(self, ctx, result)
+        return result
+
+    def _perform(self, ctx: Context) -> RunResult:
+        settings = self.settings
+        handler = settings.handler_factory()
+        ctx.logger.debug("run started for {}", ctx.scheduled_time.isoformat())
+        if settings.wants_watch:
+            self._call_watch(handler, ctx)
+        for step in _STEPS:
+            if ctx.event.is_set() and step != "after":
+                ctx.logger.info("run cancelled before {}", step)
+                return RunResult(ctx.run_id, ok=False, cancelled=True)
+            method = getattr(handler, step, None)
+            if method is None:
+                continue
+            ctx.step = step
+            outcome = StepRetrier(
+                policy=settings.retry_policy,
+                call=functools.partial(method, ctx),
+                report=lambda err: self._report(handler, ctx, err),
+                set_attempt=lambda attempt: setattr(ctx, "attempt", attempt),
+                cancelled=ctx.event.is_set,
+                sleep=ctx.wait,
+            ).run()
+            if outcome.ok:
+                continue
+            if outcome.reason == "cancelled":
+                ctx.logger.info("run cancelled during {}", step)
+                return RunResult(
+                    ctx.run_id, ok=False, cancelled=True, error=outcome.error, failed_step=step
+                )
+            assert outcome.error is not None
+            self._report(
+                handler,
+                ctx,
+                AttemptsExhausted(step, outcome.attempts, outcome.error, outcome.reason),
+            )
+            return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
+        ctx.logger.debug("run finished")
+        return RunResult(ctx.run_id, ok=True)
+
+    def _call_watch(self, handler: Any, ctx: Context) -> None:
+        info = WatchInfo(ctx.instance, self.shard.param, self.host.members())
+        try:
+            handler.watch(info)
+        except Exception as exc:  # noqa: BLE001 - a failing watch must not stop the run
+            ctx.logger.opt(exception=exc).error("watch() raised {!r}", exc)
+
+    def notify_watch(self) -> None:
+        """Call the handler's ``watch`` on this thread's behalf (membership or shards changed)."""
+        if not self.settings.wants_watch:
+            return
+        handler = self.settings.handler_factory()
+        info = WatchInfo(
+            self.host.instance_for(self.shard.index), self.shard.param, self.host.members()
+        )
+        try:
+            handler.watch(info)
+        except Exception as exc:  # noqa: BLE001
+            self.logger.opt(exception=exc).error("watch() raised {!r}", exc)
+
+    def _report(self, handler: Any, ctx: Context, err: BaseException) -> None:
+        report = getattr(handler, "error_message", None)
+        if report is None:
+            ctx.logger.error("{} failed: {!r}", ctx.step, err)
+            return
+        try:
+            report(ctx, err)
+        except Exception as exc:  # noqa: BLE001 - spec: logged and swallowed
+            ctx.logger.opt(exception=exc).error("error_message() raised {!r}", exc)

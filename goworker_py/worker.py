@@ -1,0 +1,382 @@
+"""The worker: a handler given a lifecycle, a schedule, retries and graceful shutdown.
+
+``Worker(...).run()`` validates everything (raising a :class:`~goworker_py.errors.ConfigError`
+before any thread starts), starts one dedicated thread per owned shard plus one supervisor
+thread, and returns at once. ``wait()`` blocks until the worker ends and says how; ``cancel()``
+stops it gracefully from any thread.
+
+States (the seed's four): ``INITIALIZED`` → ``PENDING`` (validated, starting) → ``RUNNING``
+(shard threads up) → ``SHUTDOWN`` (ended; ``wait()`` returns).
+
+Shutdown order: no new run starts; retry waits are interrupted; the in-flight step sees
+``ctx.cancelled`` and gets up to ``shutdown_timeout`` seconds to return; then the instance
+unregisters (cluster mode) and ``wait()`` returns. A handler that ignores cancellation past the
+timeout is reported in the log and left behind on its daemon thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from loguru import logger
+
+from goworker_py.clock import SYSTEM_CLOCK, Clock
+from goworker_py.config import WorkerConfig, check_worker_config, default_worker_config
+from goworker_py.errors import ConfigError, GoWorkerError, RunFailed
+from goworker_py.handler import Context, validate_handler
+from goworker_py.instance import WorkerInstance
+from goworker_py.logging import configure_logging, route_stdlib_logging
+from goworker_py.params import check_params_fit, resolve_cluster_parameter
+from goworker_py.retry import DefaultRetryPolicy, RetryPolicy, validate_retry_policy
+from goworker_py.runner import RunResult, RunSettings, RunTicket, ShardRunner
+from goworker_py.schedule import _zone, parse_schedule
+from goworker_py.signals import REGISTRY
+
+
+class Model(enum.IntEnum):
+    """Where a worker's shards come from (the seed's ``WorkerModel``)."""
+
+    #: One process owns every shard; no ZooKeeper.
+    LOCAL = 1
+    #: Instances of a service share its shards through ZooKeeper.
+    CLUSTER = 2
+
+
+class WorkerState(enum.IntEnum):
+    """A worker's lifecycle state (the seed's four)."""
+
+    INITIALIZED = 0
+    PENDING = 1
+    RUNNING = 2
+    SHUTDOWN = 3
+
+
+class ExitReason(enum.Enum):
+    """How a worker ended, as returned by :meth:`Worker.wait`."""
+
+    #: A run-once worker's runs finished (successfully: a failure raises ``RunFailed``).
+    COMPLETED = "completed"
+    #: ``cancel()`` was called.
+    CANCELLED = "cancelled"
+    #: SIGINT or SIGTERM arrived.
+    SIGNALLED = "signalled"
+    #: The worker's ``timeout`` elapsed (the seed's context deadline).
+    TIMED_OUT = "timed_out"
+
+
+class Worker:
+    """Runs a handler: once, or on a schedule; on every shard this process owns.
+
+    :param handler: a :class:`~goworker_py.Handler` subclass (a fresh instance per run) or an
+        instance (reused); anything else raises :class:`~goworker_py.errors.InvalidHandlerError`.
+    :param config: a :class:`~goworker_py.WorkerConfig`; ``None`` uses the defaults.
+    :param cron: a schedule (see :mod:`goworker_py.schedule`); ``None`` runs once.
+    :param retry_policy: ``None`` uses :class:`~goworker_py.DefaultRetryPolicy`.
+    :param model: :attr:`Model.LOCAL` or :attr:`Model.CLUSTER`.
+    :param service_name: the service's name (required in cluster mode).
+    :param sharding_total_count: number of shards (local mode owns them all).
+    :param params: per-shard parameters, ``"0=a,1=b"``.
+    :param timeout: stop gracefully after this many seconds (``wait()`` returns ``TIMED_OUT``).
+    :param handle_signals: install SIGINT/SIGTERM handlers when ``run()`` is on the main thread.
+    :param name: the worker's name in logs (default: service name or handler class name).
+    :param misfire_policy: overrides the config's ``misfire_policy`` ("skip" or "run_once").
+    :param clock: an injected :class:`~goworker_py.clock.Clock` (tests).
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        config: WorkerConfig | None = None,
+        cron: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        model: Model = Model.LOCAL,
+        service_name: str | None = None,
+        sharding_total_count: int = 1,
+        params: str = "",
+        *,
+        timeout: float | None = None,
+        handle_signals: bool = True,
+        name: str | None = None,
+        misfire_policy: str | None = None,
+        failover: bool = True,
+        overwrite: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        validate_handler(handler)
+        self.handler = handler
+        self.config = config
+        self.cron = cron
+        self.retry_policy = retry_policy
+        self.model = model
+        self.service_name = service_name
+        self.sharding_total_count = sharding_total_count
+        self.params = params
+        self.timeout = timeout
+        self.handle_signals = handle_signals
+        self.misfire_policy = misfire_policy
+        self.failover = failover
+        self.overwrite = overwrite
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        handler_name = handler.__name__ if isinstance(handler, type) else type(handler).__name__
+        self.name = name or service_name or handler_name
+        self._state = WorkerState.INITIALIZED
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._stop_reason: ExitReason | None = None
+        self._forced = False
+        self._exit_reason: ExitReason | None = None
+        self._failures: dict[int, BaseException] = {}
+        self._runners: dict[int, ShardRunner] = {}
+        self._exited: set[int] = set()
+        self._signals_installed = False
+        self._settings: RunSettings | None = None
+        self._instance: WorkerInstance | None = None
+        self._logger = logger.bind(worker=self.name, service=service_name or self.name)
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> WorkerState:
+        """The current lifecycle state."""
+        return self._state
+
+    @property
+    def instance(self) -> WorkerInstance | None:
+        """This process's :class:`WorkerInstance` once running (the seed's ``GetInstance``)."""
+        return self._instance
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        """Shard indexes this worker currently runs."""
+        return tuple(sorted(self._runners))
+
+    def validate(self) -> RunSettings:
+        """Check every argument; raise a :class:`ConfigError` subclass naming what to fix."""
+        config = self.config if self.config is not None else default_worker_config()
+        if not isinstance(config, WorkerConfig):
+            raise ConfigError(f"config must be a WorkerConfig, got {type(config).__name__}")
+        check_worker_config(config)
+        try:
+            model = Model(self.model)
+        except ValueError:
+            raise ConfigError(
+                f"model must be Model.LOCAL or Model.CLUSTER, got {self.model!r}"
+            ) from None
+        total = self.sharding_total_count
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ConfigError(f"sharding_total_count must be an int >= 1, got {total!r}")
+        params_map = resolve_cluster_parameter(self.params)
+        check_params_fit(params_map, total)
+        zone = _zone(config.timezone)
+        schedule = parse_schedule(self.cron, zone) if self.cron else None
+        policy = (
+            DefaultRetryPolicy()
+            if self.retry_policy is None
+            else validate_retry_policy(self.retry_policy)
+        )
+        misfire = self.misfire_policy or config.misfire_policy
+        check_worker_config(WorkerConfig(misfire_policy=misfire))
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or self.timeout <= 0
+        ):
+            raise ConfigError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
+        if model is Model.CLUSTER:
+            self._validate_cluster(config)
+        handler = self.handler
+        factory: Callable[[], Any] = handler if isinstance(handler, type) else (lambda: handler)
+        return RunSettings(
+            worker_name=self.name,
+            service=self.service_name or self.name,
+            handler_factory=factory,
+            retry_policy=policy,
+            schedule=schedule,
+            zone=zone,
+            params=self.params,
+            params_map=params_map,
+            total=total,
+            clock=self.clock,
+            misfire_policy=misfire,
+            logger=self._logger,
+            wants_watch=callable(getattr(handler, "watch", None)),
+        )
+
+    def _validate_cluster(self, config: WorkerConfig) -> None:
+        from goworker_py.errors import ClusterError, DiscoveryError
+
+        discovery = config.discovery
+        if discovery is None or not discovery.hosts:
+            raise DiscoveryError(
+                "cluster mode needs discovery settings: pass "
+                "WorkerConfig(discovery=DiscoveryConfig(hosts='zk1:2181,zk2:2181'))"
+            )
+        if not self.service_name:
+            raise ConfigError(
+                "cluster mode needs service_name: the instances of one service share its shards"
+            )
+        if discovery.protocol != "zookeeper":
+            raise DiscoveryError(
+                f"unknown discovery protocol {discovery.protocol!r}: registered: zookeeper"
+            )
+        raise ClusterError("cluster mode is not available yet in this version of goworker-py")
+
+    def run(self) -> None:
+        """Validate, start the shard threads and return at once.
+
+        Raises a :class:`ConfigError` subclass for bad input, before any thread starts, and
+        :class:`GoWorkerError` if the worker was already started.
+        """
+        with self._lock:
+            if self._state is not WorkerState.INITIALIZED:
+                raise GoWorkerError(f"worker {self.name!r} was already started")
+            settings = self.validate()
+            config = self.config or default_worker_config()
+            if config.logger is not None:
+                configure_logging(config.logger)
+            route_stdlib_logging()
+            self._settings = settings
+            self._state = WorkerState.PENDING
+            self._instance = WorkerInstance.create(settings.service)
+            self._instance = WorkerInstance(
+                id=self._instance.id,
+                service=settings.service,
+                shards=tuple(range(settings.total)),
+            )
+            if self.handle_signals:
+                self._signals_installed = REGISTRY.register(self)
+            for index in range(settings.total):
+                self._runners[index] = ShardRunner(settings, index, self)
+            self._state = WorkerState.RUNNING
+            self._logger.info(
+                "worker started: {} shard(s), schedule {}",
+                settings.total,
+                repr(self.cron) if self.cron else "none (run once)",
+            )
+            threading.Thread(
+                target=self._supervise, name=f"goworker:{self.name}:supervisor", daemon=True
+            ).start()
+            for runner in self._runners.values():
+                runner.start()
+
+    def wait(self, timeout: float | None = None) -> ExitReason:
+        """Block until the worker ends; return how it ended.
+
+        Raises :class:`RunFailed` when a run-once worker's run gave up, and ``TimeoutError``
+        (leaving the worker running) when ``timeout`` seconds pass first.
+        """
+        if self._state is WorkerState.INITIALIZED and not self._done.is_set():
+            raise GoWorkerError(f"worker {self.name!r} was not started: call run() first")
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"worker {self.name!r} still running after {timeout} s")
+        if self._signals_installed:
+            REGISTRY.restore_if_idle()
+        if self._failures:
+            last = self._failures[max(self._failures)]
+            raise RunFailed(last, self._failures)
+        assert self._exit_reason is not None
+        return self._exit_reason
+
+    def cancel(self) -> None:
+        """Stop gracefully; idempotent, callable from any thread (also before ``run()``)."""
+        self._request_stop(ExitReason.CANCELLED)
+
+    def on_signal(self, signum: int) -> None:
+        """SIGINT/SIGTERM: the first asks for a graceful stop, a second for a fast one."""
+        if self._stop_reason is not None:
+            self._forced = True
+        self._request_stop(ExitReason.SIGNALLED)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name!r} {self._state.name} shards={list(self.shards)}>"
+
+    # -- ShardHost (local mode: a cluster of one) -------------------------------------------------
+
+    def instance_for(self, shard_index: int) -> WorkerInstance:
+        assert self._instance is not None
+        return self._instance.with_shard(shard_index)
+
+    def members(self) -> tuple[WorkerInstance, ...]:
+        return (self._instance,) if self._instance is not None else ()
+
+    def begin_run(self, runner: ShardRunner, fire_time: datetime) -> RunTicket | None:
+        return RunTicket()
+
+    def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
+        if not result.ok and not result.cancelled:
+            ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
+
+    def runner_exited(self, runner: ShardRunner) -> None:
+        result = runner.result
+        if result is not None and not result.ok and not result.cancelled and result.error:
+            self._failures[runner.shard.index] = result.error
+        self._exited.add(runner.shard.index)
+        self._wake.set()
+
+    # -- supervisor thread ------------------------------------------------------------------------
+
+    def _request_stop(self, reason: ExitReason) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._wake.set()
+
+    def _supervise(self) -> None:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        try:
+            reason = self._wait_for_end(deadline)
+            self._shutdown(reason)
+        except BaseException as exc:  # noqa: BLE001 - never leave wait() hanging
+            self._logger.opt(exception=exc).critical("worker supervisor crashed: {!r}", exc)
+            self._exit_reason = self._exit_reason or ExitReason.CANCELLED
+        finally:
+            self._state = WorkerState.SHUTDOWN
+            if self._signals_installed:
+                REGISTRY.unregister(self)
+            self._done.set()
+
+    def _wait_for_end(self, deadline: float | None) -> ExitReason:
+        while True:
+            if self._stop_reason is not None:
+                return self._stop_reason
+            if len(self._exited) == len(self._runners):
+                return ExitReason.COMPLETED
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return ExitReason.TIMED_OUT
+            self._wake.wait(remaining)
+            self._wake.clear()
+
+    def _shutdown(self, reason: ExitReason) -> None:
+        self._exit_reason = reason
+        if reason is ExitReason.COMPLETED:
+            self._logger.info("worker finished")
+            return
+        if reason is not ExitReason.CANCELLED:
+            self._stop_reason = self._stop_reason or reason
+        self._logger.info("worker stopping ({})", reason.value)
+        for runner in self._runners.values():
+            runner.stop()
+        config = self.config or default_worker_config()
+        deadline = time.monotonic() + config.shutdown_timeout
+        while not self._forced:
+            alive = [r for r in self._runners.values() if r.alive]
+            remaining = deadline - time.monotonic()
+            if not alive or remaining <= 0:
+                break
+            self._wake.wait(remaining)
+            self._wake.clear()
+        for runner in self._runners.values():
+            if runner.alive:
+                runner.logger.warning(
+                    "shard {} still running {:.1f} s after cancellation: the handler ignores "
+                    "ctx.cancelled; leaving its daemon thread behind",
+                    runner.shard.index,
+                    config.shutdown_timeout,
+                )
+        self._logger.info("worker stopped ({})", reason.value)
