@@ -23,6 +23,7 @@ of the wrong type are errors that name the key and the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import types
@@ -109,7 +110,12 @@ class WorkerConfig:
 def check_worker_config(config: WorkerConfig) -> None:
     """Raise :class:`ConfigError` if a value of ``config`` is out of range."""
     timeout = config.shutdown_timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout < 0
+    ):
         raise ConfigError(f"shutdown_timeout must be a number of seconds >= 0, got {timeout!r}")
     if config.misfire_policy not in MISFIRE_POLICIES:
         raise ConfigError(
@@ -143,7 +149,7 @@ def load_config(
         raise ConfigFileError(f"config file {source} does not exist") from exc
     except OSError as exc:
         raise ConfigFileError(f"config file {source} cannot be read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigFileError(f"config file {source} is not valid TOML: {exc}") from exc
     _apply_environment(raw, os.environ if environ is None else environ, source)
     return config_from_mapping(raw, str(source))
@@ -220,11 +226,21 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], source: 
         key = name[len(_ENV_PREFIX) :].lower()
         target, field_name, hint = _env_target(raw, key)
         if target is None:
-            raise ConfigFileError(f"environment variable {name} matches no config key")
-        target[field_name] = _parse_env(text, hint, name)
+            raise ConfigFileError(f"{source}: environment variable {name} matches no config key")
+        if not isinstance(target, dict):
+            section = key.partition("_")[0]
+            raise ConfigFileError(f"{source}: {section!r} must be a table ([{section}])")
+        try:
+            target[field_name] = _parse_env(text, hint, name)
+        except ConfigFileError as exc:
+            raise ConfigFileError(f"{source}: {exc}") from None
 
 
-def _env_target(raw: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str, Any]:
+def _env_target(raw: dict[str, Any], key: str) -> tuple[Any, str, Any]:
+    """Where an override goes: ``(table, field, type hint)``, or ``(None, key, None)``.
+
+    The table is whatever the file holds for the section, so the caller checks it is a table.
+    """
     top = _fields(WorkerConfig)
     for section, kind in _SECTIONS.items():
         if key.startswith(section + "_"):

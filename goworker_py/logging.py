@@ -50,7 +50,12 @@ class _InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).bind(origin=record.name).log(
+        # The caller is the first frame outside the logging module; a fixed depth is wrong
+        # for some entry points (``log.exception`` adds a frame).
+        frame, depth = sys._getframe(1), 1
+        while frame.f_back is not None and frame.f_code.co_filename == logging.__file__:
+            frame, depth = frame.f_back, depth + 1
+        logger.opt(depth=depth, exception=record.exc_info).bind(origin=record.name).log(
             level, record.getMessage()
         )
 
@@ -109,11 +114,14 @@ def configure_logging(config: LoggerConfig | None = None) -> list[int]:
             options["rotation"] = cfg.rotation
         if cfg.retention:
             options["retention"] = cfg.retention
-    logger.remove()
     logger.configure(patcher=_add_ids)
+    # Open the new sink before removing the old ones: a bad path or rotation must raise
+    # without leaving the application with no sink at all.
     try:
         sink_id = logger.add(sink, **options)
     except (ValueError, TypeError, OSError) as exc:
         raise ConfigError(f"cannot open log sink {cfg.sink!r}: {exc}") from exc
+    logger.remove()
+    sink_id = logger.add(sink, **options)
     route_stdlib_logging()
     return [sink_id]

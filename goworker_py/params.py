@@ -27,7 +27,8 @@ def resolve_cluster_parameter(params: str) -> dict[int, str]:
                 f"params item {position} {item!r} has no '=': write it as <shard index>=<value>, "
                 "e.g. '0=Beijing,1=Shanghai'"
             )
-        if not key.isdigit():
+        # isdigit() alone accepts superscripts and other scripts' digits: ASCII only.
+        if not (key.isascii() and key.isdigit()):
             raise InvalidParamsError(
                 f"params item {position} {item!r}: the shard index {key!r} must be an integer >= 0"
             )

@@ -181,7 +181,8 @@ class StepResult:
     ok: bool
     attempts: int = 1
     error: BaseException | None = None
-    #: Why the step gave up: "retry policy gave up", "non-retryable error", "cancelled".
+    #: Why the step gave up: "retry policy gave up", "non-retryable error", "cancelled",
+    #: or "retry policy raised <error>" for a policy that failed or returned a non-number.
     reason: str = ""
 
 
@@ -286,11 +287,17 @@ class StepRetrier:
         if self._non_retryable and isinstance(exc, self._non_retryable):
             self._give_up = "non-retryable error"
             return False
-        delay = self._policy.compute_next_delay(self.failures)
-        if delay is None or delay < 0:
+        try:
+            delay = self._policy.compute_next_delay(self.failures)
+            give_up = delay is None or delay < 0
+            if not give_up:
+                self._delay = float(delay)
+        except Exception as exc:  # noqa: BLE001 - a broken policy ends the step, not the thread
+            self._give_up = f"retry policy raised {exc!r}"
+            return False
+        if give_up:
             self._give_up = "retry policy gave up"
             return False
-        self._delay = float(delay)
         return True
 
     def _failed(self) -> StepResult:

@@ -19,13 +19,14 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from goworker_py.errors import AttemptsExhausted
 from goworker_py.handler import Context, Shard
 from goworker_py.instance import WatchInfo, WorkerInstance
 from goworker_py.retry import RetryPolicy, StepRetrier
+from goworker_py.schedule import IntervalSchedule
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -102,13 +103,27 @@ class RunSettings:
 class ShardRunner:
     """The thread of one shard of one worker."""
 
-    def __init__(self, settings: RunSettings, shard_index: int, host: ShardHost) -> None:
+    def __init__(
+        self,
+        settings: RunSettings,
+        shard_index: int,
+        host: ShardHost,
+        failover_fire: datetime | None = None,
+    ) -> None:
         self.settings = settings
         self.shard = Shard(shard_index, settings.total, settings.params_map.get(shard_index, ""))
         self.host = host
         self.logger = settings.logger.bind(shard=shard_index)
         self.result: RunResult | None = None
         self.runs = 0
+        #: Cluster mode: the fire time of a run a dead owner left unfinished, re-run first.
+        self.failover_fire = failover_fire
+        #: Cluster mode: the host's claim of this shard and a marker the next run replaces.
+        self.claim: Any = None
+        self.stale_marker: Any = None
+        self._abandoned = False
+        self._finished = False
+        self._skew = 0.0
         self._stop = threading.Event()
         self._run_event: threading.Event | None = None
         self._lock = threading.Lock()
@@ -148,13 +163,25 @@ class ShardRunner:
 
     @property
     def alive(self) -> bool:
-        """True while the thread runs."""
-        return self._thread.is_alive()
+        """True from ``start()`` until the thread has left its run loop for good."""
+        return self._thread.ident is not None and not self._finished
 
     @property
     def stopping(self) -> bool:
         """True once :meth:`stop` was called."""
         return self._stop.is_set()
+
+    def abandon(self) -> None:
+        """The worker gave up waiting for this thread: report its errors to the log only.
+
+        ``error_message`` is never called after ``wait()`` returned (SPEC section 1).
+        """
+        self._abandoned = True
+
+    @property
+    def failover_pending(self) -> bool:
+        """True until the failover run (if any) has started."""
+        return self.failover_fire is not None
 
     @property
     def in_run(self) -> bool:
@@ -165,6 +192,10 @@ class ShardRunner:
 
     def _main(self) -> None:
         try:
+            if self.failover_fire is not None:
+                self.result = self._execute_failover(self.failover_fire)
+                if self.settings.schedule is None:
+                    return
             if self.settings.schedule is None:
                 self.result = self.execute(self._now())
             else:
@@ -173,6 +204,7 @@ class ShardRunner:
             self.logger.opt(exception=exc).critical("shard thread crashed: {!r}", exc)
             self.result = RunResult(run_id="", ok=False, error=exc, failed_step="framework")
         finally:
+            self._finished = True
             self.host.runner_exited(self)
 
     def _now(self) -> datetime:
@@ -180,23 +212,44 @@ class ShardRunner:
             self.settings.zone
         )
 
+    def _execute_failover(self, fire: datetime) -> RunResult:
+        try:
+            return self.execute(fire)
+        finally:
+            self.failover_fire = None
+
     def _scheduled_loop(self, schedule: Schedule) -> None:
+        clock = self.settings.clock
+        real_time = isinstance(schedule, IntervalSchedule)
+        self._skew = clock.time() - clock.monotonic()
         fire = schedule.next_after(self._now())
-        while fire is not None and self._sleep_until(fire):
-            self.execute(fire)
-            fire = self._next_fire(schedule, fire)
+        while fire is not None:
+            reached = self._sleep_until(fire, real_time)
+            if reached is None:
+                break
+            self.execute(reached)
+            fire = self._next_fire(schedule, reached)
         if fire is None and not self._stop.is_set():
             self.logger.info("schedule {!r} has no further fire time", schedule.expression)
 
-    def _sleep_until(self, fire: datetime) -> bool:
-        """Sleep until ``fire``; False if stopped first."""
+    def _sleep_until(self, fire: datetime, real_time: bool = False) -> datetime | None:
+        """Sleep until ``fire``; return the fire time reached, or None if stopped first.
+
+        Cron fire times are wall-clock instants. An interval (``@every``) counts real time, so
+        when the wall clock is stepped (by more than a second) its fire time moves with it.
+        """
         clock, target = self.settings.clock, fire.timestamp()
         while not self._stop.is_set():
+            skew = clock.time() - clock.monotonic()
+            if real_time and abs(skew - self._skew) > 1.0:
+                target += skew - self._skew
+                fire += timedelta(seconds=skew - self._skew)
+            self._skew = skew
             remaining = target - clock.time()
             if remaining <= 0:
-                return True
+                return fire
             clock.wait(self._stop, min(remaining, MAX_SLEEP))
-        return False
+        return None
 
     def _next_fire(self, schedule: Schedule, previous: datetime) -> datetime | None:
         """The fire time after ``previous``, applying the misfire policy to those already past."""
@@ -268,26 +321,45 @@ class ShardRunner:
         ctx.logger.debug("run started for {}", ctx.scheduled_time.isoformat())
         if settings.wants_watch:
             self._call_watch(handler, ctx)
+        # Once cancelled, do is not started, but after still runs when before succeeded and
+        # do did not fail (left normally or through RunCancelled), to release before's work.
+        cancelled = False
         for step in _STEPS:
             if ctx.event.is_set() and step != "after":
                 ctx.logger.info("run cancelled before {}", step)
-                return RunResult(ctx.run_id, ok=False, cancelled=True)
+                if step == "before":
+                    return RunResult(ctx.run_id, ok=False, cancelled=True)
+                cancelled = True
+                continue
             method = getattr(handler, step, None)
             if method is None:
                 continue
             ctx.step = step
-            outcome = StepRetrier(
-                policy=settings.retry_policy,
-                call=functools.partial(method, ctx),
-                report=lambda err: self._report(handler, ctx, err),
-                set_attempt=lambda attempt: setattr(ctx, "attempt", attempt),
-                cancelled=ctx.event.is_set,
-                sleep=ctx.wait,
-            ).run()
+            try:
+                outcome = StepRetrier(
+                    policy=settings.retry_policy,
+                    call=functools.partial(method, ctx),
+                    report=lambda err: self._report(handler, ctx, err),
+                    set_attempt=lambda attempt: setattr(ctx, "attempt", attempt),
+                    cancelled=ctx.event.is_set,
+                    sleep=ctx.wait,
+                ).run()
+            except BaseException as exc:  # noqa: BLE001 - SystemExit & co. from handler code
+                # Not retried, but a failed step like any other: it must not kill the shard.
+                self._report(handler, ctx, exc)
+                self._report(
+                    handler,
+                    ctx,
+                    AttemptsExhausted(step, ctx.attempt, exc, "non-retryable error"),
+                )
+                return RunResult(ctx.run_id, ok=False, error=exc, failed_step=step)
             if outcome.ok:
                 continue
             if outcome.reason == "cancelled":
                 ctx.logger.info("run cancelled during {}", step)
+                if step == "do" and outcome.error is None:
+                    cancelled = True
+                    continue
                 return RunResult(
                     ctx.run_id, ok=False, cancelled=True, error=outcome.error, failed_step=step
                 )
@@ -298,6 +370,8 @@ class ShardRunner:
                 AttemptsExhausted(step, outcome.attempts, outcome.error, outcome.reason),
             )
             return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
+        if cancelled:
+            return RunResult(ctx.run_id, ok=False, cancelled=True)
         ctx.logger.debug("run finished")
         return RunResult(ctx.run_id, ok=True)
 
@@ -323,7 +397,7 @@ class ShardRunner:
 
     def _report(self, handler: Any, ctx: Context, err: BaseException) -> None:
         report = getattr(handler, "error_message", None)
-        if report is None:
+        if report is None or self._abandoned:
             ctx.logger.error("{} failed: {!r}", ctx.step, err)
             return
         try:

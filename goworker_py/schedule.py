@@ -57,6 +57,8 @@ _DESCRIPTORS = {
 }
 _FIELD_NAMES = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
 _FIELD_CHARS = re.compile(r"^[0-9A-Za-z*,/-]+$")
+_NUMERIC_LIMITS = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12))
+_STEPPED_ITEM = re.compile(r"^(\*|\d+)(?:-(\d+))?/(\d+)$")
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -151,6 +153,26 @@ def _translate_day_of_week(value: str, expr: str) -> str:
     return ",".join(_DOW_NAMES[day] for day in sorted(days))
 
 
+def _narrow_steps(value: str, low: int, high: int) -> str:
+    """Write numeric steps wider than their range (``*/60``, ``9-17/10``) as their one value.
+
+    crontab and the seed accept them (only the first value of the range fires); APScheduler
+    rejects a step larger than its range, so such items are spelled out for it.
+    """
+    items = []
+    for item in value.split(","):
+        match = _STEPPED_ITEM.match(item)
+        if match:
+            start_text, end_text, step_text = match.groups()
+            if not (start_text == "*" and end_text is not None):
+                first = low if start_text == "*" else int(start_text)
+                last = int(end_text) if end_text is not None else high
+                if int(step_text) > 0 and first <= last < first + int(step_text):
+                    item = str(first)
+        items.append(item)
+    return ",".join(items)
+
+
 def _ceil_to_second(moment: datetime) -> datetime:
     if moment.microsecond:
         return moment.replace(microsecond=0) + timedelta(seconds=1)
@@ -168,7 +190,7 @@ class CronSchedule:
     _fixed_hour: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        second, minute, hour, dom, month, dow = self.fields
+        _, _, hour, dom, _, dow = self.fields
         for name, value in zip(_FIELD_NAMES, self.fields, strict=True):
             if not _FIELD_CHARS.match(value):
                 raise InvalidScheduleError(
@@ -176,12 +198,16 @@ class CronSchedule:
                     "'*', ranges 'a-b', steps '/n' and lists 'a,b'"
                 )
         aps_dow = _translate_day_of_week(dow, self.expression)
-        common = {"second": second, "minute": minute, "hour": hour, "month": month}
+        aps_second, aps_minute, aps_hour, aps_dom, aps_month = (
+            _narrow_steps(value, low, high)
+            for value, (low, high) in zip(self.fields[:5], _NUMERIC_LIMITS, strict=True)
+        )
+        common = {"second": aps_second, "minute": aps_minute, "hour": aps_hour, "month": aps_month}
         # cron's rule: with both day fields restricted, a day matching either one fires.
         if not dom.startswith("*") and not dow.startswith("*"):
-            variants = [(dom, "*"), ("*", aps_dow)] if aps_dow != "*" else [("*", "*")]
+            variants = [(aps_dom, "*"), ("*", aps_dow)] if aps_dow != "*" else [("*", "*")]
         else:
-            variants = [(dom, aps_dow)]
+            variants = [(aps_dom, aps_dow)]
         try:
             self._triggers = [
                 CronTrigger(year="*", day=day, day_of_week=weekday, timezone=_UTC, **common)
@@ -191,6 +217,15 @@ class CronSchedule:
             raise InvalidScheduleError(
                 f"invalid cron expression {self.expression!r}: {exc}"
             ) from exc
+        if len(self._triggers) > 1:
+            # A day-of-month variant that never fires ("30 in February") would make every
+            # search scan to year 9999 (~0.1 s); the day-of-week variant always fires.
+            epoch = datetime(1970, 1, 1, tzinfo=_UTC)
+            self._triggers = [
+                trigger
+                for trigger in self._triggers
+                if trigger.get_next_fire_time(None, epoch) is not None
+            ]
         self._fixed_hour = hour not in ("*", "*/1")
 
     # -- wall-clock matching (APScheduler, in UTC where no DST exists) ---------------------------
@@ -244,6 +279,12 @@ class CronSchedule:
         return end_wall if (instant + offset).replace(tzinfo=None) < end_wall else None
 
     def next_after(self, after: datetime) -> datetime | None:
+        try:
+            return self._next_after(after)
+        except OverflowError:  # the next fire time would lie past the year 9999
+            return None
+
+    def _next_after(self, after: datetime) -> datetime | None:
         if after.tzinfo is None:
             after = after.replace(tzinfo=self.zone)
         segment_start = after.astimezone(_UTC)
@@ -291,7 +332,12 @@ class IntervalSchedule:
     def next_after(self, after: datetime) -> datetime | None:
         if after.tzinfo is None:
             after = after.astimezone()
-        return after + timedelta(seconds=self.interval)
+        try:
+            # Add in UTC: aware arithmetic in a DST zone adds wall-clock time, not real time.
+            instant = after.astimezone(_UTC) + timedelta(seconds=self.interval)
+            return instant.astimezone(after.tzinfo)
+        except OverflowError:  # past the year 9999
+            return None
 
 
 def parse_schedule(expr: str, zone: str | tzinfo | None = None) -> Schedule:
@@ -359,7 +405,14 @@ def get_backoff_for_next_schedule(expr: str, now: datetime | None = None) -> flo
     if not expr or not expr.strip():
         return NO_CRON_BACKOFF
     current = now if now is not None else datetime.now(_UTC)
-    fire = parse_schedule(expr).next_after(current)
+    schedule = parse_schedule(expr)
+    if current.tzinfo is None:
+        # A naive "now" is a wall time in the schedule's zone, as next_after reads it.
+        zone = getattr(schedule, "zone", None)
+        current = current.replace(tzinfo=zone) if zone is not None else current.astimezone()
+    fire = schedule.next_after(current)
     if fire is None:
         return NO_CRON_BACKOFF
-    return max((fire - current).total_seconds(), 0.0)
+    # Timestamps, not ``fire - current``: two datetimes in the same zone subtract as wall
+    # times, which is an hour off across a daylight-saving change.
+    return max(fire.timestamp() - current.timestamp(), 0.0)

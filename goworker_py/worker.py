@@ -20,22 +20,47 @@ import enum
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
 from goworker_py.clock import SYSTEM_CLOCK, Clock
 from goworker_py.config import WorkerConfig, check_worker_config, default_worker_config
-from goworker_py.errors import ConfigError, GoWorkerError, RunFailed
-from goworker_py.handler import Context, validate_handler
-from goworker_py.instance import WorkerInstance
+from goworker_py.errors import ConfigError, DiscoveryError, GoWorkerError, RunFailed
+from goworker_py.handler import validate_handler
+from goworker_py.instance import HealthStatus, WorkerInstance
+from goworker_py.local import LocalHost
 from goworker_py.logging import configure_logging, route_stdlib_logging
 from goworker_py.params import check_params_fit, resolve_cluster_parameter
 from goworker_py.retry import DefaultRetryPolicy, RetryPolicy, validate_retry_policy
-from goworker_py.runner import RunResult, RunSettings, RunTicket, ShardRunner
+from goworker_py.runner import RunSettings, ShardHost, ShardRunner
 from goworker_py.schedule import _zone, parse_schedule
 from goworker_py.signals import REGISTRY
+
+if TYPE_CHECKING:
+    from goworker_py.cluster.sharding import ShardingStrategy
+
+
+class _Host(ShardHost, Protocol):
+    """What the worker's supervisor drives: ``LocalHost`` or ``ClusterHost``."""
+
+    instance: WorkerInstance
+    runners: dict[int, ShardRunner]
+
+    @property
+    def completed(self) -> bool: ...
+
+    def prepare(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def step(self) -> None: ...
+
+    def next_timeout(self) -> float | None: ...
+
+    def stop_runners(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Model(enum.IntEnum):
@@ -85,6 +110,9 @@ class Worker:
     :param handle_signals: install SIGINT/SIGTERM handlers when ``run()`` is on the main thread.
     :param name: the worker's name in logs (default: service name or handler class name).
     :param misfire_policy: overrides the config's ``misfire_policy`` ("skip" or "run_once").
+    :param failover: cluster mode: re-run at once a run that a dead instance left unfinished.
+    :param overwrite: cluster mode: replace the service settings stored in ZooKeeper with ours.
+    :param sharding_strategy: cluster mode: who owns which shard (default: sticky).
     :param clock: an injected :class:`~goworker_py.clock.Clock` (tests).
     """
 
@@ -105,6 +133,7 @@ class Worker:
         misfire_policy: str | None = None,
         failover: bool = True,
         overwrite: bool = False,
+        sharding_strategy: ShardingStrategy | None = None,
         clock: Clock | None = None,
     ) -> None:
         validate_handler(handler)
@@ -121,6 +150,7 @@ class Worker:
         self.misfire_policy = misfire_policy
         self.failover = failover
         self.overwrite = overwrite
+        self.sharding_strategy = sharding_strategy
         self.clock: Clock = clock or SYSTEM_CLOCK
         handler_name = handler.__name__ if isinstance(handler, type) else type(handler).__name__
         self.name = name or service_name or handler_name
@@ -131,12 +161,8 @@ class Worker:
         self._stop_reason: ExitReason | None = None
         self._forced = False
         self._exit_reason: ExitReason | None = None
-        self._failures: dict[int, BaseException] = {}
-        self._runners: dict[int, ShardRunner] = {}
-        self._exited: set[int] = set()
+        self._host: _Host | None = None
         self._signals_installed = False
-        self._settings: RunSettings | None = None
-        self._instance: WorkerInstance | None = None
         self._logger = logger.bind(worker=self.name, service=service_name or self.name)
 
     # -- public API -------------------------------------------------------------------------------
@@ -149,12 +175,24 @@ class Worker:
     @property
     def instance(self) -> WorkerInstance | None:
         """This process's :class:`WorkerInstance` once running (the seed's ``GetInstance``)."""
-        return self._instance
+        return self._host.instance if self._host is not None else None
 
     @property
     def shards(self) -> tuple[int, ...]:
         """Shard indexes this worker currently runs."""
-        return tuple(sorted(self._runners))
+        if self._host is None:
+            return ()
+        return tuple(sorted(s for s, r in self._host.runners.items() if not r.stopping))
+
+    @property
+    def health(self) -> HealthStatus:
+        """``GREEN``, ``YELLOW`` or ``RED`` (always ``GREEN`` in local mode)."""
+        return getattr(self._host, "health", HealthStatus.GREEN)
+
+    @property
+    def host(self) -> Any:
+        """The object that owns this worker's shards (``LocalHost`` or ``ClusterHost``)."""
+        return self._host
 
     def validate(self) -> RunSettings:
         """Check every argument; raise a :class:`ConfigError` subclass naming what to fix."""
@@ -209,8 +247,6 @@ class Worker:
         )
 
     def _validate_cluster(self, config: WorkerConfig) -> None:
-        from goworker_py.errors import ClusterError, DiscoveryError
-
         discovery = config.discovery
         if discovery is None or not discovery.hosts:
             raise DiscoveryError(
@@ -221,16 +257,38 @@ class Worker:
             raise ConfigError(
                 "cluster mode needs service_name: the instances of one service share its shards"
             )
-        if discovery.protocol != "zookeeper":
-            raise DiscoveryError(
-                f"unknown discovery protocol {discovery.protocol!r}: registered: zookeeper"
-            )
-        raise ClusterError("cluster mode is not available yet in this version of goworker-py")
+        for name in ("connect_timeout", "session_timeout"):
+            value = getattr(discovery, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise DiscoveryError(
+                    f"discovery {name} must be a number of seconds > 0, got {value!r}"
+                )
+
+    def _make_host(self, settings: RunSettings, config: WorkerConfig) -> _Host:
+        if Model(self.model) is Model.LOCAL:
+            return LocalHost(settings, self._wake)
+        from goworker_py.cluster.discovery import get_discovery
+        from goworker_py.cluster.membership import ClusterHost
+
+        assert config.discovery is not None
+        return ClusterHost(
+            settings,
+            get_discovery(config.discovery, settings.service),
+            self._wake,
+            self._logger,
+            strategy=self.sharding_strategy,
+            failover=self.failover,
+            overwrite=self.overwrite,
+            cron=self.cron,
+            shard_grace=config.shutdown_timeout,
+        )
 
     def run(self) -> None:
         """Validate, start the shard threads and return at once.
 
-        Raises a :class:`ConfigError` subclass for bad input, before any thread starts, and
+        Raises a :class:`ConfigError` subclass for bad input, before any thread starts; in
+        cluster mode :class:`~goworker_py.errors.ZooKeeperUnavailable` after the connect
+        timeout, or :class:`~goworker_py.errors.ServiceConfigConflict`; and
         :class:`GoWorkerError` if the worker was already started.
         """
         with self._lock:
@@ -241,29 +299,32 @@ class Worker:
             if config.logger is not None:
                 configure_logging(config.logger)
             route_stdlib_logging()
-            self._settings = settings
+            host = self._make_host(settings, config)
             self._state = WorkerState.PENDING
-            self._instance = WorkerInstance.create(settings.service)
-            self._instance = WorkerInstance(
-                id=self._instance.id,
-                service=settings.service,
-                shards=tuple(range(settings.total)),
-            )
             if self.handle_signals:
                 self._signals_installed = REGISTRY.register(self)
-            for index in range(settings.total):
-                self._runners[index] = ShardRunner(settings, index, self)
+            try:
+                if self._stop_reason is None:  # cancel() before run(): start nothing
+                    host.prepare()
+            except BaseException:
+                self._state = WorkerState.INITIALIZED
+                if self._signals_installed:
+                    REGISTRY.unregister(self)
+                    self._signals_installed = False
+                raise
+            self._host = host
             self._state = WorkerState.RUNNING
             self._logger.info(
-                "worker started: {} shard(s), schedule {}",
+                "worker started: {} mode, {} shard(s), schedule {}",
+                Model(self.model).name.lower(),
                 settings.total,
                 repr(self.cron) if self.cron else "none (run once)",
             )
+            if self._stop_reason is None:
+                host.start()
             threading.Thread(
                 target=self._supervise, name=f"goworker:{self.name}:supervisor", daemon=True
             ).start()
-            for runner in self._runners.values():
-                runner.start()
 
     def wait(self, timeout: float | None = None) -> ExitReason:
         """Block until the worker ends; return how it ended.
@@ -277,9 +338,9 @@ class Worker:
             raise TimeoutError(f"worker {self.name!r} still running after {timeout} s")
         if self._signals_installed:
             REGISTRY.restore_if_idle()
-        if self._failures:
-            last = self._failures[max(self._failures)]
-            raise RunFailed(last, self._failures)
+        failures = getattr(self._host, "failures", None)
+        if failures:
+            raise RunFailed(failures[max(failures)], failures)
         assert self._exit_reason is not None
         return self._exit_reason
 
@@ -295,29 +356,6 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} {self._state.name} shards={list(self.shards)}>"
-
-    # -- ShardHost (local mode: a cluster of one) -------------------------------------------------
-
-    def instance_for(self, shard_index: int) -> WorkerInstance:
-        assert self._instance is not None
-        return self._instance.with_shard(shard_index)
-
-    def members(self) -> tuple[WorkerInstance, ...]:
-        return (self._instance,) if self._instance is not None else ()
-
-    def begin_run(self, runner: ShardRunner, fire_time: datetime) -> RunTicket | None:
-        return RunTicket()
-
-    def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
-        if not result.ok and not result.cancelled:
-            ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
-
-    def runner_exited(self, runner: ShardRunner) -> None:
-        result = runner.result
-        if result is not None and not result.ok and not result.cancelled and result.error:
-            self._failures[runner.shard.index] = result.error
-        self._exited.add(runner.shard.index)
-        self._wake.set()
 
     # -- supervisor thread ------------------------------------------------------------------------
 
@@ -341,42 +379,50 @@ class Worker:
             self._done.set()
 
     def _wait_for_end(self, deadline: float | None) -> ExitReason:
+        host = self._host
+        assert host is not None
         while True:
             if self._stop_reason is not None:
                 return self._stop_reason
-            if len(self._exited) == len(self._runners):
+            if host.completed:
                 return ExitReason.COMPLETED
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return ExitReason.TIMED_OUT
-            self._wake.wait(remaining)
+            host.step()
+            pause = host.next_timeout()
+            if pause is None or (remaining is not None and remaining < pause):
+                pause = remaining
+            self._wake.wait(pause)
             self._wake.clear()
 
     def _shutdown(self, reason: ExitReason) -> None:
+        host = self._host
+        assert host is not None
         self._exit_reason = reason
         if reason is ExitReason.COMPLETED:
             self._logger.info("worker finished")
+            host.close()
             return
-        if reason is not ExitReason.CANCELLED:
-            self._stop_reason = self._stop_reason or reason
+        self._stop_reason = self._stop_reason or reason
         self._logger.info("worker stopping ({})", reason.value)
-        for runner in self._runners.values():
-            runner.stop()
+        host.stop_runners()
         config = self.config or default_worker_config()
         deadline = time.monotonic() + config.shutdown_timeout
         while not self._forced:
-            alive = [r for r in self._runners.values() if r.alive]
             remaining = deadline - time.monotonic()
-            if not alive or remaining <= 0:
+            if remaining <= 0 or not any(r.alive for r in host.runners.values()):
                 break
             self._wake.wait(remaining)
             self._wake.clear()
-        for runner in self._runners.values():
+        for runner in host.runners.values():
             if runner.alive:
+                runner.abandon()
                 runner.logger.warning(
                     "shard {} still running {:.1f} s after cancellation: the handler ignores "
                     "ctx.cancelled; leaving its daemon thread behind",
                     runner.shard.index,
                     config.shutdown_timeout,
                 )
+        host.close()
         self._logger.info("worker stopped ({})", reason.value)

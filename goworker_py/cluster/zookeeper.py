@@ -1,0 +1,373 @@
+"""The ZooKeeper side of cluster mode: every node goworker-py reads or writes, through kazoo.
+
+Layout under ``/<namespace>/<service>/``:
+
+- ``config`` — persistent: the service's ``sharding_total_count``, ``params`` and schedule.
+- ``instances/inst-<uuid>-<seq>`` — ephemeral sequential, one per live instance; data is its
+  :class:`~goworker_py.instance.WorkerInstance` JSON (with the shards it owns). The uuid makes
+  the create *protected*: after a connection loss the instance finds its own node instead of
+  creating a twin. The sequence number is the instance's rank.
+- ``claims/<shard>`` — ephemeral, held by the owner of the shard while it owns it. Its creation
+  zxid (``czxid``) is the shard's **fencing token**: ZooKeeper's zxids only grow, so every new
+  claim of a shard carries a larger token than any before it.
+- ``running/<shard>`` — persistent run marker (owner, session, run id, fire time) written at
+  run start and deleted at run end; a marker found by a new owner means its predecessor died
+  mid-run (failover).
+
+Watch callbacks run on kazoo's thread: they only call ``on_change`` (which sets an event);
+all the work happens on the worker's supervisor thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    AuthFailedError,
+    BadVersionError,
+    ConnectionLoss,
+    KazooException,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
+from kazoo.security import make_digest_acl
+
+from goworker_py.config import DiscoveryConfig
+from goworker_py.errors import ClusterError, DiscoveryError, ZooKeeperUnavailable
+from goworker_py.instance import WorkerInstance
+
+_INSTANCE_PREFIX = "inst-"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A live instance as read from ZooKeeper: its node, rank sequence and data."""
+
+    node: str
+    sequence: int
+    instance: WorkerInstance
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A shard claim this instance holds."""
+
+    shard: int
+    token: int
+    version: int
+
+
+@dataclass(frozen=True)
+class RunMarker:
+    """A persistent run marker: who was running which fire time of a shard."""
+
+    shard: int
+    owner: str
+    session: int
+    run_id: str
+    fire_time: float
+    token: int
+    version: int = -1
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "session": self.session,
+                "run_id": self.run_id,
+                "fire_time": self.fire_time,
+                "token": self.token,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+class ZooKeeperDiscovery:
+    """One instance's connection to ZooKeeper and every operation cluster mode needs."""
+
+    protocol = "zookeeper"
+
+    def __init__(self, config: DiscoveryConfig, service: str) -> None:
+        if not config.hosts:
+            raise DiscoveryError("discovery hosts are empty: set DiscoveryConfig(hosts='zk:2181')")
+        self.config = config
+        self.service = service
+        root = "/" + "/".join(p for p in (config.namespace.strip("/"), service) if p)
+        self.root = root
+        self.instances_path = f"{root}/instances"
+        self.claims_path = f"{root}/claims"
+        self.running_path = f"{root}/running"
+        self.config_path = f"{root}/config"
+        self.on_change: Callable[[], None] = lambda: None
+        self.on_state: Callable[[str], None] = lambda state: None
+        self.negotiated_timeout = float(config.session_timeout)
+        self.node: str | None = None
+        self._lock = threading.Lock()
+        auth: list[tuple[str, str]] = []
+        acl = None
+        if config.auth_user:
+            auth = [("digest", f"{config.auth_user}:{config.auth_password or ''}")]
+            acl = [make_digest_acl(config.auth_user, config.auth_password or "", all=True)]
+        self.client = KazooClient(
+            hosts=config.hosts,
+            timeout=config.session_timeout,
+            auth_data=auth or None,
+            default_acl=acl,
+            use_ssl=config.use_ssl,
+            certfile=config.certfile,
+            keyfile=config.keyfile,
+            ca=config.ca,
+            verify_certs=config.verify_certs,
+        )
+        self._capture_negotiated_timeout()
+        self.client.add_listener(self._state_listener)
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def _capture_negotiated_timeout(self) -> None:
+        """Learn the session timeout the server granted (kazoo keeps it private)."""
+        connection = self.client._connection
+        connect = connection._connect
+
+        def capturing(*args: Any, **kwargs: Any) -> Any:
+            read_timeout, connect_timeout = connect(*args, **kwargs)
+            # kazoo's read timeout is two thirds of the negotiated session timeout (ms).
+            self.negotiated_timeout = read_timeout * 1.5 / 1000.0
+            return read_timeout, connect_timeout
+
+        connection._connect = capturing
+
+    def _state_listener(self, state: str) -> None:
+        # kazoo's thread: record and signal only.
+        self.on_state(state)
+        self.on_change()
+
+    def _watch(self, *_event: Any) -> None:
+        self.on_change()
+
+    def connect(self) -> None:
+        """Connect and check access; raise a clear error instead of hanging."""
+        try:
+            self.client.start(timeout=self.config.connect_timeout)
+        except Exception as exc:
+            self.client.stop()
+            self.client.close()
+            raise ZooKeeperUnavailable(
+                f"cannot reach ZooKeeper at {self.config.hosts!r} within "
+                f"{self.config.connect_timeout} s (connect_timeout): is the server running and "
+                "the address right?"
+            ) from exc
+        try:
+            for path in (self.instances_path, self.claims_path, self.running_path):
+                self.client.ensure_path(path)
+            self.client.get_children(self.instances_path)
+        except (NoAuthError, AuthFailedError) as exc:
+            self.close()
+            raise DiscoveryError(
+                f"ZooKeeper denied access to {self.root}: check auth_user/auth_password "
+                "(the nodes belong to other credentials)"
+            ) from exc
+
+    @property
+    def session_id(self) -> int:
+        """The current session id (0 when there is none)."""
+        client_id = self.client.client_id
+        return int(client_id[0]) if client_id else 0
+
+    @property
+    def connected(self) -> bool:
+        """True while the client is connected."""
+        return bool(self.client.state == KazooState.CONNECTED)
+
+    def close(self) -> None:
+        """Stop the client; its ephemeral nodes vanish at once (a clean session close)."""
+        try:
+            self.client.stop()
+        finally:
+            self.client.close()
+
+    # -- service config ---------------------------------------------------------------------------
+
+    def read_service_config(self, watch: bool = True) -> dict[str, Any] | None:
+        """The stored service settings, or None; re-arms the data watch."""
+        try:
+            raw, _ = self.client.get(self.config_path, watch=self._watch if watch else None)
+        except NoNodeError:
+            if watch:
+                self.client.exists(self.config_path, watch=self._watch)
+            return None
+        data: dict[str, Any] = json.loads(raw.decode() or "{}")
+        return data
+
+    def write_service_config(self, settings: dict[str, Any], create_only: bool) -> bool:
+        """Create (or overwrite) the settings; False if ``create_only`` and it already exists."""
+        raw = json.dumps(settings, sort_keys=True).encode()
+        try:
+            self.client.create(self.config_path, raw, makepath=True)
+            return True
+        except NodeExistsError:
+            if create_only:
+                return False
+        self.client.set(self.config_path, raw)
+        return True
+
+    # -- membership -------------------------------------------------------------------------------
+
+    def register(self, instance: WorkerInstance) -> str:
+        """Create this instance's ephemeral sequential node (protected); return its name."""
+        marker = uuid.uuid4().hex
+        prefix = f"{self.instances_path}/{_INSTANCE_PREFIX}{marker}-"
+        for _ in range(10):
+            try:
+                path = self.client.create(prefix, instance.to_json(), ephemeral=True, sequence=True)
+                self.node = path.rsplit("/", 1)[1]
+                return self.node
+            except ConnectionLoss:
+                # The create may have happened: look for our uuid before trying again.
+                self._wait_connected(self.negotiated_timeout)
+                for child in self._children(self.instances_path):
+                    if marker in child:
+                        self.node = child
+                        return child
+        raise ClusterError("could not register the instance in ZooKeeper after 10 attempts")
+
+    def unregister(self) -> None:
+        """Delete this instance's node (clean leave)."""
+        if self.node is None:
+            return
+        with contextlib.suppress(NoNodeError, SessionExpiredError, ConnectionLoss):
+            self.client.delete(f"{self.instances_path}/{self.node}")
+        self.node = None
+
+    def publish(self, instance: WorkerInstance) -> None:
+        """Write this instance's data (its shards and health) to its node."""
+        if self.node is None:
+            return
+        self.client.set(f"{self.instances_path}/{self.node}", instance.to_json())
+
+    def members(self) -> list[Member]:
+        """Live members in rank order; arms watches on the list and on each member's data."""
+        children = self.client.get_children(self.instances_path, watch=self._watch)
+        named = sorted(
+            (int(child.rsplit("-", 1)[1]), child)
+            for child in children
+            if child.startswith(_INSTANCE_PREFIX)
+        )
+        pending = [
+            (sequence, child, self.client.get_async(f"{self.instances_path}/{child}", self._watch))
+            for sequence, child in named
+        ]
+        result: list[Member] = []
+        for sequence, child, request in pending:
+            try:
+                raw, _ = request.get(timeout=self.negotiated_timeout)
+            except NoNodeError:
+                continue
+            result.append(Member(child, sequence, WorkerInstance.from_json(raw)))
+        return result
+
+    def _children(self, path: str) -> list[str]:
+        try:
+            return list(self.client.get_children(path))
+        except NoNodeError:
+            return []
+
+    def _wait_connected(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    # -- claims -----------------------------------------------------------------------------------
+
+    def claim(self, shard: int, owner: str) -> Claim | None:
+        """Take the claim of ``shard``; None (and a watch armed) if someone else holds it."""
+        path = f"{self.claims_path}/{shard}"
+        data = json.dumps({"owner": owner, "session": self.session_id}).encode()
+        try:
+            _, stat = self.client.create(path, data, ephemeral=True, include_data=True)
+            return Claim(shard, int(stat.czxid), int(stat.version))
+        except NodeExistsError:
+            pass
+        except ConnectionLoss:
+            self._wait_connected(self.negotiated_timeout)
+        try:
+            raw, stat = self.client.get(path)
+        except NoNodeError:
+            self._watch()  # it vanished meanwhile: look again at once
+            return None
+        if stat.ephemeralOwner == self.session_id and json.loads(raw).get("owner") == owner:
+            return Claim(shard, int(stat.czxid), int(stat.version))
+        if self.client.exists(path, watch=self._watch) is None:
+            self._watch()
+        return None
+
+    def release(self, claim: Claim) -> None:
+        """Give the claim up (only if it is still ours)."""
+        with contextlib.suppress(NoNodeError, BadVersionError, SessionExpiredError):
+            self.client.delete(f"{self.claims_path}/{claim.shard}", version=claim.version)
+
+    def claim_owners(self) -> dict[int, int]:
+        """``{shard: session id}`` of every existing claim (observers and tests)."""
+        owners: dict[int, int] = {}
+        for child in self._children(self.claims_path):
+            stat = self.client.exists(f"{self.claims_path}/{child}")
+            if stat is not None and child.isdigit():
+                owners[int(child)] = int(stat.ephemeralOwner)
+        return owners
+
+    # -- run markers ------------------------------------------------------------------------------
+
+    def read_marker(self, shard: int) -> RunMarker | None:
+        """The run marker of ``shard``, if one exists."""
+        try:
+            raw, stat = self.client.get(f"{self.running_path}/{shard}")
+        except NoNodeError:
+            return None
+        data = json.loads(raw)
+        return RunMarker(
+            shard=shard,
+            owner=str(data.get("owner", "")),
+            session=int(data.get("session", 0)),
+            run_id=str(data.get("run_id", "")),
+            fire_time=float(data.get("fire_time", 0.0)),
+            token=int(data.get("token", 0)),
+            version=int(stat.version),
+        )
+
+    def begin_run(self, claim: Claim, marker: RunMarker, replaces: RunMarker | None) -> bool:
+        """Atomically check the claim is still ours and write the run marker (one write).
+
+        False when the claim is gone (session lost, shard moved): the run must not start.
+        """
+        path = f"{self.running_path}/{claim.shard}"
+        transaction = self.client.transaction()
+        transaction.check(f"{self.claims_path}/{claim.shard}", claim.version)
+        if replaces is not None:
+            transaction.set_data(path, marker.to_json(), replaces.version)
+        else:
+            transaction.create(path, marker.to_json())
+        try:
+            results = transaction.commit()
+        except (SessionExpiredError, ConnectionLoss, KazooException):
+            return False
+        return not any(isinstance(result, Exception) for result in results)
+
+    def end_run(self, shard: int) -> None:
+        """Delete the run marker of ``shard`` (the run ended, whatever its outcome)."""
+        with contextlib.suppress(NoNodeError):
+            self.client.delete(f"{self.running_path}/{shard}")
+
+    def drop_marker(self, marker: RunMarker) -> None:
+        """Delete a stale marker without re-running it (failover disabled)."""
+        with contextlib.suppress(NoNodeError, BadVersionError):
+            self.client.delete(f"{self.running_path}/{marker.shard}", version=marker.version)

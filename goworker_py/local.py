@@ -1,0 +1,76 @@
+"""Local mode: a cluster of one, without ZooKeeper. The process owns every shard."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+from goworker_py.handler import Context
+from goworker_py.instance import WorkerInstance
+from goworker_py.runner import RunResult, RunSettings, RunTicket, ShardRunner
+
+
+class LocalHost:
+    """The :class:`~goworker_py.runner.ShardHost` of a local-mode worker: all shards, always."""
+
+    def __init__(self, settings: RunSettings, wake: threading.Event) -> None:
+        self.settings = settings
+        self.instance = WorkerInstance.create(settings.service)
+        self.instance = WorkerInstance(
+            id=self.instance.id, service=settings.service, shards=tuple(range(settings.total))
+        )
+        self.runners: dict[int, ShardRunner] = {}
+        #: The last error of each shard whose run gave up (run-once workers raise RunFailed).
+        self.failures: dict[int, BaseException] = {}
+        self._exited: set[int] = set()
+        self._wake = wake
+
+    def prepare(self) -> None:
+        """Make one runner per shard."""
+        for index in range(self.settings.total):
+            self.runners[index] = ShardRunner(self.settings, index, self)
+
+    def start(self) -> None:
+        """Start every shard's thread."""
+        for runner in self.runners.values():
+            runner.start()
+
+    @property
+    def completed(self) -> bool:
+        """True once every shard's thread has ended (run-once workers)."""
+        return len(self._exited) == len(self.runners)
+
+    def step(self) -> None:
+        """Nothing to supervise: the shards never move."""
+
+    def next_timeout(self) -> float | None:
+        return None
+
+    def stop_runners(self) -> None:
+        for runner in self.runners.values():
+            runner.stop()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    # -- ShardHost --------------------------------------------------------------------------------
+
+    def instance_for(self, shard_index: int) -> WorkerInstance:
+        return self.instance.with_shard(shard_index)
+
+    def members(self) -> tuple[WorkerInstance, ...]:
+        return (self.instance,)
+
+    def begin_run(self, runner: ShardRunner, fire_time: datetime) -> RunTicket | None:
+        return RunTicket()
+
+    def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
+        if not result.ok and not result.cancelled:
+            ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
+
+    def runner_exited(self, runner: ShardRunner) -> None:
+        result = runner.result
+        if result is not None and not result.ok and not result.cancelled and result.error:
+            self.failures[runner.shard.index] = result.error
+        self._exited.add(runner.shard.index)
+        self._wake.set()

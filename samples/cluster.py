@@ -1,0 +1,64 @@
+"""Cluster mode (the seed's cluster example): a service with 2 shards, params "0=a,1=b".
+
+Start it in several terminals against one ZooKeeper; the instances split the shards between
+them, and when one stops (Ctrl-C) or dies (kill -9) its shards move to the others.
+
+    python samples/cluster.py                      # ZooKeeper at 127.0.0.1:2181
+    python samples/cluster.py 127.0.0.1:2181 "*/2 * * * * *"
+    ZK_HOSTS=zk1:2181,zk2:2181 python samples/cluster.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from goworker_py import (
+    Context,
+    DiscoveryConfig,
+    Handler,
+    Model,
+    WatchInfo,
+    Worker,
+    WorkerConfig,
+)
+
+
+class PrintShard(Handler):
+    def watch(self, info: WatchInfo) -> None:
+        members = ", ".join(f"{m.host}:{m.pid}{list(m.shards)}" for m in info.cluster_instances)
+        print(f"watch: shard {info.current_instance.shard_index} here; members {members}",
+              flush=True)
+
+    def do(self, ctx: Context) -> None:
+        print(
+            f"shard {ctx.shard.index}/{ctx.shard.total} param={ctx.shard.param!r} "
+            f"token={ctx.fencing_token} failover={ctx.is_failover} "
+            f"fire={ctx.scheduled_time:%H:%M:%S}",
+            flush=True,
+        )
+
+
+def main() -> int:
+    hosts = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("ZK_HOSTS", "127.0.0.1:2181")
+    cron = sys.argv[2] if len(sys.argv) > 2 else "*/5 * * * * *"
+    config = WorkerConfig(
+        discovery=DiscoveryConfig(hosts=hosts, session_timeout=4.0, connect_timeout=5.0),
+        shutdown_timeout=5,
+    )
+    worker = Worker(
+        PrintShard,
+        config=config,
+        cron=cron,
+        model=Model.CLUSTER,
+        service_name="cluster-sample",
+        sharding_total_count=2,
+        params="0=a,1=b",
+    )
+    worker.run()
+    print(f"worker ended: {worker.wait().value}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Many workers in one process: each has its own threads, all start and stop cleanly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from helpers import WorkerTracker, shard_threads, wait_until
+
+from goworker_py import Context, ExitReason, Handler, WorkerState
+
+pytestmark = pytest.mark.timeout(60)
+
+COUNT = 200
+
+
+@pytest.fixture
+def workers() -> Iterator[WorkerTracker]:
+    tracker = WorkerTracker()
+    yield tracker
+    tracker.close()
+
+
+@pytest.mark.parametrize("cron", ["@every 500ms", "*/1 * * * * *"])
+def test_many_cron_workers_start_run_and_stop_cleanly(workers: WorkerTracker, cron: str) -> None:
+    baseline = threading.active_count()
+    runs: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    class Tick(Handler):
+        def do(self, ctx: Context) -> None:
+            with lock:
+                runs[ctx.worker_name] += 1
+
+    fleet = [workers.make(Tick, cron=cron, name=f"w{i:03d}") for i in range(COUNT)]
+    for worker in fleet:
+        worker.run()
+    assert all(worker.state is WorkerState.RUNNING for worker in fleet)
+    assert len(shard_threads()) >= COUNT  # one shard thread (and a supervisor) each
+
+    wait_until(lambda: len(runs) == COUNT, 20, what=f"every one of {COUNT} workers ran")
+
+    stop_at = time.monotonic()
+    for worker in fleet:
+        worker.cancel()
+    for worker in fleet:
+        assert worker.wait(timeout=15) is ExitReason.CANCELLED
+    assert time.monotonic() - stop_at < 15
+    assert all(worker.state is WorkerState.SHUTDOWN for worker in fleet)
+
+    wait_until(
+        lambda: threading.active_count() <= baseline,
+        10,
+        what=f"thread count back to {baseline} (now {threading.active_count()})",
+    )
+    assert shard_threads() == []  # no shard thread left: nothing can run any more
+
+
+def test_many_run_once_workers_complete(workers: WorkerTracker) -> None:
+    baseline = threading.active_count()
+    done: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    class Once(Handler):
+        def do(self, ctx: Context) -> None:
+            with lock:
+                done[ctx.shard.index] += 1
+
+    fleet = [workers.make(Once, sharding_total_count=2, name=f"o{i}") for i in range(100)]
+    for worker in fleet:
+        worker.run()
+    for worker in fleet:
+        assert worker.wait(timeout=15) is ExitReason.COMPLETED
+    assert done == Counter({0: 100, 1: 100})
+    wait_until(lambda: threading.active_count() <= baseline, 10)
+
+
+def test_workers_are_independent(workers: WorkerTracker) -> None:
+    """Cancelling one worker leaves the others running."""
+    ticks: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    class Tick(Handler):
+        def do(self, ctx: Context) -> None:
+            with lock:
+                ticks[ctx.worker_name] += 1
+
+    a = workers.make(Tick, cron="@every 20ms", name="a")
+    b = workers.make(Tick, cron="@every 20ms", name="b")
+    a.run()
+    b.run()
+    wait_until(lambda: ticks["a"] >= 2 and ticks["b"] >= 2, 10)
+    a.cancel()
+    assert a.wait(timeout=5) is ExitReason.CANCELLED
+    seen = ticks["b"]
+    wait_until(lambda: ticks["b"] >= seen + 3, 10, what="b keeps running after a stopped")
+    assert b.state is WorkerState.RUNNING
+    b.cancel()
+    assert b.wait(timeout=5) is ExitReason.CANCELLED

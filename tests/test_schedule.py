@@ -1,0 +1,928 @@
+"""Schedules: parsing, fire times, daylight-saving changes, and a brute-force cross-check.
+
+Every fire time is computed from an explicit ``after`` instant (an injected clock): nothing here
+reads the real time except the tests of the "default: now" arguments, and nothing waits.
+
+The reference matcher at the bottom of the helpers reads a crontab expression the way Vixie cron
+does, and finds fire times by scanning days (UTC) or real time second by second / minute by
+minute (DST zones), so the tests compare against an independent, obviously-correct model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from goworker_py.errors import ConfigError, InvalidScheduleError
+from goworker_py.schedule import (
+    NO_CRON_BACKOFF,
+    NO_CRON_EXPRESSION,
+    CronSchedule,
+    IntervalSchedule,
+    Schedule,
+    get_backoff_for_next_schedule,
+    next_fire_time,
+    parse_duration,
+    parse_schedule,
+    validate_schedule,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+UTC = timezone.utc
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+
+# 2024 transitions, as UTC instants.
+BERLIN_SPRING = datetime(2024, 3, 31, 1, tzinfo=UTC)  # 02:00 CET -> 03:00 CEST
+BERLIN_AUTUMN = datetime(2024, 10, 27, 1, tzinfo=UTC)  # 03:00 CEST -> 02:00 CET
+NEW_YORK_SPRING = datetime(2024, 3, 10, 7, tzinfo=UTC)  # 02:00 EST -> 03:00 EDT
+NEW_YORK_AUTUMN = datetime(2024, 11, 3, 6, tzinfo=UTC)  # 02:00 EDT -> 01:00 EST
+TRANSITIONS = [
+    pytest.param(BERLIN, BERLIN_SPRING, id="berlin-spring"),
+    pytest.param(BERLIN, BERLIN_AUTUMN, id="berlin-autumn"),
+    pytest.param(NEW_YORK, NEW_YORK_SPRING, id="new-york-spring"),
+    pytest.param(NEW_YORK, NEW_YORK_AUTUMN, id="new-york-autumn"),
+]
+
+
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
+) -> datetime:
+    """An aware UTC datetime: ``utc(2024, 3, 31, 1)``."""
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC)
+
+
+def fires(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
+    """The next ``count`` fire times after ``after``."""
+    out: list[datetime] = []
+    for _ in range(count):
+        fire = schedule.next_after(after)
+        assert fire is not None
+        out.append(fire)
+        after = fire
+    return out
+
+
+def fires_until(schedule: Schedule, after: datetime, end: datetime) -> list[datetime]:
+    """Every fire time in (after, end], as UTC instants."""
+    out: list[datetime] = []
+    while True:
+        fire = schedule.next_after(after)
+        if fire is None or fire > end:
+            return out
+        out.append(fire.astimezone(UTC))
+        after = fire
+
+
+def as_utc(values: list[datetime]) -> list[datetime]:
+    return [value.astimezone(UTC) for value in values]
+
+
+def assert_strictly_increasing(values: list[datetime]) -> None:
+    stamps = [value.timestamp() for value in values]  # absolute time, whatever the fold
+    assert all(b > a for a, b in itertools.pairwise(stamps)), "fire times must strictly increase"
+    assert len(set(stamps)) == len(stamps), "a fire time repeats"
+
+
+# -- the reference: crontab read as Vixie cron reads it -------------------------------------------
+
+_DOW = {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+_MONTHS = {
+    name: i + 1
+    for i, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+    )
+}
+
+
+def _expand(text: str, low: int, high: int, names: dict[str, int]) -> set[int]:
+    def value(token: str) -> int:
+        return names[token.lower()] if token.lower() in names else int(token)
+
+    out: set[int] = set()
+    for item in text.split(","):
+        base, _, step = item.partition("/")
+        if base == "*":
+            first, last = low, high
+        elif "-" in base:
+            a, b = base.split("-")
+            first, last = value(a), value(b)
+        else:
+            first = value(base)
+            last = high if step else first
+        out.update(range(first, last + 1, int(step) if step else 1))
+    return out
+
+
+@dataclass
+class Reference:
+    """A deliberately naive crontab matcher: sets of allowed values, checked one by one."""
+
+    seconds: set[int]
+    minutes: set[int]
+    hours: set[int]
+    days: set[int]
+    months: set[int]
+    weekdays: set[int]  # 0 = Sunday
+    either_day: bool  # cron's OR rule: both day fields restricted
+    hour_wildcard: bool
+
+    @classmethod
+    def parse(cls, expr: str) -> Reference:
+        parts = expr.split()
+        if len(parts) == 5:
+            parts.insert(0, "0")
+        second, minute, hour, dom, month, dow = parts
+        return cls(
+            seconds=_expand(second, 0, 59, {}),
+            minutes=_expand(minute, 0, 59, {}),
+            hours=_expand(hour, 0, 23, {}),
+            days=_expand(dom, 1, 31, {}),
+            months=_expand(month, 1, 12, _MONTHS),
+            weekdays={day % 7 for day in _expand(dow, 0, 7, _DOW)},
+            either_day=not dom.startswith("*") and not dow.startswith("*"),
+            hour_wildcard=hour in ("*", "*/1"),
+        )
+
+    def day_matches(self, day: date) -> bool:
+        if day.month not in self.months:
+            return False
+        by_date = day.day in self.days
+        by_weekday = day.isoweekday() % 7 in self.weekdays
+        return (by_date or by_weekday) if self.either_day else (by_date and by_weekday)
+
+    def matches(self, wall: datetime) -> bool:
+        return (
+            self.day_matches(wall.date())
+            and wall.hour in self.hours
+            and wall.minute in self.minutes
+            and wall.second in self.seconds
+        )
+
+    def next_utc(self, after: datetime) -> datetime | None:
+        """First fire time after ``after`` in UTC (no DST), scanning day by day."""
+        day = after.astimezone(UTC).date()
+        for _ in range(366 * 10):
+            if self.day_matches(day):
+                for hour in sorted(self.hours):
+                    for minute in sorted(self.minutes):
+                        for second in sorted(self.seconds):
+                            moment = datetime.combine(day, datetime.min.time(), UTC).replace(
+                                hour=hour, minute=minute, second=second
+                            )
+                            if moment > after:
+                                return moment
+            day += timedelta(days=1)
+        return None
+
+    def fires_between(
+        self, zone: tzinfo, start: datetime, end: datetime, step: timedelta
+    ) -> list[datetime]:
+        """Fire instants in (start, end], scanning real time by ``step`` with Vixie's DST rules.
+
+        A fixed-hour job fires at each real instant whose wall time matches, except in the
+        second pass of a repeated hour; if its wall times in a skipped (spring) stretch match,
+        it fires once when the clocks jump. An hour-wildcard job fires at every real instant
+        whose wall time matches.
+        """
+        seconds = int(step.total_seconds())
+        moment = datetime.fromtimestamp((int(start.timestamp()) // seconds + 1) * seconds, UTC)
+        previous = (moment - step).astimezone(zone)
+        out: list[datetime] = []
+        while moment <= end:
+            local = moment.astimezone(zone)
+            wall = local.replace(tzinfo=None)
+            fire = self.matches(wall) and (self.hour_wildcard or local.fold == 0)
+            jumped = local.utcoffset() > previous.utcoffset()  # type: ignore[operator]
+            if jumped and not self.hour_wildcard and not fire:
+                skipped = previous.replace(tzinfo=None) + step
+                while skipped < wall and not fire:
+                    fire = self.matches(skipped)
+                    skipped += step
+            if fire:
+                out.append(moment)
+            previous, moment = local, moment + step
+        return out
+
+
+def test_the_reference_agrees_with_known_fire_times() -> None:
+    ref = Reference.parse("30 2 * * *")
+    assert ref.next_utc(utc(2024, 1, 1)) == utc(2024, 1, 1, 2, 30)
+    fired = ref.fires_between(
+        BERLIN, BERLIN_AUTUMN - timedelta(hours=3), BERLIN_AUTUMN + timedelta(hours=3), MINUTE
+    )
+    assert fired == [utc(2024, 10, 27, 0, 30)]
+
+
+MINUTE = timedelta(minutes=1)
+SECOND = timedelta(seconds=1)
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+def test_five_fields() -> None:
+    schedule = parse_schedule("30 4 * * *", "UTC")
+    assert isinstance(schedule, CronSchedule)
+    assert schedule.expression == "30 4 * * *"
+    assert as_utc(fires(schedule, utc(2024, 5, 1, 4, 30), 2)) == [
+        utc(2024, 5, 2, 4, 30),
+        utc(2024, 5, 3, 4, 30),
+    ]
+
+
+def test_six_fields_lead_with_seconds() -> None:
+    schedule = parse_schedule("15 30 4 * * *", "UTC")
+    assert as_utc(fires(schedule, utc(2024, 5, 1), 2)) == [
+        utc(2024, 5, 1, 4, 30, 15),
+        utc(2024, 5, 2, 4, 30, 15),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected_seconds"),
+    [
+        ("*/20 * * * * *", [0, 20, 40, 0, 20]),
+        ("*/7 * * * * *", [0, 7, 14, 21, 28, 35, 42, 49, 56, 0]),
+        ("5-20/5 * * * * *", [5, 10, 15, 20, 5]),
+        ("0,30 * * * * *", [0, 30, 0, 30]),
+    ],
+)
+def test_steps_in_the_seconds_field(expr: str, expected_seconds: list[int]) -> None:
+    schedule = parse_schedule(expr, "UTC")
+    got = fires(schedule, utc(2024, 5, 1, 12, 0, 0) - SECOND, len(expected_seconds))
+    assert [fire.second for fire in got] == expected_seconds
+    assert_strictly_increasing(got)
+
+
+def test_a_fire_time_equal_to_after_is_not_returned() -> None:
+    schedule = parse_schedule("*/5 * * * * *", "UTC")
+    assert schedule.next_after(utc(2024, 1, 1, 0, 0, 5)) == utc(2024, 1, 1, 0, 0, 10)
+    assert schedule.next_after(utc(2024, 1, 1, 0, 0, 4, 999_999)) == utc(2024, 1, 1, 0, 0, 5)
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "after", "expected"),
+    [
+        ("@yearly", utc(2024, 5, 5), [utc(2025, 1, 1), utc(2026, 1, 1)]),
+        ("@annually", utc(2024, 5, 5), [utc(2025, 1, 1), utc(2026, 1, 1)]),
+        ("@monthly", utc(2024, 5, 5), [utc(2024, 6, 1), utc(2024, 7, 1)]),
+        # 2024-05-05 was a Sunday: @weekly is Sunday 00:00.
+        ("@weekly", utc(2024, 5, 5), [utc(2024, 5, 12), utc(2024, 5, 19)]),
+        ("@daily", utc(2024, 5, 5, 12), [utc(2024, 5, 6), utc(2024, 5, 7)]),
+        ("@midnight", utc(2024, 5, 5, 12), [utc(2024, 5, 6), utc(2024, 5, 7)]),
+        ("@hourly", utc(2024, 5, 5, 12, 1), [utc(2024, 5, 5, 13), utc(2024, 5, 5, 14)]),
+    ],
+)
+def test_descriptors(descriptor: str, after: datetime, expected: list[datetime]) -> None:
+    got = fires(parse_schedule(descriptor, "UTC"), after, len(expected))
+    assert as_utc(got) == expected
+    if descriptor == "@weekly":
+        assert all(fire.isoweekday() == 7 for fire in got)
+
+
+# 2024-01-07 is a Sunday; a two-week window shows each weekday twice.
+_WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+@pytest.mark.parametrize(
+    ("dow", "expected"),
+    [
+        ("0", {"sun"}),
+        ("7", {"sun"}),
+        ("sun", {"sun"}),
+        ("SUN", {"sun"}),
+        ("0,7", {"sun"}),
+        ("1", {"mon"}),
+        ("6", {"sat"}),
+        ("1-5", {"mon", "tue", "wed", "thu", "fri"}),
+        ("mon-fri", {"mon", "tue", "wed", "thu", "fri"}),
+        ("*/2", {"sun", "tue", "thu", "sat"}),
+        ("1-5/2", {"mon", "wed", "fri"}),
+        ("5-7", {"fri", "sat", "sun"}),
+        ("6-7", {"sat", "sun"}),
+        ("sat,sun", {"sat", "sun"}),
+        ("0-6", set(_WEEKDAY_NAMES)),
+        ("1-7", set(_WEEKDAY_NAMES)),
+        ("*", set(_WEEKDAY_NAMES)),
+        ("mon,wed,fri", {"mon", "wed", "fri"}),
+    ],
+)
+def test_day_of_week_reads_as_crontab(dow: str, expected: set[str]) -> None:
+    schedule = parse_schedule(f"0 12 * * {dow}", "UTC")
+    got = fires_until(schedule, utc(2024, 1, 7), utc(2024, 1, 21))
+    assert {_WEEKDAY_NAMES[fire.isoweekday() % 7] for fire in got} == expected
+    assert len(got) == 2 * len(expected)
+
+
+def test_both_day_fields_restricted_fire_on_either() -> None:
+    # January 2024: the 13th is a Saturday; Fridays are the 5th, 12th, 19th and 26th.
+    days = [fire.day for fire in fires_until(parse_schedule("0 0 13 * 5", "UTC"), *JANUARY)]
+    assert days == [5, 12, 13, 19, 26]
+
+
+def test_a_day_field_starting_with_a_star_means_both_must_match() -> None:
+    # "*/2" starts with "*": Vixie ANDs the fields, so only Fridays on odd dates fire.
+    days = [fire.day for fire in fires_until(parse_schedule("0 0 */2 * 5", "UTC"), *JANUARY)]
+    assert days == [5, 19]
+    days = [fire.day for fire in fires_until(parse_schedule("0 0 13 * *", "UTC"), *JANUARY)]
+    assert days == [13]
+    days = [fire.day for fire in fires_until(parse_schedule("0 0 * * fri", "UTC"), *JANUARY)]
+    assert days == [5, 12, 19, 26]
+
+
+def test_or_rule_with_a_weekday_field_covering_the_whole_week() -> None:
+    # Vixie: "0-6" is a restricted field (no leading "*"), so any day matches it.
+    days = [fire.day for fire in fires_until(parse_schedule("0 0 13 * 0-6", "UTC"), *JANUARY)]
+    assert days == list(range(1, 32))
+
+
+JANUARY = (utc(2023, 12, 31, 23), utc(2024, 1, 31, 23))
+
+
+def test_month_names() -> None:
+    got = fires(parse_schedule("0 0 1 jan,JUL *", "UTC"), utc(2024, 2, 1), 3)
+    assert as_utc(got) == [utc(2024, 7, 1), utc(2025, 1, 1), utc(2025, 7, 1)]
+    got = fires(parse_schedule("0 0 1 mar-may *", "UTC"), utc(2024, 1, 1), 4)
+    assert [fire.month for fire in got] == [3, 4, 5, 3]
+
+
+def test_leap_day() -> None:
+    schedule = parse_schedule("0 0 29 2 *", "UTC")
+    got = fires(schedule, utc(2023, 1, 1), 3)
+    assert as_utc(got) == [utc(2024, 2, 29), utc(2028, 2, 29), utc(2032, 2, 29)]
+    # 2100 is not a leap year.
+    assert schedule.next_after(utc(2096, 3, 1)) == utc(2104, 2, 29)
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        # crontab and the seed accept a step wider than its range: only the first value fires.
+        ("*/60 * * * *", utc(2024, 5, 5, 0, 1), [utc(2024, 5, 5, 1), utc(2024, 5, 5, 2)]),
+        ("0 */24 * * *", utc(2024, 5, 5, 1), [utc(2024, 5, 6), utc(2024, 5, 7)]),
+        ("0 9-17/10 * * *", utc(2024, 5, 5), [utc(2024, 5, 5, 9), utc(2024, 5, 6, 9)]),
+        ("12-12/1 0 * * *", utc(2024, 5, 5), [utc(2024, 5, 5, 0, 12), utc(2024, 5, 6, 0, 12)]),
+        ("0 0 1 */12 *", utc(2024, 5, 5), [utc(2025, 1, 1), utc(2026, 1, 1)]),
+    ],
+)
+def test_steps_wider_than_their_range(expr: str, after: datetime, expected: list[datetime]) -> None:
+    assert as_utc(fires(parse_schedule(expr, "UTC"), after, len(expected))) == expected
+
+
+# -- time zones -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["TZ=America/New_York", "CRON_TZ=America/New_York"])
+def test_time_zone_prefix_wins_over_the_zone_argument(prefix: str) -> None:
+    schedule = parse_schedule(f"{prefix} 0 9 * * *", "Europe/Berlin")
+    fire = schedule.next_after(utc(2024, 1, 15))
+    assert fire == utc(2024, 1, 15, 14)  # 09:00 EST
+    assert fire is not None and fire.tzinfo == NEW_YORK
+
+
+def test_zone_argument_as_name_or_tzinfo() -> None:
+    for zone in ("Europe/Berlin", BERLIN):
+        assert parse_schedule("0 9 * * *", zone).next_after(utc(2024, 1, 15)) == utc(2024, 1, 15, 8)
+
+
+def test_naive_after_is_a_wall_time_in_the_schedule_zone() -> None:
+    schedule = parse_schedule("0 9 * * *", BERLIN)
+    assert schedule.next_after(datetime(2024, 1, 15, 8, 59)) == utc(2024, 1, 15, 8)
+
+
+def test_after_may_be_in_any_zone() -> None:
+    schedule = parse_schedule("0 9 * * *", BERLIN)
+    tokyo = datetime(2024, 1, 15, 16, 59, tzinfo=ZoneInfo("Asia/Tokyo"))  # 07:59 UTC
+    assert schedule.next_after(tokyo) == utc(2024, 1, 15, 8)
+
+
+def test_unknown_time_zone() -> None:
+    with pytest.raises(InvalidScheduleError, match="unknown time zone 'Mars/Olympus'"):
+        parse_schedule("TZ=Mars/Olympus 0 9 * * *")
+    with pytest.raises(InvalidScheduleError, match="unknown time zone"):
+        parse_schedule("0 9 * * *", "Not/AZone")
+
+
+def test_default_zone_is_the_local_zone() -> None:
+    from tzlocal import get_localzone
+
+    schedule = parse_schedule("0 9 * * *")
+    assert isinstance(schedule, CronSchedule)
+    assert schedule.zone == get_localzone()
+
+
+# -- invalid expressions --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("", "empty schedule"),
+        ("   ", "empty schedule"),
+        ("TZ=UTC ", "got 1"),
+        ("******", "expected 5 fields"),
+        ("* * * *", "got 4"),
+        ("* * * * * * *", "got 7"),
+        ("61 * * * *", "61"),
+        ("60 * * * * *", "60"),
+        ("* 24 * * *", "24"),
+        ("* * 0 * *", "lower than the minimum"),
+        ("* * 32 * *", "32"),
+        ("* * * 13 *", "13"),
+        ("* * * 0 *", "lower than the minimum"),
+        ("* * * * 8", "invalid day-of-week '8'"),
+        ("* * * * fri-sun", "first day must not come after the last"),
+        ("* * * * funday", "invalid day-of-week 'funday'"),
+        ("* * * * 1/0", "invalid step"),
+        ("*/0 * * * *", "Increment must be higher than 0"),
+        ("5-1 * * * *", "must not be higher than the maximum"),
+        ("a * * * *", '"a"'),
+        ("1,,2 * * * *", "1,,2"),
+        ("? * * * *", "invalid minute field '?'"),
+        ("* * * * 0#1", "invalid day-of-week field '0#1'"),
+        ("@foo", "unknown descriptor '@foo'"),
+        ("@daily now", "unknown descriptor"),
+        ("@every 0s", "longer than zero"),
+        ("@every", "invalid duration"),
+        ("@every 5", "invalid duration '5'"),
+        ("@every -5s", "invalid duration '-5s'"),
+        ("@every 1d", "invalid duration '1d'"),
+        ("0 0 30 2 *", "never fires"),
+        ("0 0 31 4 *", "never fires"),
+        ("0 0 31 2,4,6,9,11 *", "never fires"),
+    ],
+)
+def test_invalid_expressions_name_the_problem(expr: str, problem: str) -> None:
+    with pytest.raises(InvalidScheduleError) as info:
+        parse_schedule(expr, "UTC")
+    assert problem in str(info.value)
+    with pytest.raises(InvalidScheduleError):
+        validate_schedule(expr)
+
+
+def test_the_expression_is_quoted_in_cron_errors() -> None:
+    with pytest.raises(InvalidScheduleError, match=r"'61 \* \* \* \*'"):
+        validate_schedule("61 * * * *")
+
+
+@pytest.mark.parametrize("expr", [None, 5, b"* * * * *"])
+def test_a_schedule_must_be_a_string(expr: object) -> None:
+    with pytest.raises(InvalidScheduleError, match="must be a string"):
+        parse_schedule(expr)  # type: ignore[arg-type]
+
+
+def test_invalid_schedule_error_is_a_config_error() -> None:
+    assert issubclass(InvalidScheduleError, ConfigError)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "* * * * *",
+        "*/5 * * * * *",
+        "0 0 29 2 *",
+        "0 0 30 2 1",  # never on the 30th of February, but on February's Mondays
+        "0 0 last * *",
+        "TZ=Europe/Berlin 30 2 * * *",
+        "@every 1h30m",
+        "@hourly",
+    ],
+)
+def test_valid_expressions_validate(expr: str) -> None:
+    validate_schedule(expr)
+
+
+def test_or_rule_with_an_impossible_date_fires_on_the_weekdays() -> None:
+    schedule = parse_schedule("0 0 30 2 1", "UTC")
+    got = fires(schedule, utc(2024, 1, 1), 5)
+    assert [(fire.month, fire.day) for fire in got] == [(2, 5), (2, 12), (2, 19), (2, 26), (2, 3)]
+    # The impossible day-of-month half must not make every search scan to the year 9999
+    # (it took ~0.1 s per fire time); 200 fire times take well under a second.
+    started = time.perf_counter()
+    fires(schedule, utc(2024, 1, 1), 200)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_no_fire_time_past_the_year_9999() -> None:
+    end = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert parse_schedule("0 0 1 1 *", "UTC").next_after(end) is None
+    assert parse_schedule("@every 1h").next_after(end) is None
+    assert get_backoff_for_next_schedule("TZ=UTC 0 0 1 1 *", now=end) == NO_CRON_BACKOFF
+
+
+# -- @every and durations -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1h30m", 5400.0),
+        ("45s", 45.0),
+        ("500ms", 0.5),
+        ("1.5h", 5400.0),
+        ("2m", 120.0),
+        ("1h 30m", 5400.0),
+        (".5s", 0.5),
+        ("1h0m1s", 3601.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5", "1d", "-1s", "s", "1hh", "1h30", "0s", "0ms", "abc"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(InvalidScheduleError, match="duration"):
+        parse_duration(text)
+
+
+def test_every_counts_real_time_across_daylight_saving() -> None:
+    schedule = parse_schedule("@every 1h30m")
+    assert isinstance(schedule, IntervalSchedule)
+    assert schedule.interval == 5400.0
+    # 01:30 CET + 1h30m of real time is 04:00 CEST (the clocks jumped an hour meanwhile).
+    start = datetime(2024, 3, 31, 1, 30, tzinfo=BERLIN)
+    fire = schedule.next_after(start)
+    assert fire is not None
+    assert fire.timestamp() - start.timestamp() == 5400
+    assert fire.replace(tzinfo=None) == datetime(2024, 3, 31, 4, 0)
+
+
+def test_every_never_goes_back_in_the_repeated_hour() -> None:
+    schedule = parse_schedule("@every 30m")
+    got = fires(schedule, datetime(2024, 10, 27, 1, 30, tzinfo=BERLIN), 6)
+    assert_strictly_increasing(got)
+    stamps = [fire.timestamp() for fire in got]
+    assert {b - a for a, b in itertools.pairwise(stamps)} == {1800.0}
+    # The second pass of 02:00-03:00 is shown as such (fold=1, UTC+1).
+    assert [(f.hour, f.minute, f.fold) for f in got] == [
+        (2, 0, 0),
+        (2, 30, 0),
+        (2, 0, 1),
+        (2, 30, 1),
+        (3, 0, 0),
+        (3, 30, 0),
+    ]
+
+
+def test_every_with_a_millisecond_interval() -> None:
+    schedule = parse_schedule("@every 500ms")
+    assert schedule.next_after(utc(2024, 1, 1)) == utc(2024, 1, 1) + timedelta(milliseconds=500)
+
+
+# -- next_fire_time / get_backoff_for_next_schedule -----------------------------------------------
+
+
+def test_next_fire_time() -> None:
+    assert next_fire_time("TZ=UTC */10 * * * * *", utc(2024, 1, 1, 0, 0, 5)) == utc(
+        2024, 1, 1, 0, 0, 10
+    )
+    before = datetime.now(UTC)
+    fire = next_fire_time("* * * * * *")
+    assert fire is not None and before < fire <= before + timedelta(seconds=2)
+
+
+def test_backoff() -> None:
+    assert get_backoff_for_next_schedule("*/5 * * * * *", utc(2024, 1, 1, 12, 0, 3)) == 2.0
+    assert get_backoff_for_next_schedule("*/5 * * * * *", utc(2024, 1, 1, 12, 0, 3, 500_000)) == 1.5
+    assert get_backoff_for_next_schedule("*/5 * * * * *", utc(2024, 1, 1, 12, 0, 5)) == 5.0
+    assert get_backoff_for_next_schedule("@every 1h30m", utc(2024, 1, 1)) == 5400.0
+    assert 0 < get_backoff_for_next_schedule("* * * * * *") <= 1.0
+
+
+@pytest.mark.parametrize("expr", [NO_CRON_EXPRESSION, "", "  "])
+def test_no_schedule_gives_no_cron_backoff(expr: str) -> None:
+    assert NO_CRON_BACKOFF == -1.0
+    assert get_backoff_for_next_schedule(expr) == NO_CRON_BACKOFF
+
+
+def test_backoff_of_a_malformed_expression_raises() -> None:
+    with pytest.raises(InvalidScheduleError):
+        get_backoff_for_next_schedule("61 * * * *")
+
+
+def test_backoff_counts_real_seconds_across_daylight_saving() -> None:
+    # 01:30 CET to 03:30 CEST is one real hour, although the wall clocks differ by two.
+    now = datetime(2024, 3, 31, 1, 30, tzinfo=BERLIN)
+    assert get_backoff_for_next_schedule("TZ=Europe/Berlin 30 3 * * *", now) == 3600.0
+    # A naive "now" is read in the schedule's zone.
+    naive = datetime(2024, 3, 31, 1, 30)
+    assert get_backoff_for_next_schedule("TZ=Europe/Berlin 30 3 * * *", naive) == 3600.0
+    assert get_backoff_for_next_schedule("@every 5s", naive) == 5.0
+
+
+# -- daylight saving: fixed-hour jobs -------------------------------------------------------------
+
+
+def test_berlin_spring_fixed_hour_fires_when_the_clocks_jump() -> None:
+    schedule = parse_schedule("30 2 * * *", BERLIN)
+    got = fires(schedule, datetime(2024, 3, 29, 12, tzinfo=BERLIN), 3)
+    assert as_utc(got) == [utc(2024, 3, 30, 1, 30), utc(2024, 3, 31, 1), utc(2024, 4, 1, 0, 30)]
+    assert got[1].replace(tzinfo=None) == datetime(2024, 3, 31, 3, 0)  # 03:00 CEST
+    # From just before the jump, too.
+    assert schedule.next_after(datetime(2024, 3, 31, 1, 59, 59, tzinfo=BERLIN)) == BERLIN_SPRING
+
+
+def test_berlin_spring_six_field_fixed_hour_fires_at_the_jump() -> None:
+    schedule = parse_schedule("15 30 2 * * *", BERLIN)
+    got = fires(schedule, datetime(2024, 3, 30, 12, tzinfo=BERLIN), 2)
+    assert as_utc(got) == [BERLIN_SPRING, utc(2024, 4, 1, 0, 30, 15)]
+
+
+def test_berlin_spring_a_job_at_three_is_not_affected() -> None:
+    got = fires(parse_schedule("0 3 * * *", BERLIN), datetime(2024, 3, 30, 12, tzinfo=BERLIN), 2)
+    assert as_utc(got) == [utc(2024, 3, 31, 1), utc(2024, 4, 1, 1)]
+
+
+def test_berlin_spring_several_times_in_the_gap_fire_once() -> None:
+    schedule = parse_schedule("0,30 2 * * *", BERLIN)
+    got = fires_until(schedule, utc(2024, 3, 30, 12), utc(2024, 4, 1, 12))
+    assert got == [utc(2024, 3, 31, 1), utc(2024, 4, 1, 0), utc(2024, 4, 1, 0, 30)]
+
+
+# Berlin, 27 October 2024: 02:30 CEST is 00:30 UTC; the next days' 02:30 CET is 01:30 UTC.
+_BERLIN_27TH = utc(2024, 10, 27, 0, 30)
+_BERLIN_28TH = utc(2024, 10, 28, 1, 30)
+_BERLIN_29TH = utc(2024, 10, 29, 1, 30)
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        pytest.param(
+            datetime(2024, 10, 26, 12, tzinfo=BERLIN), [_BERLIN_27TH, _BERLIN_28TH], id="before"
+        ),
+        pytest.param(
+            datetime(2024, 10, 27, 2, 10, tzinfo=BERLIN),
+            [_BERLIN_27TH, _BERLIN_28TH],
+            id="first-pass-before-0230",
+        ),
+        pytest.param(
+            datetime(2024, 10, 27, 2, 45, tzinfo=BERLIN),
+            [_BERLIN_28TH, _BERLIN_29TH],
+            id="first-pass-after-0230",
+        ),
+        pytest.param(
+            datetime(2024, 10, 27, 2, 10, fold=1, tzinfo=BERLIN),
+            [_BERLIN_28TH, _BERLIN_29TH],
+            id="second-pass-before-0230",
+        ),
+        pytest.param(
+            datetime(2024, 10, 27, 2, 40, fold=1, tzinfo=BERLIN),
+            [_BERLIN_28TH, _BERLIN_29TH],
+            id="second-pass-after-0230",
+        ),
+    ],
+)
+def test_berlin_autumn_fixed_hour_fires_in_the_first_pass_only(
+    start: datetime, expected: list[datetime]
+) -> None:
+    got = fires(parse_schedule("30 2 * * *", BERLIN), start, 2)
+    assert as_utc(got) == expected
+
+
+def test_berlin_autumn_a_job_after_the_repeated_hour_fires_from_the_second_pass() -> None:
+    schedule = parse_schedule("0 3 * * *", BERLIN)
+    start = datetime(2024, 10, 27, 2, 10, fold=1, tzinfo=BERLIN)
+    assert schedule.next_after(start) == utc(2024, 10, 27, 2)
+
+
+def test_new_york_spring_fixed_hour_fires_when_the_clocks_jump() -> None:
+    got = fires(
+        parse_schedule("30 2 * * *", NEW_YORK), datetime(2024, 3, 9, 12, tzinfo=NEW_YORK), 3
+    )
+    assert as_utc(got) == [utc(2024, 3, 10, 7), utc(2024, 3, 11, 6, 30), utc(2024, 3, 12, 6, 30)]
+    assert got[0].replace(tzinfo=None) == datetime(2024, 3, 10, 3, 0)  # 03:00 EDT
+
+
+# New York, 3 November 2024: 01:30 EDT is 05:30 UTC; the next days' 01:30 EST is 06:30 UTC.
+_NEW_YORK_3RD = utc(2024, 11, 3, 5, 30)
+_NEW_YORK_4TH = utc(2024, 11, 4, 6, 30)
+_NEW_YORK_5TH = utc(2024, 11, 5, 6, 30)
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        pytest.param(
+            datetime(2024, 11, 2, 12, tzinfo=NEW_YORK), [_NEW_YORK_3RD, _NEW_YORK_4TH], id="before"
+        ),
+        pytest.param(
+            datetime(2024, 11, 3, 1, 10, tzinfo=NEW_YORK),
+            [_NEW_YORK_3RD, _NEW_YORK_4TH],
+            id="first-pass-before-0130",
+        ),
+        pytest.param(
+            datetime(2024, 11, 3, 1, 45, tzinfo=NEW_YORK),
+            [_NEW_YORK_4TH, _NEW_YORK_5TH],
+            id="first-pass-after-0130",
+        ),
+        pytest.param(
+            datetime(2024, 11, 3, 1, 10, fold=1, tzinfo=NEW_YORK),
+            [_NEW_YORK_4TH, _NEW_YORK_5TH],
+            id="second-pass-before-0130",
+        ),
+        pytest.param(
+            datetime(2024, 11, 3, 1, 45, fold=1, tzinfo=NEW_YORK),
+            [_NEW_YORK_4TH, _NEW_YORK_5TH],
+            id="second-pass-after-0130",
+        ),
+    ],
+)
+def test_new_york_autumn_fixed_hour_fires_in_the_first_pass_only(
+    start: datetime, expected: list[datetime]
+) -> None:
+    got = fires(parse_schedule("30 1 * * *", NEW_YORK), start, 2)
+    assert as_utc(got) == expected
+
+
+@pytest.mark.parametrize(("zone", "year"), [(BERLIN, 2023), (NEW_YORK, 2023), (BERLIN, 2024)])
+@pytest.mark.parametrize("expr", ["30 2 * * *", "30 1 * * *", "0 3 * * *"])
+def test_a_fixed_hour_job_fires_once_on_every_local_date(
+    zone: ZoneInfo, year: int, expr: str
+) -> None:
+    schedule = parse_schedule(expr, zone)
+    start = datetime(year, 1, 1, tzinfo=zone) - SECOND
+    got = fires_until(schedule, start, datetime(year, 12, 31, 23, 59, tzinfo=zone))
+    local_dates = [fire.astimezone(zone).date() for fire in got]
+    days_in_year = (date(year + 1, 1, 1) - date(year, 1, 1)).days
+    assert len(got) == days_in_year
+    assert len(set(local_dates)) == days_in_year
+    assert_strictly_increasing(got)
+
+
+# -- daylight saving: hour-wildcard jobs follow real time -----------------------------------------
+
+
+def test_berlin_autumn_quarter_hours_fire_in_both_passes() -> None:
+    schedule = parse_schedule("*/15 * * * *", BERLIN)
+    got = fires(schedule, datetime(2024, 10, 27, 2, 40, tzinfo=BERLIN), 6)
+    assert [(f.hour, f.minute, f.fold) for f in got] == [
+        (2, 45, 0),
+        (2, 0, 1),
+        (2, 15, 1),
+        (2, 30, 1),
+        (2, 45, 1),
+        (3, 0, 0),
+    ]
+    assert [f.utcoffset() for f in got] == [timedelta(hours=2)] + [timedelta(hours=1)] * 5
+    assert_strictly_increasing(got)
+
+
+def test_berlin_autumn_starting_in_the_second_pass() -> None:
+    schedule = parse_schedule("*/15 * * * *", BERLIN)
+    got = fires(schedule, datetime(2024, 10, 27, 2, 10, fold=1, tzinfo=BERLIN), 4)
+    assert as_utc(got) == [
+        utc(2024, 10, 27, 1, 15),
+        utc(2024, 10, 27, 1, 30),
+        utc(2024, 10, 27, 1, 45),
+        utc(2024, 10, 27, 2, 0),
+    ]
+
+
+def test_berlin_spring_hourly_skips_the_missing_hour() -> None:
+    schedule = parse_schedule("0 * * * *", BERLIN)
+    got = fires(schedule, datetime(2024, 3, 31, 0, 30, tzinfo=BERLIN), 3)
+    assert [f.replace(tzinfo=None).hour for f in got] == [1, 3, 4]
+    assert as_utc(got) == [utc(2024, 3, 31, 0), utc(2024, 3, 31, 1), utc(2024, 3, 31, 2)]
+
+
+def test_new_york_autumn_hourly_fires_in_both_passes() -> None:
+    schedule = parse_schedule("@hourly", NEW_YORK)
+    got = fires(schedule, datetime(2024, 11, 3, 0, 30, tzinfo=NEW_YORK), 3)
+    assert as_utc(got) == [utc(2024, 11, 3, 5), utc(2024, 11, 3, 6), utc(2024, 11, 3, 7)]
+    assert [(f.hour, f.fold) for f in got] == [(1, 0), (1, 1), (2, 0)]
+
+
+def test_new_york_spring_every_second_has_nothing_in_the_gap() -> None:
+    schedule = parse_schedule("* * * * * *", NEW_YORK)
+    start = NEW_YORK_SPRING - timedelta(seconds=2)
+    got = fires(schedule, start, 4)
+    assert as_utc(got) == [NEW_YORK_SPRING + n * SECOND for n in (-1, 0, 1, 2)]
+    assert [f.replace(tzinfo=None).time().isoformat() for f in got[:2]] == ["01:59:59", "03:00:00"]
+
+
+@pytest.mark.parametrize(("zone", "transition"), TRANSITIONS)
+def test_ten_thousand_seconds_fires_across_a_transition(
+    zone: ZoneInfo, transition: datetime
+) -> None:
+    expr = "*/7 * * * * *"
+    start = transition - timedelta(hours=6)
+    got = fires(parse_schedule(expr, zone), start, 10_000)
+    assert_strictly_increasing(got)
+    assert got[-1] > transition  # the sequence does cross the transition
+    expected = Reference.parse(expr).fires_between(zone, start, got[-1].astimezone(UTC), SECOND)
+    assert as_utc(got) == expected
+
+
+@pytest.mark.parametrize(("zone", "transition"), TRANSITIONS)
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "30 2 * * *",
+        "30 1 * * *",
+        "0 3 * * *",
+        "*/15 * * * *",
+        "0 * * * *",
+        "0,30 1-3 * * *",
+        "* 2 * * *",
+        "45 */2 * * *",
+        "59 1 * * *",
+        "0 0 * * *",
+    ],
+)
+@pytest.mark.parametrize("offset_minutes", [-600, -61, -30, 0, 15, 59, 75, 120])
+def test_transitions_match_the_reference(
+    zone: ZoneInfo, transition: datetime, expr: str, offset_minutes: int
+) -> None:
+    """Start before, at, inside the first and inside the second pass of each transition."""
+    start = transition + timedelta(minutes=offset_minutes)
+    end = transition + timedelta(hours=26)
+    got = fires_until(parse_schedule(expr, zone), start.astimezone(zone), end)
+    assert got == Reference.parse(expr).fires_between(zone, start, end, MINUTE)
+    assert_strictly_increasing(got)
+
+
+# -- random expressions against the reference -----------------------------------------------------
+
+
+def _random_field(rng: random.Random, low: int, high: int) -> str:
+    kind = rng.random()
+    if kind < 0.25:
+        return "*"
+    if kind < 0.4:
+        return f"*/{rng.randint(1, high - low + 1)}"
+    if kind < 0.6:
+        return str(rng.randint(low, high))
+    if kind < 0.75:
+        first = rng.randint(low, high)
+        return f"{first}-{rng.randint(first, high)}"
+    if kind < 0.85:
+        first = rng.randint(low, high)
+        return f"{first}-{rng.randint(first, high)}/{rng.randint(1, 4)}"
+    values = sorted(rng.sample(range(low, high + 1), rng.randint(2, 4)))
+    return ",".join(map(str, values))
+
+
+def _random_expression(rng: random.Random) -> str:
+    fields = [
+        _random_field(rng, 0, 59),
+        _random_field(rng, 0, 23),
+        _random_field(rng, 1, 31),
+        _random_field(rng, 1, 12),
+        _random_field(rng, 0, 7),
+    ]
+    return " ".join(fields)
+
+
+def test_random_expressions_match_the_reference_in_utc() -> None:
+    rng = random.Random(20240331)
+    checked = 0
+    for _ in range(400):
+        expr = _random_expression(rng)
+        reference = Reference.parse(expr)
+        try:
+            schedule = parse_schedule(expr, "UTC")
+        except InvalidScheduleError as exc:
+            # Only a date that exists in no month ("31 in April") may be refused.
+            assert "never fires" in str(exc), expr
+            assert reference.next_utc(utc(2024, 1, 1)) is None, expr
+            continue
+        after = utc(2020, 1, 1) + timedelta(seconds=rng.randrange(10 * 365 * 86400))
+        for _ in range(3):
+            fire = schedule.next_after(after)
+            assert fire == reference.next_utc(after), (expr, after)
+            assert fire is not None
+            after = fire
+            checked += 1
+    assert checked > 1000
+
+
+def test_random_expressions_match_the_reference_across_transitions() -> None:
+    rng = random.Random(20241027)
+    transitions = [
+        (BERLIN, BERLIN_SPRING),
+        (BERLIN, BERLIN_AUTUMN),
+        (NEW_YORK, NEW_YORK_SPRING),
+        (NEW_YORK, NEW_YORK_AUTUMN),
+    ]
+    for _ in range(120):
+        zone, transition = rng.choice(transitions)
+        local_day = transition.astimezone(zone).day
+        hour = rng.choice(["*", "1", "2", "3", "1-3", "2,3", "*/2", _random_field(rng, 0, 23)])
+        around = f"{max(local_day - 1, 1)}-{min(local_day + 1, 31)}"
+        dom = rng.choice(["*", "*", str(local_day), around])
+        dow = rng.choice(["*", "*", "0", "1-5", "6,0"])
+        expr = f"{_random_field(rng, 0, 59)} {hour} {dom} * {dow}"
+        start = transition + timedelta(minutes=rng.randint(-150, 150), seconds=rng.choice([0, 30]))
+        end = transition + timedelta(hours=26)
+        got = fires_until(parse_schedule(expr, zone), start.astimezone(zone), end)
+        assert got == Reference.parse(expr).fires_between(zone, start, end, MINUTE), (expr, start)
