@@ -14,6 +14,14 @@ Everything a user needs is importable from here::
     worker.wait()
 """
 
+from goworker_py.cluster import (
+    AverageStrategy,
+    ShardingStrategy,
+    StickyStrategy,
+    WorkerDiscovery,
+    get_discovery,
+    set_discovery,
+)
 from goworker_py.config import (
     DiscoveryConfig,
     LoggerConfig,
@@ -70,6 +78,13 @@ __all__ = [
     "Worker",
     "WorkerInstance",
     "WorkerState",
+    # Cluster
+    "AverageStrategy",
+    "ShardingStrategy",
+    "StickyStrategy",
+    "WorkerDiscovery",
+    "get_discovery",
+    "set_discovery",
     # Configuration and logging
     "DiscoveryConfig",
     "LoggerConfig",

@@ -1,0 +1,53 @@
+"""Test against real ZooKeeper servers: start them, break them, expire sessions.
+
+For pytest, add ``pytest_plugins = ["goworker_py.testing.pytest_plugin"]`` to a ``conftest.py``
+and use the fixtures ``zookeeper``, ``zk_chroot``, ``zk_hosts``, ``zk_client``,
+``zookeeper_private`` and ``zookeeper_ensemble``. Outside pytest::
+
+    with ZooKeeperServer() as server:       # a real server on a free loopback port
+        client = KazooClient(server.hosts)
+        ...
+        server.pause()                      # SIGSTOP: a partition, as clients see it
+        expire_session(client)              # a real, server-side session expiry
+
+``python -m goworker_py.testing ensure-zookeeper`` checks (and, as root on Debian, installs)
+what these need.
+"""
+
+from __future__ import annotations
+
+from goworker_py.testing.ensemble import ZooKeeperEnsemble
+from goworker_py.testing.errors import (
+    FaultInjectionUnsupported,
+    ZooKeeperError,
+    ZooKeeperNotFound,
+    ZooKeeperStartError,
+)
+from goworker_py.testing.external import ExternalZooKeeper
+from goworker_py.testing.install import INSTALL_HINT, ZooKeeperInstall, find_zookeeper
+from goworker_py.testing.network import four_letter_word, free_ports, parse_mntr, with_chroot
+from goworker_py.testing.sessions import expire_session
+from goworker_py.testing.zookeeper import ZooKeeperServer
+
+__all__ = [
+    # Servers
+    "ExternalZooKeeper",
+    "ZooKeeperEnsemble",
+    "ZooKeeperServer",
+    # Faults
+    "expire_session",
+    # Finding ZooKeeper
+    "INSTALL_HINT",
+    "ZooKeeperInstall",
+    "find_zookeeper",
+    # Helpers
+    "four_letter_word",
+    "free_ports",
+    "parse_mntr",
+    "with_chroot",
+    # Errors
+    "FaultInjectionUnsupported",
+    "ZooKeeperError",
+    "ZooKeeperNotFound",
+    "ZooKeeperStartError",
+]

@@ -1,0 +1,197 @@
+"""pytest fixtures for tests against real ZooKeeper servers.
+
+Enable with ``pytest_plugins = ["goworker_py.testing.pytest_plugin"]`` in a ``conftest.py``.
+
+- ``zookeeper``: one server for the whole session (tick 100 ms, so sessions may be as short as
+  0.2 s). With ``ZK_HOSTS`` set, that existing server instead (an :class:`ExternalZooKeeper`).
+- ``zk_chroot`` / ``zk_hosts`` / ``zk_client``: a fresh chroot per test on that server, the
+  connection string with the chroot appended, and a connected kazoo client on it. Tests never
+  see each other's nodes; the chroot is deleted afterwards.
+- ``zookeeper_admin``: a kazoo client on the shared server's root, for looking across chroots.
+- ``zookeeper_private``: a server of the test's own, to stop, restart or pause freely.
+- ``zookeeper_ensemble``: a 3-server quorum shared by the tests of one module.
+
+When a test fails, the tail of each server log it used is added to its report. When ZooKeeper
+is missing, tests that need it are skipped with what to install, except in CI (``CI`` set),
+where they fail: a CI run that silently skips its cluster tests proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Callable, Generator, Iterator, Mapping
+from typing import NoReturn, TypeVar
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from goworker_py.testing.ensemble import ZooKeeperEnsemble
+from goworker_py.testing.errors import ZooKeeperNotFound
+from goworker_py.testing.external import ExternalZooKeeper
+from goworker_py.testing.network import with_chroot
+from goworker_py.testing.zookeeper import ZooKeeperServer
+
+LOG_TAIL_LINES = 200
+TICK_TIME_MS = 100
+_EXTERNAL_REASON = (
+    "needs a ZooKeeper process of its own to stop, pause or restart; "
+    "ZK_HOSTS={hosts} points at an external server"
+)
+
+_T = TypeVar("_T", ZooKeeperServer, ZooKeeperEnsemble)
+
+
+def running_in_ci(environ: Mapping[str, str] | None = None) -> bool:
+    """``True`` when the ``CI`` variable is set to something other than empty/0/false/no."""
+    env = os.environ if environ is None else environ
+    return env.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def zookeeper_missing(reason: str, environ: Mapping[str, str] | None = None) -> NoReturn:
+    """Skip the current test because ZooKeeper is missing, or fail it when running in CI."""
+    if running_in_ci(environ):
+        pytest.fail(f"ZooKeeper is required when CI is set: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _start(factory: Callable[[], _T]) -> _T:
+    try:
+        return factory()
+    except ZooKeeperNotFound as exc:
+        zookeeper_missing(str(exc))
+
+
+def _external_hosts() -> str | None:
+    return os.environ.get("ZK_HOSTS", "").strip() or None
+
+
+@pytest.fixture(scope="session")
+def zookeeper() -> Iterator[ZooKeeperServer | ExternalZooKeeper]:
+    """The session's shared ZooKeeper server. Never stop or pause it: see ``zookeeper_private``."""
+    if hosts := _external_hosts():
+        external = ExternalZooKeeper(hosts)
+        if not external.is_running:
+            zookeeper_missing(f"ZK_HOSTS={hosts} does not answer")
+        yield external
+        return
+    server = _start(lambda: ZooKeeperServer(tick_time=TICK_TIME_MS).start())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def zookeeper_admin(zookeeper: ZooKeeperServer | ExternalZooKeeper) -> Iterator[KazooClient]:
+    """A kazoo client on the shared server's root (no chroot), for setting up and cleaning up."""
+    hosts = zookeeper.bare_hosts if isinstance(zookeeper, ExternalZooKeeper) else zookeeper.hosts
+    client = KazooClient(hosts=hosts, timeout=10.0)
+    client.start(timeout=15.0)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+@pytest.fixture
+def zk_chroot(
+    request: pytest.FixtureRequest,
+    zookeeper: ZooKeeperServer | ExternalZooKeeper,
+    zookeeper_admin: KazooClient,
+) -> Iterator[str]:
+    """A fresh, empty path (``/t-<test name>-<uuid8>``) for this test; deleted afterwards."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:60]
+    chroot = f"/t-{name}-{uuid.uuid4().hex[:8]}"
+    base = zookeeper.chroot if isinstance(zookeeper, ExternalZooKeeper) else ""
+    zookeeper_admin.ensure_path(base + chroot)
+    yield chroot
+    delete_tree(zookeeper_admin, base + chroot)
+
+
+@pytest.fixture
+def zk_hosts(zookeeper: ZooKeeperServer | ExternalZooKeeper, zk_chroot: str) -> str:
+    """The shared server's connection string with this test's chroot appended."""
+    return with_chroot(zookeeper.hosts, zk_chroot)
+
+
+@pytest.fixture
+def zk_client(zk_hosts: str) -> Iterator[KazooClient]:
+    """A started kazoo client inside this test's chroot; stopped after the test."""
+    client = KazooClient(hosts=zk_hosts, timeout=10.0)
+    client.start(timeout=15.0)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+@pytest.fixture
+def zookeeper_private() -> Iterator[ZooKeeperServer]:
+    """A server for this test alone (tick 100 ms): stop, kill, restart or pause it at will."""
+    if hosts := _external_hosts():
+        pytest.skip(_EXTERNAL_REASON.format(hosts=hosts))
+    server = _start(lambda: ZooKeeperServer(tick_time=TICK_TIME_MS).start())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def zookeeper_ensemble() -> Iterator[ZooKeeperEnsemble]:
+    """A 3-server quorum for this module's tests. Restart members a test stopped, for the next."""
+    if hosts := _external_hosts():
+        pytest.skip(_EXTERNAL_REASON.format(hosts=hosts))
+    ensemble = _start(lambda: ZooKeeperEnsemble(size=3, tick_time=TICK_TIME_MS).start())
+    try:
+        yield ensemble
+    finally:
+        ensemble.close()
+
+
+def delete_tree(client: KazooClient, path: str, attempts: int = 5) -> None:
+    """Delete ``path`` and everything under it; tolerate clients still writing there."""
+    for _ in range(attempts):
+        try:
+            client.delete(path, recursive=True)
+            return
+        except NoNodeError:
+            return
+        except NotEmptyError:  # a client still creates nodes there: try again
+            continue
+        except (KazooException, KazooTimeoutError) as exc:  # cleanup must not fail a test
+            warnings.warn(f"could not delete ZooKeeper path {path}: {exc!r}", stacklevel=2)
+            return
+    warnings.warn(f"could not delete ZooKeeper path {path}: still written to", stacklevel=2)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On failure, add the log tail of every ZooKeeper server the test used to its report.
+
+    Also keeps each phase's report on the item (``item.rep_setup``, ``rep_call``,
+    ``rep_teardown``), so a fixture finalizer can tell whether its test failed.
+    """
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    if report.failed:
+        funcargs: dict[str, object] = getattr(item, "funcargs", {})
+        for name, value in funcargs.items():
+            servers: list[ZooKeeperServer] = []
+            if isinstance(value, ZooKeeperServer):
+                servers = [value]
+            elif isinstance(value, ZooKeeperEnsemble):
+                servers = value.servers
+            for server in servers:
+                title = f"ZooKeeper log ({name}: {server.hosts}), last {LOG_TAIL_LINES} lines"
+                report.sections.append((title, server.log_tail(LOG_TAIL_LINES)))
+    return report

@@ -1,0 +1,3 @@
+"""Shared pytest configuration: real-ZooKeeper fixtures for every test."""
+
+pytest_plugins = ["goworker_py.testing.pytest_plugin"]
