@@ -27,8 +27,9 @@ from goworker_py import (
 class PrintShard(Handler):
     def watch(self, info: WatchInfo) -> None:
         members = ", ".join(f"{m.host}:{m.pid}{list(m.shards)}" for m in info.cluster_instances)
-        print(f"watch: shard {info.current_instance.shard_index} here; members {members}",
-              flush=True)
+        print(
+            f"watch: shard {info.current_instance.shard_index} here; members {members}", flush=True
+        )
 
     def do(self, ctx: Context) -> None:
         print(

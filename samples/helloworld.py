@@ -1,6 +1,6 @@
 """The smallest worker: one run of before -> do -> after, then exit (the seed's helloworld).
 
-    python samples/helloworld.py
+python samples/helloworld.py
 """
 
 from __future__ import annotations

@@ -29,10 +29,12 @@ from kazoo.exceptions import ConnectionLoss, KazooException, SessionExpiredError
 from goworker_py.cluster.discovery import WorkerDiscovery
 from goworker_py.cluster.sharding import ShardingStrategy, StickyStrategy, moved_shards
 from goworker_py.cluster.zookeeper import Claim, RunMarker
-from goworker_py.errors import ServiceConfigConflict
+from goworker_py.errors import ConfigError, ServiceConfigConflict
 from goworker_py.handler import Context
 from goworker_py.instance import HealthStatus, WorkerInstance
+from goworker_py.params import check_params_fit, resolve_cluster_parameter
 from goworker_py.runner import RunResult, RunSettings, RunTicket, ShardRunner
+from goworker_py.schedule import parse_schedule
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -82,6 +84,7 @@ class ClusterHost:
         self._session_lost = False
         self._fenced = False
         self._session = 0
+        self._refused_config: dict[str, Any] | None = None
         discovery.on_change = wake.set
         discovery.on_state = self._on_state
 
@@ -135,7 +138,7 @@ class ClusterHost:
             WorkerInstance.create(self.settings.service), shards=(), health=HealthStatus.GREEN
         )
         node = self.zk.register(self.instance)
-        self.health = HealthStatus.GREEN
+        self._set_health(HealthStatus.GREEN)
         self._session_lost = False
         self.logger.info("registered as {} (session {:#x})", node, self._session)
 
@@ -236,21 +239,58 @@ class ClusterHost:
         self.zk.node = None
 
     def _follow_service_config(self) -> None:
+        """Adopt settings another instance wrote with ``overwrite=True`` (SPEC 4.1).
+
+        Every instance must compute the assignment over the same shard count: one left on the
+        old count would leave shards unowned. All shards are released and claimed again, so
+        each shard thread restarts with its new total, param and schedule.
+        """
         stored = self.zk.read_service_config()
         if stored is None or stored == self._service_settings():
             return
-        self.logger.error(
-            "the service settings in ZooKeeper changed to {} (this instance runs {}): "
-            "restart this instance with the new settings",
-            stored,
+        try:
+            settings = self._settings_from(stored)
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            if stored != self._refused_config:
+                self._refused_config = stored
+                self.logger.error(
+                    "the service settings in ZooKeeper changed to {}, which this instance "
+                    "cannot use ({}): it keeps running {}",
+                    stored,
+                    exc,
+                    self._service_settings(),
+                )
+            return
+        self.logger.warning(
+            "the service settings in ZooKeeper changed from {} to {}: re-balancing with them",
             self._service_settings(),
+            stored,
+        )
+        for shard in sorted(self.claims):
+            if shard not in self._releasing:
+                self._release(shard)
+        self.settings = settings
+        self.cron = str(stored["schedule"])
+
+    def _settings_from(self, stored: dict[str, Any]) -> RunSettings:
+        total = stored["sharding_total_count"]
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ConfigError(f"sharding_total_count must be an int >= 1, got {total!r}")
+        params = str(stored["params"])
+        params_map = resolve_cluster_parameter(params)
+        check_params_fit(params_map, total)
+        cron = str(stored["schedule"])
+        schedule = parse_schedule(cron, self.settings.zone) if cron else None
+        return replace(
+            self.settings, total=total, params=params, params_map=params_map, schedule=schedule
         )
 
     # -- re-balancing ----------------------------------------------------------------------------
 
     def rebalance(self) -> None:
         """Claim what the strategy assigns to us, release what it does not."""
-        self._finish_releases()
+        # A release finished here changes our shards too: it must be published like any other.
+        changed = self._finish_releases()
         members = self.zk.members()
         ids = [member.instance.id for member in members]
         if self.instance.id not in ids:
@@ -266,7 +306,6 @@ class ClusterHost:
         assignment = self.strategy.assign(ids, self.settings.total, claims)
         mine = set(assignment.get(self.instance.id, ()))
         moved = moved_shards(claims, assignment)
-        changed = False
         for shard in sorted(set(self.claims) - mine):
             if shard not in self._releasing:
                 self._release(shard)

@@ -60,11 +60,17 @@ class Member:
 
 @dataclass(frozen=True)
 class Claim:
-    """A shard claim this instance holds."""
+    """A shard claim this instance holds.
+
+    ``member`` is the instance node of the session that made the claim. A claim node is never
+    changed, so its version (0) cannot tell it from a later owner's claim of the same shard;
+    the member node, ephemeral and uniquely named per session, can.
+    """
 
     shard: int
     token: int
     version: int
+    member: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ class ZooKeeperDiscovery:
         self.negotiated_timeout = float(config.session_timeout)
         self.node: str | None = None
         self._lock = threading.Lock()
+        #: ``{shard: (session id, version)}`` of the run markers this instance wrote.
+        self._markers: dict[int, tuple[int, int]] = {}
         auth: list[tuple[str, str]] = []
         acl = None
         if config.auth_user:
@@ -128,6 +136,9 @@ class ZooKeeperDiscovery:
             keyfile=config.keyfile,
             ca=config.ca,
             verify_certs=config.verify_certs,
+            # kazoo's default reconnect backoff grows to an hour: after a long outage an instance
+            # would stay cut off long after ZooKeeper is back. Retry forever, at most 1 s apart.
+            connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0},
         )
         self._capture_negotiated_timeout()
         self.client.add_listener(self._state_listener)
@@ -295,7 +306,7 @@ class ZooKeeperDiscovery:
         data = json.dumps({"owner": owner, "session": self.session_id}).encode()
         try:
             _, stat = self.client.create(path, data, ephemeral=True, include_data=True)
-            return Claim(shard, int(stat.czxid), int(stat.version))
+            return Claim(shard, int(stat.czxid), int(stat.version), self.node or "")
         except NodeExistsError:
             pass
         except ConnectionLoss:
@@ -306,7 +317,7 @@ class ZooKeeperDiscovery:
             self._watch()  # it vanished meanwhile: look again at once
             return None
         if stat.ephemeralOwner == self.session_id and json.loads(raw).get("owner") == owner:
-            return Claim(shard, int(stat.czxid), int(stat.version))
+            return Claim(shard, int(stat.czxid), int(stat.version), self.node or "")
         if self.client.exists(path, watch=self._watch) is None:
             self._watch()
         return None
@@ -348,10 +359,15 @@ class ZooKeeperDiscovery:
         """Atomically check the claim is still ours and write the run marker (one write).
 
         False when the claim is gone (session lost, shard moved): the run must not start.
+        The claim's session is checked through its member node: after a session loss another
+        instance's claim of the shard looks the same as ours (same path, version 0).
         """
         path = f"{self.running_path}/{claim.shard}"
+        session = self.session_id
         transaction = self.client.transaction()
         transaction.check(f"{self.claims_path}/{claim.shard}", claim.version)
+        if claim.member:
+            transaction.check(f"{self.instances_path}/{claim.member}", -1)
         if replaces is not None:
             transaction.set_data(path, marker.to_json(), replaces.version)
         else:
@@ -360,12 +376,23 @@ class ZooKeeperDiscovery:
             results = transaction.commit()
         except (SessionExpiredError, ConnectionLoss, KazooException):
             return False
-        return not any(isinstance(result, Exception) for result in results)
+        if any(isinstance(result, Exception) for result in results):
+            return False
+        written = results[-1]
+        self._markers[claim.shard] = (session, 0 if replaces is None else int(written.version))
+        return True
 
     def end_run(self, shard: int) -> None:
-        """Delete the run marker of ``shard`` (the run ended, whatever its outcome)."""
-        with contextlib.suppress(NoNodeError):
-            self.client.delete(f"{self.running_path}/{shard}")
+        """Delete the run marker of ``shard`` (the run ended, whatever its outcome).
+
+        Only the marker this session wrote: once the session that began the run is lost, the
+        marker belongs to the shard's next owner (who may have replaced it already).
+        """
+        session, version = self._markers.pop(shard, (0, -1))
+        if session != self.session_id:
+            return
+        with contextlib.suppress(NoNodeError, BadVersionError):
+            self.client.delete(f"{self.running_path}/{shard}", version=version)
 
     def drop_marker(self, marker: RunMarker) -> None:
         """Delete a stale marker without re-running it (failover disabled)."""

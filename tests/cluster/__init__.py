@@ -1,0 +1,1 @@
+"""Cluster-mode tests against a real ZooKeeper (issue #3)."""
