@@ -24,6 +24,8 @@ class LocalHost:
         self.failures: dict[int, BaseException] = {}
         self._exited: set[int] = set()
         self._wake = wake
+        # The instance never changes in local mode: one view per shard, made once.
+        self._views = {index: self.instance.with_shard(index) for index in range(settings.total)}
 
     def prepare(self) -> None:
         """Make one runner per shard."""
@@ -56,7 +58,7 @@ class LocalHost:
     # -- ShardHost --------------------------------------------------------------------------------
 
     def instance_for(self, shard_index: int) -> WorkerInstance:
-        return self.instance.with_shard(shard_index)
+        return self._views[shard_index]
 
     def members(self) -> tuple[WorkerInstance, ...]:
         return (self.instance,)

@@ -232,8 +232,12 @@ class StepRetrier:
         except RunCancelled:
             return self._cancelled_result()
         except Exception as exc:  # noqa: BLE001 - every handler error is reported, none escapes
-            if not self._on_failure(exc):
-                return self._failed()
+            return self.continue_after(exc)
+
+    def continue_after(self, first_error: Exception) -> StepResult:
+        """Carry on after the first attempt failed with ``first_error`` (made by the caller)."""
+        if not self._on_failure(first_error):
+            return self._failed()
         if self._delay > 0 and self._sleep(self._delay):
             return self._cancelled_result()
         return self._retry_with_tenacity()

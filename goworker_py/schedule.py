@@ -173,10 +173,18 @@ def _narrow_steps(value: str, low: int, high: int) -> str:
     return ",".join(items)
 
 
-def _ceil_to_second(moment: datetime) -> datetime:
-    if moment.microsecond:
-        return moment.replace(microsecond=0) + timedelta(seconds=1)
-    return moment
+_UTC_NAMES = frozenset(
+    ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/GMT", "GMT", "Etc/Universal", "Universal", "Zulu")
+)
+
+
+def _fixed_offset(zone: tzinfo) -> timedelta | None:
+    """The zone's constant UTC offset, or None if it may change (daylight saving, history)."""
+    if isinstance(zone, timezone):
+        return zone.utcoffset(None)
+    if isinstance(zone, ZoneInfo) and zone.key in _UTC_NAMES:
+        return timedelta(0)
+    return None
 
 
 @dataclass
@@ -227,6 +235,7 @@ class CronSchedule:
                 if trigger.get_next_fire_time(None, epoch) is not None
             ]
         self._fixed_hour = hour not in ("*", "*/1")
+        self._fixed_offset = _fixed_offset(self.zone)
 
     # -- wall-clock matching (APScheduler, in UTC where no DST exists) ---------------------------
 
@@ -287,6 +296,14 @@ class CronSchedule:
     def _next_after(self, after: datetime) -> datetime | None:
         if after.tzinfo is None:
             after = after.replace(tzinfo=self.zone)
+        if self._fixed_offset is not None:
+            # A zone without daylight saving: wall time and instants map one to one.
+            offset = self._fixed_offset
+            wall = (after.astimezone(_UTC) + offset).replace(tzinfo=None)
+            found = self._match(wall, strict=True)
+            if found is None:
+                return None
+            return (found.replace(tzinfo=_UTC) - offset).astimezone(self.zone)
         segment_start = after.astimezone(_UTC)
         strict = True
         repeat_end = self._repeat_end(segment_start) if self._fixed_hour else None

@@ -77,6 +77,7 @@ class ClusterHost:
         self.shards_moved = 0
         self._wake = wake
         self._members: tuple[WorkerInstance, ...] = ()
+        self._views: dict[int, tuple[WorkerInstance, WorkerInstance]] = {}
         self._member_ids: tuple[str, ...] = ()
         self._releasing: dict[int, float] = {}
         self._stuck_reported: set[int] = set()
@@ -323,9 +324,16 @@ class ClusterHost:
         membership_changed = tuple(ids) != self._member_ids
         self._members = tuple(member.instance for member in members)
         self._member_ids = tuple(ids)
-        if moved:
+        if membership_changed:
+            # Counted once per membership change: the moves the new assignment asks of the
+            # whole cluster (every instance computes the same figure).
             self.rebalances += 1
             self.shards_moved += moved
+            self.logger.info(
+                "membership changed: {} member(s); the new assignment moves {} shard(s)",
+                len(ids),
+                moved,
+            )
         if changed or membership_changed:
             self._publish()
             for runner in list(self.runners.values()):
@@ -401,7 +409,12 @@ class ClusterHost:
     # -- ShardHost --------------------------------------------------------------------------------
 
     def instance_for(self, shard_index: int) -> WorkerInstance:
-        return self.instance.with_shard(shard_index)
+        # Cached per shard until the instance changes (it does only on re-balance or health).
+        base, view = self._views.get(shard_index, (None, None))
+        if base is not self.instance or view is None:
+            view = self.instance.with_shard(shard_index)
+            self._views[shard_index] = (self.instance, view)
+        return view
 
     def members(self) -> tuple[WorkerInstance, ...]:
         return self._members
