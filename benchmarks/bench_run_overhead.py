@@ -92,7 +92,10 @@ class MinimalHost:
     def members(self) -> tuple[WorkerInstance, ...]:
         return (self.instance,)
 
-    def begin_run(self, runner: ShardRunner, fire_time: datetime) -> RunTicket | None:
+    def wait_ready(self, runner: ShardRunner) -> bool:
+        return True
+
+    def begin_run(self, runner: ShardRunner, fire_time: datetime, run_id: str) -> RunTicket | None:
         return RunTicket()
 
     def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:

@@ -102,6 +102,9 @@ class WorkerConfig:
     timezone: str | None = None
     #: What to do with fire times that passed while a run was still going: "skip" or "run_once".
     misfire_policy: str = "skip"
+    #: Seconds a fire time missed while a shard changed owner, or while ZooKeeper was out of
+    #: reach, may be late and still run (later ones are misfires, handled by the policy).
+    misfire_grace_time: float = 1.0
 
     def __post_init__(self) -> None:
         check_worker_config(self)
@@ -109,14 +112,15 @@ class WorkerConfig:
 
 def check_worker_config(config: WorkerConfig) -> None:
     """Raise :class:`ConfigError` if a value of ``config`` is out of range."""
-    timeout = config.shutdown_timeout
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not math.isfinite(timeout)
-        or timeout < 0
-    ):
-        raise ConfigError(f"shutdown_timeout must be a number of seconds >= 0, got {timeout!r}")
+    for name in ("shutdown_timeout", "misfire_grace_time"):
+        value = getattr(config, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
     if config.misfire_policy not in MISFIRE_POLICIES:
         raise ConfigError(
             f"misfire_policy must be one of {', '.join(MISFIRE_POLICIES)}, "

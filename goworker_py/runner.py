@@ -70,7 +70,10 @@ class ShardHost(Protocol):
     def members(self) -> tuple[WorkerInstance, ...]:
         """The live members of the service."""
 
-    def begin_run(self, runner: ShardRunner, fire_time: datetime) -> RunTicket | None:
+    def wait_ready(self, runner: ShardRunner) -> bool:
+        """Block while no run may start (cluster outage); False once the runner is stopping."""
+
+    def begin_run(self, runner: ShardRunner, fire_time: datetime, run_id: str) -> RunTicket | None:
         """Called before a run; ``None`` means the run must not start (not owner, unhealthy)."""
 
     def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
@@ -96,6 +99,8 @@ class RunSettings:
     clock: Clock
     misfire_policy: str
     logger: Logger
+    #: Seconds a fire time missed during a hand-over or an outage may be late and still run.
+    misfire_grace: float = 1.0
     wants_watch: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +114,7 @@ class ShardRunner:
         shard_index: int,
         host: ShardHost,
         failover_fire: datetime | None = None,
+        start_after: datetime | None = None,
     ) -> None:
         self.settings = settings
         self.shard = Shard(shard_index, settings.total, settings.params_map.get(shard_index, ""))
@@ -118,9 +124,10 @@ class ShardRunner:
         self.runs = 0
         #: Cluster mode: the fire time of a run a dead owner left unfinished, re-run first.
         self.failover_fire = failover_fire
-        #: Cluster mode: the host's claim of this shard and a marker the next run replaces.
+        #: Cluster mode: the last fire time the shard's previous owner handled.
+        self.start_after = start_after
+        #: Cluster mode: the host's claim of this shard.
         self.claim: Any = None
-        self.stale_marker: Any = None
         self._abandoned = False
         self._finished = False
         self._skew = 0.0
@@ -219,14 +226,27 @@ class ShardRunner:
             self.failover_fire = None
 
     def _scheduled_loop(self, schedule: Schedule) -> None:
-        clock = self.settings.clock
+        clock, grace = self.settings.clock, self.settings.misfire_grace
         real_time = isinstance(schedule, IntervalSchedule)
         self._skew = clock.time() - clock.monotonic()
-        fire = schedule.next_after(self._now())
+        if self.start_after is not None:
+            # Continue from the last fire time the shard's previous owner handled.
+            fire = schedule.next_after(self.start_after)
+            if fire is not None and fire.timestamp() <= clock.time():
+                fire = self._catch_up(schedule, fire, grace, "while the shard changed owner")
+        else:
+            fire = schedule.next_after(self._now())
         while fire is not None:
             reached = self._sleep_until(fire, real_time)
-            if reached is None:
+            if reached is None or not self.host.wait_ready(self):
                 break
+            if clock.time() - reached.timestamp() > grace:
+                # Woken far too late: an outage (no run could start) or a stepped clock.
+                due = self._catch_up(schedule, reached, grace, "while no run could start")
+                if due is None or due.timestamp() > clock.time():
+                    fire = due
+                    continue
+                reached = due
             self.execute(reached)
             fire = self._next_fire(schedule, reached)
         if fire is None and not self._stop.is_set():
@@ -252,27 +272,46 @@ class ShardRunner:
         return None
 
     def _next_fire(self, schedule: Schedule, previous: datetime) -> datetime | None:
-        """The fire time after ``previous``, applying the misfire policy to those already past."""
+        """The fire time after ``previous``; fire times the run overran are misfires."""
         upcoming = schedule.next_after(previous)
-        now = self.settings.clock.time()
-        if upcoming is None or upcoming.timestamp() > now:
+        if upcoming is None or upcoming.timestamp() > self.settings.clock.time():
             return upcoming
-        missed, latest = 0, upcoming
+        return self._catch_up(schedule, upcoming, 0.0, "while the previous run was going")
+
+    def _catch_up(
+        self, schedule: Schedule, first_missed: datetime, grace: float, why: str
+    ) -> datetime | None:
+        """Apply the misfire policy to the fire times from ``first_missed`` up to now.
+
+        Returns the fire time to run at once (the latest missed one: when it is less than
+        ``grace`` seconds late, or with the ``run_once`` policy) or else the next future one.
+        """
+        now = self.settings.clock.time()
+        latest: datetime | None = first_missed
+        missed, upcoming = 0, schedule.next_after(first_missed)
         while upcoming is not None and upcoming.timestamp() <= now:
             missed, latest = missed + 1, upcoming
             if missed >= _MAX_MISFIRES_COUNTED:
-                upcoming = schedule.next_after(self._now())
+                latest = upcoming = schedule.next_after(self._now())
                 break
             upcoming = schedule.next_after(upcoming)
-        if self.settings.misfire_policy == "run_once":
+        if latest is not None and now - latest.timestamp() < grace:
+            if missed:
+                self.logger.warning("skipped {} fire time(s) {}", missed, why)
+            return latest
+        if self.settings.misfire_policy == "run_once" and latest is not None:
             self.logger.warning(
-                "run overran {} fire time(s); running once now for {}", missed, latest.isoformat()
+                "missed {} fire time(s) {}; running once now for {}",
+                missed + 1,
+                why,
+                latest.isoformat(),
             )
             return latest
         self.logger.warning(
-            "run overran: skipped {} fire time(s) up to {}; next at {}",
-            missed,
-            latest.isoformat(),
+            "skipped {} fire time(s) {}, up to {}; next at {}",
+            missed + 1,
+            why,
+            latest.isoformat() if latest else "?",
             upcoming.isoformat() if upcoming else "never",
         )
         return upcoming
@@ -282,10 +321,10 @@ class ShardRunner:
     def execute(self, fire_time: datetime) -> RunResult:
         """Perform one run for ``fire_time`` on the calling thread."""
         settings = self.settings
-        ticket = self.host.begin_run(self, fire_time)
+        run_id = os.urandom(8).hex()
+        ticket = self.host.begin_run(self, fire_time, run_id)
         if ticket is None:
             return RunResult(run_id="", ok=False, cancelled=True)
-        run_id = os.urandom(8).hex()
         event = threading.Event()
         with self._lock:
             if self._stop.is_set():

@@ -242,6 +242,7 @@ class Worker:
             total=total,
             clock=self.clock,
             misfire_policy=misfire,
+            misfire_grace=float(config.misfire_grace_time),
             logger=self._logger,
             wants_watch=callable(getattr(handler, "watch", None)),
         )

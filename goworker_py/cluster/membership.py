@@ -28,7 +28,7 @@ from kazoo.exceptions import ConnectionLoss, KazooException, SessionExpiredError
 
 from goworker_py.cluster.discovery import WorkerDiscovery
 from goworker_py.cluster.sharding import ShardingStrategy, StickyStrategy, moved_shards
-from goworker_py.cluster.zookeeper import Claim, RunMarker
+from goworker_py.cluster.zookeeper import CANCELLED, DONE, FAILED, RUNNING, Claim, RunMarker
 from goworker_py.errors import ConfigError, ServiceConfigConflict
 from goworker_py.handler import Context
 from goworker_py.instance import HealthStatus, WorkerInstance
@@ -78,6 +78,9 @@ class ClusterHost:
         self._wake = wake
         self._members: tuple[WorkerInstance, ...] = ()
         self._views: dict[int, tuple[WorkerInstance, WorkerInstance]] = {}
+        #: Set while runs may start (GREEN, not fenced): shard threads wait on it in outages.
+        self._healthy = threading.Event()
+        self._healthy.set()
         self._member_ids: tuple[str, ...] = ()
         self._releasing: dict[int, float] = {}
         self._stuck_reported: set[int] = set()
@@ -213,13 +216,17 @@ class ClusterHost:
             self.logger.info("ZooKeeper unavailable during re-balance: {!r}", exc)
 
     def _set_health(self, health: HealthStatus) -> None:
-        if health is self.health:
-            return
-        self.logger.info("health {} -> {}", self.health.name, health.name)
-        self.health = health
+        if health is not self.health:
+            self.logger.info("health {} -> {}", self.health.name, health.name)
+            self.health = health
+        if health is HealthStatus.GREEN and not self._fenced:
+            self._healthy.set()
+        else:
+            self._healthy.clear()
 
     def _fence(self, why: str) -> None:
         self._fenced = True
+        self._healthy.clear()
         self._set_health(HealthStatus.RED)
         cancelled = [shard for shard, runner in self.runners.items() if runner.cancel_run()]
         self.logger.warning(
@@ -386,23 +393,36 @@ class ClusterHost:
         self.zk.publish(self.instance)
 
     def _start_runner(self, shard: int, claim: Claim) -> None:
+        """Start the shard's thread, continuing from where its previous owner left it."""
         marker = self.zk.read_marker(shard)
+        self.zk.adopt_marker(shard, marker)
         failover_fire: datetime | None = None
+        start_after: datetime | None = None
         if marker is not None:
-            if self.failover:
-                failover_fire = datetime.fromtimestamp(marker.fire_time, timezone.utc).astimezone(
-                    self.settings.zone
-                )
-                self.logger.warning(
-                    "shard {}: run {} of a dead owner was interrupted; re-running it now",
-                    shard,
-                    marker.run_id,
-                )
-            else:
-                self.zk.drop_marker(marker)
-        runner = ShardRunner(self.settings, shard, self, failover_fire=failover_fire)
+            last = datetime.fromtimestamp(marker.fire_time, timezone.utc).astimezone(
+                self.settings.zone
+            )
+            start_after = last
+            if marker.state == RUNNING and marker.session != self.zk.session_id:
+                if self.failover:
+                    failover_fire = last
+                    self.logger.warning(
+                        "shard {}: the run for {} was interrupted on a dead instance; "
+                        "re-running it now (failover)",
+                        shard,
+                        last.isoformat(),
+                    )
+                else:
+                    self.logger.warning(
+                        "shard {}: the run for {} was interrupted on a dead instance; "
+                        "not re-run (failover=False)",
+                        shard,
+                        last.isoformat(),
+                    )
+        runner = ShardRunner(
+            self.settings, shard, self, failover_fire=failover_fire, start_after=start_after
+        )
         runner.claim = claim
-        runner.stale_marker = marker if self.failover else None
         self.runners[shard] = runner
         runner.start()
 
@@ -419,8 +439,16 @@ class ClusterHost:
     def members(self) -> tuple[WorkerInstance, ...]:
         return self._members
 
-    def begin_run(self, runner: ShardRunner, fire_time: datetime) -> RunTicket | None:
-        claim: Claim | None = getattr(runner, "claim", None)
+    def wait_ready(self, runner: ShardRunner) -> bool:
+        """Block while the instance is not healthy (no run may start); False once stopping."""
+        while not runner.stopping:
+            if self.health is HealthStatus.GREEN and not self._fenced:
+                return True
+            self._healthy.wait(0.05)
+        return False
+
+    def begin_run(self, runner: ShardRunner, fire_time: datetime, run_id: str) -> RunTicket | None:
+        claim: Claim | None = runner.claim
         if claim is None or runner.stopping:
             return None
         if self.health is not HealthStatus.GREEN or self._fenced:
@@ -428,33 +456,38 @@ class ClusterHost:
                 "not starting the run for {}: health is {}", fire_time.isoformat(), self.health.name
             )
             return None
-        replaces: RunMarker | None = runner.stale_marker
-        is_failover = replaces is not None and runner.failover_pending
         marker = RunMarker(
             shard=runner.shard.index,
             owner=self.instance.id,
             session=self.zk.session_id,
-            run_id="",
+            run_id=run_id,
             fire_time=fire_time.timestamp(),
             token=claim.token,
         )
-        if not self.zk.begin_run(claim, marker, replaces):
-            current = self.zk.read_marker(runner.shard.index)
-            # Our own marker that a connection loss kept us from deleting: replace it.
-            ours = current is not None and current.session == self.zk.session_id
-            if ours and self.zk.begin_run(claim, marker, current):
-                runner.stale_marker = None
-                return RunTicket(claim.token, is_failover)
+        try:
+            began = self.zk.begin_run(claim, marker)
+        except (ConnectionLoss, SessionExpiredError, KazooException):
+            began = False
+        if not began:
             runner.logger.warning("not starting the run: this instance no longer holds the claim")
             return None
-        runner.stale_marker = None
-        return RunTicket(fencing_token=claim.token, is_failover=is_failover)
+        return RunTicket(fencing_token=claim.token, is_failover=runner.failover_pending)
 
     def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
+        state = DONE if result.ok else (CANCELLED if result.cancelled else FAILED)
+        marker = RunMarker(
+            shard=runner.shard.index,
+            owner=self.instance.id,
+            session=self.zk.session_id,
+            run_id=ctx.run_id,
+            fire_time=ctx.scheduled_time.timestamp(),
+            token=ctx.fencing_token or 0,
+            state=state,
+        )
         try:
-            self.zk.end_run(runner.shard.index)
+            self.zk.end_run(marker)
         except (ConnectionLoss, SessionExpiredError, KazooException) as exc:
-            runner.logger.warning("could not clear the run marker: {!r}", exc)
+            runner.logger.warning("could not record the end of the run: {!r}", exc)
         if not result.ok and not result.cancelled:
             ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
 

@@ -73,9 +73,19 @@ class Claim:
     member: str = ""
 
 
+#: Run marker states: a run in flight, and the three ways a run ends.
+RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+
+
 @dataclass(frozen=True)
 class RunMarker:
-    """A persistent run marker: who was running which fire time of a shard."""
+    """A shard's persistent run marker: the last run of the shard and how far it got.
+
+    ``state`` is ``running`` from the start of a run until its end, then ``done``, ``failed``
+    or ``cancelled``. A new owner that finds ``running`` written by another session knows its
+    predecessor died mid-run (failover); any other state tells it the last fire time handled,
+    so that no fire is lost or run twice across a hand-over.
+    """
 
     shard: int
     owner: str
@@ -83,6 +93,7 @@ class RunMarker:
     run_id: str
     fire_time: float
     token: int
+    state: str = RUNNING
     version: int = -1
 
     def to_json(self) -> bytes:
@@ -93,6 +104,7 @@ class RunMarker:
                 "run_id": self.run_id,
                 "fire_time": self.fire_time,
                 "token": self.token,
+                "state": self.state,
             },
             separators=(",", ":"),
         ).encode()
@@ -120,7 +132,7 @@ class ZooKeeperDiscovery:
         self.node: str | None = None
         self._lock = threading.Lock()
         #: ``{shard: (session id, version)}`` of the run markers this instance wrote.
-        self._markers: dict[int, tuple[int, int]] = {}
+        self._markers: dict[int, tuple[int, int | None]] = {}
         auth: list[tuple[str, str]] = []
         acl = None
         if config.auth_user:
@@ -352,11 +364,16 @@ class ZooKeeperDiscovery:
             run_id=str(data.get("run_id", "")),
             fire_time=float(data.get("fire_time", 0.0)),
             token=int(data.get("token", 0)),
+            state=str(data.get("state", RUNNING)),
             version=int(stat.version),
         )
 
-    def begin_run(self, claim: Claim, marker: RunMarker, replaces: RunMarker | None) -> bool:
-        """Atomically check the claim is still ours and write the run marker (one write).
+    def adopt_marker(self, shard: int, marker: RunMarker | None) -> None:
+        """Take over the marker found when claiming ``shard``: our runs replace it from now on."""
+        self._markers[shard] = (self.session_id, None if marker is None else marker.version)
+
+    def begin_run(self, claim: Claim, marker: RunMarker) -> bool:
+        """Atomically check the claim is still ours and mark the run as running (one write).
 
         False when the claim is gone (session lost, shard moved): the run must not start.
         The claim's session is checked through its member node: after a session loss another
@@ -364,37 +381,40 @@ class ZooKeeperDiscovery:
         """
         path = f"{self.running_path}/{claim.shard}"
         session = self.session_id
+        known_session, version = self._markers.get(claim.shard, (0, None))
+        if known_session != session:
+            current = self.read_marker(claim.shard)
+            version = None if current is None else current.version
         transaction = self.client.transaction()
         transaction.check(f"{self.claims_path}/{claim.shard}", claim.version)
         if claim.member:
             transaction.check(f"{self.instances_path}/{claim.member}", -1)
-        if replaces is not None:
-            transaction.set_data(path, marker.to_json(), replaces.version)
-        else:
+        if version is None:
             transaction.create(path, marker.to_json())
+        else:
+            transaction.set_data(path, marker.to_json(), version)
         try:
             results = transaction.commit()
         except (SessionExpiredError, ConnectionLoss, KazooException):
             return False
         if any(isinstance(result, Exception) for result in results):
+            self._markers.pop(claim.shard, None)
             return False
-        written = results[-1]
-        self._markers[claim.shard] = (session, 0 if replaces is None else int(written.version))
+        self._markers[claim.shard] = (session, 0 if version is None else version + 1)
         return True
 
-    def end_run(self, shard: int) -> None:
-        """Delete the run marker of ``shard`` (the run ended, whatever its outcome).
+    def end_run(self, marker: RunMarker) -> None:
+        """Record how the run ended (one write): ``marker.state`` is done, failed or cancelled.
 
-        Only the marker this session wrote: once the session that began the run is lost, the
-        marker belongs to the shard's next owner (who may have replaced it already).
+        Only over the marker this session wrote: once the session that began the run is lost,
+        the marker belongs to the shard's next owner (who may have replaced it already).
         """
-        session, version = self._markers.pop(shard, (0, -1))
-        if session != self.session_id:
+        session, version = self._markers.get(marker.shard, (0, None))
+        if session != self.session_id or version is None:
             return
-        with contextlib.suppress(NoNodeError, BadVersionError):
-            self.client.delete(f"{self.running_path}/{shard}", version=version)
-
-    def drop_marker(self, marker: RunMarker) -> None:
-        """Delete a stale marker without re-running it (failover disabled)."""
-        with contextlib.suppress(NoNodeError, BadVersionError):
-            self.client.delete(f"{self.running_path}/{marker.shard}", version=marker.version)
+        try:
+            stat = self.client.set(f"{self.running_path}/{marker.shard}", marker.to_json(), version)
+        except (NoNodeError, BadVersionError):
+            self._markers.pop(marker.shard, None)
+            return
+        self._markers[marker.shard] = (session, int(stat.version))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from helpers import WorkerTracker
 from kazoo.client import KazooClient
 
 from goworker_py import DiscoveryConfig, HealthStatus, Worker, WorkerInstance
-from goworker_py.cluster.zookeeper import RunMarker, ZooKeeperDiscovery
+from goworker_py.cluster.zookeeper import DONE, RUNNING, RunMarker, ZooKeeperDiscovery
 from goworker_py.testing import ZooKeeperServer, expire_session
 
 from .conftest import Cluster, Ledger, Observer, RunRecord, Sampler, check_ledger, wait_until
@@ -148,26 +149,31 @@ def test_a_claim_lost_with_its_session_cannot_begin_or_end_a_run(zk_hosts: str) 
             zk.register(WorkerInstance.create("svc"))
         claim = first.claim(0, "first")
         assert claim is not None
+        first.adopt_marker(0, first.read_marker(0))
         marker = RunMarker(0, "first", first.session_id, "r1", 1.0, claim.token)
-        assert first.begin_run(claim, marker, None)
+        assert first.begin_run(claim, marker)
         old_session = first.session_id
         expire_session(first.client)
         wait_until(lambda: first.connected and first.session_id != old_session, 10.0)
         taken = second.claim(0, "second")
         assert taken is not None and taken.token > claim.token
         stale = second.read_marker(0)
-        assert stale is not None and stale.owner == "first"
+        assert stale is not None and stale.owner == "first" and stale.state == RUNNING
+        second.adopt_marker(0, stale)
         new = RunMarker(0, "second", second.session_id, "r2", 2.0, taken.token)
-        assert second.begin_run(taken, new, stale)
+        assert second.begin_run(taken, new)
         # The old owner, on its new session, ends the run of its old one:
-        first.end_run(0)
+        first.end_run(replace(marker, state=DONE))
         current = second.read_marker(0)
-        assert current is not None and current.owner == "second", "a stale end cleared it"
-        second.end_run(0)
-        assert second.read_marker(0) is None
+        assert current is not None and current.owner == "second", "a stale end overwrote it"
+        assert current.state == RUNNING
+        second.end_run(replace(new, state=DONE))
+        ended = second.read_marker(0)
+        assert ended is not None and ended.state == DONE and ended.fire_time == 2.0
         # ... and tries to begin another with the claim of its old session:
-        assert not first.begin_run(claim, marker, None), "a lost claim began a run"
-        assert second.read_marker(0) is None
+        assert not first.begin_run(claim, marker), "a lost claim began a run"
+        after = second.read_marker(0)
+        assert after is not None and after.owner == "second" and after.state == DONE
     finally:
         first.close()
         second.close()

@@ -304,10 +304,10 @@ def test_at_most_two_zookeeper_writes_per_run(cluster: Cluster, observer: Observ
         client._call = original
     runs = len(ledger.snapshot()) - runs_before
     writes = [r for r in requests if r in _WRITES]
-    # One transaction (check claim + write marker) at the start, one delete at the end; the
-    # runs in flight when counting began and ended may add one of each per shard.
+    # One transaction (check claim + mark running) at the start, one set (mark how it ended)
+    # at the end; the runs in flight when counting began and ended may add one of each per shard.
     assert len(writes) <= 2 * runs + 4, f"{len(writes)} writes for {runs} runs: {requests}"
     assert writes.count("Transaction") <= runs + 2
-    assert writes.count("Delete") <= runs + 2
-    assert set(writes) <= {"Transaction", "Delete"}, f"unexpected writes: {set(writes)}"
+    assert writes.count("SetData") <= runs + 2
+    assert set(writes) <= {"Transaction", "SetData"}, f"unexpected writes: {set(writes)}"
     assert len(requests) == len(writes), f"reads during steady runs: {requests}"
