@@ -17,12 +17,18 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 run: $(STAMP)
 	$(PY) samples/helloworld.py
 
-# ZooKeeper for the cluster tests: a local install (apt on Debian, as root), or ZK_HOSTS.
+# ZooKeeper for the cluster tests: ZK_HOSTS, a local install (apt on Debian, as root), or else a
+# zookeeper:3.8 container where a Docker engine runs (its hosts go to .zk_hosts for the tests).
 zookeeper: $(STAMP)
 	$(PY) -m goworker_py.testing ensure-zookeeper
 
+# After pytest, even when it fails (or is interrupted), stop the container `zookeeper` may have
+# started (a no-op when it started none); exit with pytest's status.
 test: $(STAMP) zookeeper
-	$(PY) -m pytest
+	@trap : INT TERM; status=0; \
+	echo "$(PY) -m pytest"; $(PY) -m pytest || status=$$?; \
+	$(PY) -m goworker_py.testing stop-docker-zookeeper; \
+	exit $$status
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"

@@ -2,8 +2,13 @@
 
 ``ensure-zookeeper`` (what ``make zookeeper`` runs) starts and stops a real test server to prove
 ZooKeeper works here. With ``ZK_HOSTS`` set it only checks that server answers. When ZooKeeper
-is missing and we are root on Debian/Ubuntu, it installs the ``zookeeper`` package with apt-get;
-otherwise it exits non-zero saying exactly what to install.
+is missing and we are root on Debian/Ubuntu, it installs the ``zookeeper`` package with apt-get.
+Otherwise, when a Docker engine answers (``docker info``), it starts a ``zookeeper:3.8``
+container and records its hosts in ``.zk_hosts`` for the pytest plugin (see
+:mod:`goworker_py.testing.docker`). Failing all that, it exits non-zero saying what to install.
+
+``stop-docker-zookeeper`` (what ``make test`` runs after pytest) stops that container and deletes
+``.zk_hosts``; it does nothing when no container was started.
 
 ``serve`` runs a test server in the foreground until interrupted and prints its hosts.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +25,18 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from goworker_py.testing.docker import (
+    CONTAINER_PREFIX,
+    DOCKER_IMAGE,
+    STOP_HINT,
+    DockerError,
+    DockerZooKeeper,
+    docker_engine_running,
+    hosts_file,
+    read_hosts_file,
+    start_zookeeper_container,
+    stop_zookeeper_container,
+)
 from goworker_py.testing.errors import ZooKeeperError, ZooKeeperNotFound
 from goworker_py.testing.external import ExternalZooKeeper
 from goworker_py.testing.install import (
@@ -31,9 +49,17 @@ from goworker_py.testing.zookeeper import ZooKeeperServer
 
 
 def ensure_zookeeper(
-    *, install: bool = True, out: TextIO | None = None, err: TextIO | None = None
+    *,
+    install: bool = True,
+    docker: bool = True,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
-    """Check (and, as root on Debian, install) ZooKeeper; return a process exit code."""
+    """Check (and, as root on Debian, install) ZooKeeper; return a process exit code.
+
+    When it is missing and apt-get is not possible, start it in Docker if an engine runs
+    (unless ``docker`` is false). ``install=False`` only checks: no apt-get, no container.
+    """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     if hosts := os.environ.get("ZK_HOSTS", "").strip():
@@ -46,14 +72,21 @@ def ensure_zookeeper(
             file=err,
         )
         return 1
+    if install:
+        _discard_earlier_container(out, err)  # so the tests use what this run chooses
     try:
         return _check_local(out)
     except ZooKeeperNotFound as missing:
         # A ZooKeeper the user pointed at explicitly is reported, not papered over with apt.
         explicit = any(os.environ.get(k) for k in ("ZOOKEEPER_PATH", "ZOOKEEPER_CLASSPATH"))
-        if not install or explicit or not can_apt_install():
-            why = "\n(Not installing it: that needs root on Debian/Ubuntu.)" if install else ""
-            print(f"{missing}{why if not explicit else ''}", file=err)
+        if not install or explicit:
+            print(missing, file=err)
+            return 1
+        if not can_apt_install():
+            if docker and docker_engine_running():
+                return _start_in_docker(out, err)
+            why = "\n(Not installing it: that needs root on Debian/Ubuntu.)"
+            print(f"{missing}{why}{_why_not_docker() if docker else ''}", file=err)
             return 1
     except ZooKeeperError as broken:
         print(f"ZooKeeper is installed but a test server did not start:\n{broken}", file=err)
@@ -80,6 +113,98 @@ def _check_local(out: TextIO) -> int:
         file=out,
     )
     return 0
+
+
+def _why_not_docker() -> str:
+    if shutil.which("docker") is None:
+        return "\n(Not using Docker: no `docker` command.)"
+    return (
+        "\n(Not using Docker: `docker info` failed, so no Docker engine answers here; "
+        "start one, e.g. `systemctl start docker`, or install ZooKeeper as above.)"
+    )
+
+
+def _start_in_docker(out: TextIO, err: TextIO) -> int:
+    print(
+        f"ZooKeeper not found and apt-get not possible here, but a Docker engine runs: starting "
+        f"a {DOCKER_IMAGE} container (the first time, Docker pulls the image).",
+        file=out,
+    )
+    out.flush()
+    try:
+        started = start_zookeeper_container()
+    except DockerError as failed:
+        print(f"Starting ZooKeeper in Docker failed: {failed}\n{INSTALL_HINT}", file=err)
+        return 1
+    print(
+        f"ZooKeeper OK: Docker container {started.container} ({DOCKER_IMAGE}) answers at "
+        f"{started.hosts}.\n"
+        f"While ZK_HOSTS is unset the tests use it (its hosts are in {started.path}), as an "
+        f"external server: tests that stop, pause or restart a server of their own skip.\n"
+        f"Stop it with: {STOP_HINT}  (or: docker stop {started.container}). "
+        f"`make test` stops it after the tests.",
+        file=out,
+    )
+    return 0
+
+
+def _discard_earlier_container(out: TextIO, err: TextIO) -> None:
+    earlier = read_hosts_file()
+    if earlier is None:
+        return
+    if _ours(earlier):
+        print(f"Stopping the ZooKeeper container of an earlier run: {earlier.container}", file=out)
+        _stop_recorded(earlier, out, err)
+    else:
+        print(
+            f"Note: {earlier.path} names {earlier.hosts}; while ZK_HOSTS is unset the tests use "
+            f"that server. Delete the file to use a local ZooKeeper.",
+            file=out,
+        )
+
+
+def _ours(recorded: DockerZooKeeper) -> bool:
+    return recorded.container is not None and recorded.container.startswith(CONTAINER_PREFIX)
+
+
+def _stop_recorded(recorded: DockerZooKeeper, out: TextIO, err: TextIO) -> int:
+    name = recorded.container or ""
+    try:
+        was_running = stop_zookeeper_container(name)
+    except (DockerError, ValueError) as failed:
+        # Delete the file anyway: the tests must not wait on a server that may be gone.
+        recorded.path.unlink(missing_ok=True)
+        print(
+            f"Could not stop the ZooKeeper container {name}: {failed}\n"
+            f"(Deleted {recorded.path}. If the container still runs: docker stop {name})",
+            file=err,
+        )
+        return 1
+    recorded.path.unlink(missing_ok=True)
+    done = "Stopped" if was_running else "Found no running"
+    print(f"{done} ZooKeeper container {name}; deleted {recorded.path}.", file=out)
+    return 0
+
+
+def stop_docker_zookeeper(*, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Stop the container ``ensure-zookeeper`` started and delete its hosts file.
+
+    Does nothing (exit code 0) when there is none; a hosts file naming no container of ours is
+    left alone.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    recorded = read_hosts_file()
+    if recorded is None:
+        print(f"No ZooKeeper container to stop (no {hosts_file()}).", file=out)
+        return 0
+    if not _ours(recorded):
+        print(
+            f"{recorded.path} names no container started by ensure-zookeeper; left alone.",
+            file=out,
+        )
+        return 0
+    return _stop_recorded(recorded, out, err)
 
 
 def serve(tick_time: int, port: int | None) -> int:
@@ -113,15 +238,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     ensure = commands.add_parser(
-        "ensure-zookeeper", help="check ZooKeeper works here; install it on Debian as root"
+        "ensure-zookeeper",
+        help="check ZooKeeper works here; install it on Debian as root, or start it in Docker",
     )
-    ensure.add_argument("--no-install", action="store_true", help="only check, never apt-get")
+    ensure.add_argument(
+        "--no-install", action="store_true", help="only check: never apt-get, start no container"
+    )
+    ensure.add_argument(
+        "--no-docker", action="store_true", help="never start a ZooKeeper container"
+    )
+    commands.add_parser(
+        "stop-docker-zookeeper",
+        help="stop the container ensure-zookeeper started, if any, and delete its hosts file",
+    )
     serve_cmd = commands.add_parser("serve", help="run a test server until Ctrl-C")
     serve_cmd.add_argument("--tick-time", type=int, default=100, help="ms (default 100)")
     serve_cmd.add_argument("--port", type=int, default=None, help="default: a free port")
     args = parser.parse_args(argv)
     if args.command == "ensure-zookeeper":
-        return ensure_zookeeper(install=not args.no_install)
+        return ensure_zookeeper(install=not args.no_install, docker=not args.no_docker)
+    if args.command == "stop-docker-zookeeper":
+        return stop_docker_zookeeper()
     return serve(args.tick_time, args.port)
 
 

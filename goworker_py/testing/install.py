@@ -25,7 +25,10 @@ INSTALL_HINT = (
     "     with ZOOKEEPER_PATH=/path/to/apache-zookeeper-3.8.x-bin "
     "(or ZOOKEEPER_CLASSPATH=<full classpath>)\n"
     "  3. an existing server or container: ZK_HOSTS=host:2181 "
-    "(e.g. docker run -p 2181:2181 zookeeper:3.8)"
+    "(e.g. docker run -p 2181:2181 zookeeper:3.8)\n"
+    "  4. Docker with a running engine (`docker info` works): then ensure-zookeeper "
+    "(make zookeeper / make test)\n"
+    "     starts a zookeeper:3.8 container itself"
 )
 
 DEBIAN_JAVA_DIR = Path("/usr/share/java")

@@ -3,7 +3,9 @@
 Enable with ``pytest_plugins = ["goworker_py.testing.pytest_plugin"]`` in a ``conftest.py``.
 
 - ``zookeeper``: one server for the whole session (tick 100 ms, so sessions may be as short as
-  0.2 s). With ``ZK_HOSTS`` set, that existing server instead (an :class:`ExternalZooKeeper`).
+  0.2 s). With ``ZK_HOSTS`` set, that existing server instead (an :class:`ExternalZooKeeper`);
+  likewise, while ``ZK_HOSTS`` is unset, the Docker container whose hosts ``python -m
+  goworker_py.testing ensure-zookeeper`` recorded in ``.zk_hosts`` (see ``testing.docker``).
 - ``zk_chroot`` / ``zk_hosts`` / ``zk_client``: a fresh chroot per test on that server, the
   connection string with the chroot appended, and a connected kazoo client on it. Tests never
   see each other's nodes; the chroot is deleted afterwards.
@@ -30,6 +32,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 from kazoo.handlers.threading import KazooTimeoutError
 
+from goworker_py.testing.docker import read_hosts_file
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
 from goworker_py.testing.errors import ZooKeeperNotFound
 from goworker_py.testing.external import ExternalZooKeeper
@@ -40,7 +43,12 @@ LOG_TAIL_LINES = 200
 TICK_TIME_MS = 100
 _EXTERNAL_REASON = (
     "needs a ZooKeeper process of its own to stop, pause or restart; "
-    "ZK_HOSTS={hosts} points at an external server"
+    "{source} points at an external server"
+)
+
+_STALE_HOSTS_FILE = (
+    ": start it again with `python -m goworker_py.testing ensure-zookeeper` (make zookeeper), "
+    "or delete that file to use a local ZooKeeper"
 )
 
 _T = TypeVar("_T", ZooKeeperServer, ZooKeeperEnsemble)
@@ -67,16 +75,31 @@ def _start(factory: Callable[[], _T]) -> _T:
 
 
 def _external_hosts() -> str | None:
-    return os.environ.get("ZK_HOSTS", "").strip() or None
+    found = _external_source()
+    return found[0] if found else None
+
+
+def _external_source() -> tuple[str, str] | None:
+    """``(hosts, where they come from)`` of the external server the tests use, if any.
+
+    ``ZK_HOSTS``, else the hosts file ``ensure-zookeeper`` wrote for its Docker container.
+    """
+    if hosts := os.environ.get("ZK_HOSTS", "").strip():
+        return hosts, f"ZK_HOSTS={hosts}"
+    if recorded := read_hosts_file():
+        return recorded.hosts, f"the Docker ZooKeeper in {recorded.path} ({recorded.hosts})"
+    return None
 
 
 @pytest.fixture(scope="session")
 def zookeeper() -> Iterator[ZooKeeperServer | ExternalZooKeeper]:
     """The session's shared ZooKeeper server. Never stop or pause it: see ``zookeeper_private``."""
-    if hosts := _external_hosts():
+    if found := _external_source():
+        hosts, source = found
         external = ExternalZooKeeper(hosts)
         if not external.is_running:
-            zookeeper_missing(f"ZK_HOSTS={hosts} does not answer")
+            stale = "" if source.startswith("ZK_HOSTS") else _STALE_HOSTS_FILE
+            zookeeper_missing(f"{source} does not answer{stale}")
         yield external
         return
     server = _start(lambda: ZooKeeperServer(tick_time=TICK_TIME_MS).start())
@@ -135,8 +158,8 @@ def zk_client(zk_hosts: str) -> Iterator[KazooClient]:
 @pytest.fixture
 def zookeeper_private() -> Iterator[ZooKeeperServer]:
     """A server for this test alone (tick 100 ms): stop, kill, restart or pause it at will."""
-    if hosts := _external_hosts():
-        pytest.skip(_EXTERNAL_REASON.format(hosts=hosts))
+    if found := _external_source():
+        pytest.skip(_EXTERNAL_REASON.format(source=found[1]))
     server = _start(lambda: ZooKeeperServer(tick_time=TICK_TIME_MS).start())
     try:
         yield server
@@ -147,8 +170,8 @@ def zookeeper_private() -> Iterator[ZooKeeperServer]:
 @pytest.fixture(scope="module")
 def zookeeper_ensemble() -> Iterator[ZooKeeperEnsemble]:
     """A 3-server quorum for this module's tests. Restart members a test stopped, for the next."""
-    if hosts := _external_hosts():
-        pytest.skip(_EXTERNAL_REASON.format(hosts=hosts))
+    if found := _external_source():
+        pytest.skip(_EXTERNAL_REASON.format(source=found[1]))
     ensemble = _start(lambda: ZooKeeperEnsemble(size=3, tick_time=TICK_TIME_MS).start())
     try:
         yield ensemble
