@@ -26,6 +26,7 @@ class WorkerDiscovery(Protocol):
     protocol: str
     negotiated_timeout: float
     node: str | None
+    config_dirty: bool
     on_change: Callable[[], None]
     on_state: Callable[[str], None]
 

@@ -142,6 +142,7 @@ class ClusterHost:
             WorkerInstance.create(self.settings.service), shards=(), health=HealthStatus.GREEN
         )
         node = self.zk.register(self.instance)
+        self.zk.config_dirty = True  # the config watch belonged to the old session
         self._set_health(HealthStatus.GREEN)
         self._session_lost = False
         self.logger.info("registered as {} (session {:#x})", node, self._session)
@@ -152,12 +153,40 @@ class ClusterHost:
             runner.stop()
 
     def close(self) -> None:
-        """Release what is released cleanly, unregister and close the session."""
+        """Release the shards whose threads ended, unregister, then close the session.
+
+        A shard whose handler ignored cancellation keeps its claim — and so the session stays
+        open — until its thread ends (or the process exits and the session expires): closing
+        the session at once would let another instance start the shard while it still runs.
+        """
+        stuck: dict[int, ShardRunner] = {}
         for shard, runner in list(self.runners.items()):
             claim = self.claims.pop(shard, None)
-            if claim is not None and not runner.alive:
+            if runner.alive:
+                if claim is not None:
+                    self.claims[shard] = claim
+                    stuck[shard] = runner
+            elif claim is not None:
                 self._safely(self.zk.release, claim)
         self._safely(self.zk.unregister)
+        if not stuck:
+            self._safely(self.zk.close)
+            return
+        self.logger.warning(
+            "keeping the claim of stuck shard(s) {} until their handlers return",
+            sorted(stuck),
+        )
+        threading.Thread(
+            target=self._close_after, args=(stuck,), name="goworker:stuck-shards", daemon=True
+        ).start()
+
+    def _close_after(self, stuck: dict[int, ShardRunner]) -> None:
+        """Release each stuck shard once its thread ends, then close the session."""
+        for shard, runner in stuck.items():
+            runner.join()
+            claim = self.claims.pop(shard, None)
+            if claim is not None:
+                self._safely(self.zk.release, claim)
         self._safely(self.zk.close)
 
     def _safely(self, action: Any, *args: Any) -> None:
@@ -253,6 +282,8 @@ class ClusterHost:
         old count would leave shards unowned. All shards are released and claimed again, so
         each shard thread restarts with its new total, param and schedule.
         """
+        if not self.zk.config_dirty:
+            return
         stored = self.zk.read_service_config()
         if stored is None or stored == self._service_settings():
             return

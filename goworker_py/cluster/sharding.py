@@ -58,8 +58,11 @@ class StickyStrategy:
             if owner in owned and 0 <= shard < total:
                 owned[owner].append(shard)
         # Members already holding more keep the larger quotas, so a join only takes from the
-        # most-loaded and a settled assignment is a fixed point.
-        by_load = sorted(members, key=lambda m: (-len(owned[m]), rank[m]))
+        # most-loaded and a settled assignment is a fixed point. Loads are capped at the larger
+        # quota first: an old member that already gave back down to it must not lose the larger
+        # quota to a slower one (and then take a shard back from someone else).
+        cap = total // len(members) + 1
+        by_load = sorted(members, key=lambda m: (-min(len(owned[m]), cap), rank[m]))
         quota = _quotas(by_load, total)
         pool: list[int] = [s for s in range(total) if claims.get(s) not in owned]
         for member in members:

@@ -133,6 +133,12 @@ class ZooKeeperDiscovery:
         self._lock = threading.Lock()
         #: ``{shard: (session id, version)}`` of the run markers this instance wrote.
         self._markers: dict[int, tuple[int, int | None]] = {}
+        self.config_dirty = True
+        self._members_session = -1
+        self._member_list_dirty = True
+        self._member_order: list[tuple[int, str]] = []
+        self._member_cache: dict[str, Member] = {}
+        self._dirty_members: set[str] = set()
         auth: list[tuple[str, str]] = []
         acl = None
         if config.auth_user:
@@ -221,13 +227,23 @@ class ZooKeeperDiscovery:
 
     # -- service config ---------------------------------------------------------------------------
 
+    def _config_watch(self, *_event: Any) -> None:
+        self.config_dirty = True
+        self.on_change()
+
     def read_service_config(self, watch: bool = True) -> dict[str, Any] | None:
-        """The stored service settings, or None; re-arms the data watch."""
+        """The stored service settings, or None; with ``watch``, re-arms the config watch.
+
+        ``config_dirty`` says whether the node may have changed since the last watched read.
+        """
+        if watch:
+            self.config_dirty = False
+        callback = self._config_watch if watch else None
         try:
-            raw, _ = self.client.get(self.config_path, watch=self._watch if watch else None)
+            raw, _ = self.client.get(self.config_path, watch=callback)
         except NoNodeError:
             if watch:
-                self.client.exists(self.config_path, watch=self._watch)
+                self.client.exists(self.config_path, watch=callback)
             return None
         data: dict[str, Any] = json.loads(raw.decode() or "{}")
         return data
@@ -278,26 +294,65 @@ class ZooKeeperDiscovery:
             return
         self.client.set(f"{self.instances_path}/{self.node}", instance.to_json())
 
+    def _members_watch(self, *_event: Any) -> None:
+        self._member_list_dirty = True
+        self.on_change()
+
+    def _member_watch(self, event: Any = None) -> None:
+        path = getattr(event, "path", None)
+        if path:
+            self._dirty_members.add(path.rsplit("/", 1)[1])
+        else:
+            self._member_list_dirty = True
+        self.on_change()
+
     def members(self) -> list[Member]:
-        """Live members in rank order; arms watches on the list and on each member's data."""
-        children = self.client.get_children(self.instances_path, watch=self._watch)
-        named = sorted(
-            (int(child.rsplit("-", 1)[1]), child)
-            for child in children
-            if child.startswith(_INSTANCE_PREFIX)
-        )
+        """Live members in rank order, re-reading only what changed since the last call.
+
+        The member list and each member's data are cached behind their own watches, so a
+        re-balance pass costs a read per *changed* node, not one per member: with N members
+        publishing in turn, re-reading everyone on every pass would cost O(N^2) reads.
+        """
+        session = self.session_id
+        if session != self._members_session:
+            # Watches belong to a session: start over on a new one.
+            self._members_session = session
+            self._member_cache.clear()
+            self._member_list_dirty = True
+        if self._member_list_dirty:
+            self._member_list_dirty = False
+            children = self.client.get_children(self.instances_path, watch=self._members_watch)
+            self._member_order = sorted(
+                (int(child.rsplit("-", 1)[1]), child)
+                for child in children
+                if child.startswith(_INSTANCE_PREFIX)
+            )
+            live = {child for _, child in self._member_order}
+            for gone in set(self._member_cache) - live:
+                del self._member_cache[gone]
+        stale = set(self._dirty_members)
+        self._dirty_members -= stale
         pending = [
-            (sequence, child, self.client.get_async(f"{self.instances_path}/{child}", self._watch))
-            for sequence, child in named
+            (
+                sequence,
+                child,
+                self.client.get_async(f"{self.instances_path}/{child}", self._member_watch),
+            )
+            for sequence, child in self._member_order
+            if child in stale or child not in self._member_cache
         ]
-        result: list[Member] = []
         for sequence, child, request in pending:
             try:
                 raw, _ = request.get(timeout=self.negotiated_timeout)
             except NoNodeError:
+                self._member_cache.pop(child, None)
                 continue
-            result.append(Member(child, sequence, WorkerInstance.from_json(raw)))
-        return result
+            self._member_cache[child] = Member(child, sequence, WorkerInstance.from_json(raw))
+        return [
+            self._member_cache[child]
+            for _, child in self._member_order
+            if child in self._member_cache
+        ]
 
     def _children(self, path: str) -> list[str]:
         try:
@@ -350,10 +405,10 @@ class ZooKeeperDiscovery:
 
     # -- run markers ------------------------------------------------------------------------------
 
-    def read_marker(self, shard: int) -> RunMarker | None:
-        """The run marker of ``shard``, if one exists."""
+    def read_marker(self, shard: int, timeout: float | None = None) -> RunMarker | None:
+        """The run marker of ``shard``, if one exists (waiting at most ``timeout`` seconds)."""
         try:
-            raw, stat = self.client.get(f"{self.running_path}/{shard}")
+            raw, stat = self.client.get_async(f"{self.running_path}/{shard}").get(timeout=timeout)
         except NoNodeError:
             return None
         data = json.loads(raw)
@@ -395,12 +450,39 @@ class ZooKeeperDiscovery:
             transaction.set_data(path, marker.to_json(), version)
         try:
             results = transaction.commit()
-        except (SessionExpiredError, ConnectionLoss, KazooException):
+        except ConnectionLoss:
+            # The reply was lost, not necessarily the write: find our own marker, as register()
+            # finds its own node. The cached version is stale either way.
+            self._markers.pop(claim.shard, None)
+            return self._committed(claim.shard, marker, session)
+        except (SessionExpiredError, KazooException):
+            self._markers.pop(claim.shard, None)
             return False
         if any(isinstance(result, Exception) for result in results):
             self._markers.pop(claim.shard, None)
             return False
         self._markers[claim.shard] = (session, 0 if version is None else version + 1)
+        return True
+
+    def _committed(self, shard: int, marker: RunMarker, session: int) -> bool:
+        """After a lost reply: True if ``begin_run``'s transaction was applied in ``session``.
+
+        The transaction is atomic: a marker carrying our run id means the claim and member
+        checks passed too, and the same session after reconnecting means they still hold.
+        Waits for the connection at most a third of the session timeout (the shard's thread
+        must stay responsive in an outage); when in doubt the run does not start.
+        """
+        bound = self.negotiated_timeout / 3.0
+        self._wait_connected(bound)
+        if not self.connected or self.session_id != session:
+            return False
+        try:
+            current = self.read_marker(shard, timeout=bound)
+        except (KazooException, self.client.handler.timeout_exception):
+            return False
+        if current is None or current.session != session or current.run_id != marker.run_id:
+            return False
+        self._markers[shard] = (session, current.version)
         return True
 
     def end_run(self, marker: RunMarker) -> None:

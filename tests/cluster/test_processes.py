@@ -42,7 +42,9 @@ def start_worker(hosts: str, ledger: Path) -> Process:
 
 
 def read_ledger(path: Path) -> list[RunRecord]:
-    return [RunRecord.from_json(line) for line in path.read_text().splitlines() if line]
+    # The text after the last newline may be a line still being written: leave it for later.
+    complete = path.read_text().rpartition("\n")[0]
+    return [RunRecord.from_json(line) for line in complete.split("\n") if line]
 
 
 def ran(ledger: Path, owners: dict[int, str], since: float) -> bool:

@@ -1,0 +1,719 @@
+"""Shared helpers of the cluster benchmarks (B5-B7, B9, B10, hand-over, re-balance).
+
+- :func:`zookeeper`: the ZooKeeper a benchmark measures against — its own private
+  :class:`~goworker_py.testing.ZooKeeperServer` (tick 100 ms by default), or the server that
+  ``ZK_HOSTS`` names (each benchmark then works under a service name of its own);
+- :class:`PacketCounter`: ZooKeeper requests from ``mntr`` ``zk_packets_received`` deltas,
+  corrected for the ``mntr`` queries themselves (each counts as one packet);
+- in-process cluster workers: :func:`cluster_worker`, :class:`WorkerPool` (every worker is
+  cancelled and waited for on exit, even on failure), :class:`WaitClock` (records the instant a
+  shard thread starts waiting for its next fire time), :func:`cluster_state` and
+  :func:`settled` (has a re-balance converged?);
+- :class:`Observer`: an independent kazoo client reading and watching the claim nodes;
+- worker *processes*: ``python benchmarks/_cluster.py worker ...`` runs one cluster worker
+  whose handler appends JSON lines (``ready``, ``start``, ``end``, ``exit``) to an events file;
+  :class:`ProcessPool` starts them (killed with the parent: ``PR_SET_PDEATHSIG``) and kills
+  whatever is left on exit; :class:`EventLog` reads the events file.
+
+Timestamps that cross processes are ``time.time()`` (one machine, one clock); in-process ones
+are ``time.perf_counter()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: A daily schedule that never fires during a benchmark (03:00 is avoided by the runs below).
+DAILY = "0 3 * * *"
+EVERY_SECOND = "* * * * * *"
+
+
+# -- ZooKeeper ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ZkTarget:
+    """The server a benchmark talks to: ``hosts``, ``tick_time`` and ``mntr()``."""
+
+    hosts: str
+    tick_time: int
+    external: bool
+    server: Any
+
+    def mntr(self) -> dict[str, Any]:
+        return dict(self.server.mntr())
+
+    def describe(self) -> str:
+        kind = "external (ZK_HOSTS)" if self.external else "private"
+        return f"{kind} ZooKeeper {self.hosts}, tick {self.tick_time} ms"
+
+
+@contextlib.contextmanager
+def zookeeper(tick_time: int = 100) -> Iterator[ZkTarget]:
+    """A private ZooKeeper server (closed on exit), or the one ``ZK_HOSTS`` names."""
+    hosts = os.environ.get("ZK_HOSTS", "").strip()
+    if hosts:
+        from goworker_py.testing import ExternalZooKeeper
+
+        external = ExternalZooKeeper(hosts)
+        tick = int(os.environ.get("ZK_TICK_MS", "2000"))
+        yield ZkTarget(hosts, tick, True, external)
+        return
+    from goworker_py.testing import ZooKeeperServer
+
+    server = ZooKeeperServer(tick_time=tick_time)
+    try:
+        server.start()
+        yield ZkTarget(server.hosts, tick_time, False, server)
+    finally:
+        server.close()
+
+
+class PacketCounter:
+    """ZooKeeper requests received by the server, from ``mntr`` deltas.
+
+    Every ``mntr`` query is itself counted as one packet by the server: :meth:`read` subtracts
+    the queries made through this counter, so a delta counts client requests (pings included).
+    """
+
+    def __init__(self, zk: ZkTarget) -> None:
+        self.zk = zk
+        self._queries = 0
+
+    def read(self) -> int:
+        value = int(self.zk.mntr()["zk_packets_received"])
+        self._queries += 1
+        return value - self._queries
+
+
+def service_name(prefix: str) -> str:
+    """A fresh service name: runs never see each other's nodes (also on a shared server)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def expected_ping_rate(session_timeout: float) -> float:
+    """kazoo's pings per second on an otherwise silent connection (kazoo 2.x).
+
+    kazoo sends a ping when nothing was sent for ``read_timeout / 2 - jitter``, where
+    ``read_timeout`` is 2/3 of the negotiated session timeout and the jitter is uniform in
+    10-400 ms (redrawn on each wake-up; about 0.2 s on average).
+    """
+    return 1.0 / max(session_timeout / 3.0 - 0.205, 0.01)
+
+
+# -- in-process cluster workers -----------------------------------------------------------------
+
+
+class WaitClock:
+    """The system clock, recording when a named shard thread starts waiting for a fire time.
+
+    :meth:`expect` arms a thread name (``goworker:<worker>:shard-<n>``); the next ``wait`` on
+    that thread records ``time.perf_counter()`` and sets the returned event. Unarmed waits
+    cost one dict lookup.
+    """
+
+    def __init__(self) -> None:
+        self._armed: dict[str, tuple[threading.Event, list[float]]] = {}
+        self._lock = threading.Lock()
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        if self._armed:
+            name = threading.current_thread().name
+            entry = self._armed.get(name)
+            if entry is not None:
+                entry[1].append(time.perf_counter())
+                with self._lock:
+                    self._armed.pop(name, None)
+                entry[0].set()
+        return event.wait(timeout)
+
+    def expect(self, thread_name: str) -> tuple[threading.Event, list[float]]:
+        """Arm ``thread_name``; returns (set on its next wait, [perf_counter of that wait])."""
+        entry: tuple[threading.Event, list[float]] = (threading.Event(), [])
+        with self._lock:
+            self._armed[thread_name] = entry
+        return entry
+
+    def disarm(self, thread_name: str) -> None:
+        with self._lock:
+            self._armed.pop(thread_name, None)
+
+
+def shard_thread_name(worker_name: str, shard: int) -> str:
+    """The name goworker-py gives a shard thread."""
+    return f"goworker:{worker_name}:shard-{shard}"
+
+
+def cluster_worker(
+    hosts: str,
+    service: str,
+    total: int,
+    *,
+    handler: Any = None,
+    cron: str | None = DAILY,
+    session_timeout: float = 4.0,
+    shutdown_timeout: float = 5.0,
+    name: str | None = None,
+    clock: Any = None,
+    handle_signals: bool = False,
+) -> Any:
+    """A cluster-mode ``Worker`` (not started)."""
+    from goworker_py import DiscoveryConfig, Worker, WorkerConfig
+    from goworker_py.worker import Model
+
+    config = WorkerConfig(
+        discovery=DiscoveryConfig(hosts=hosts, session_timeout=session_timeout, connect_timeout=5),
+        shutdown_timeout=shutdown_timeout,
+    )
+    return Worker(
+        handler or noop_handler(),
+        config=config,
+        cron=cron,
+        model=Model.CLUSTER,
+        service_name=service,
+        sharding_total_count=total,
+        handle_signals=handle_signals,
+        name=name,
+        clock=clock,
+    )
+
+
+@functools.cache
+def noop_handler() -> type:
+    """A handler class whose ``do`` does nothing."""
+    from goworker_py import Handler
+
+    class Noop(Handler):
+        def do(self, ctx: Any) -> None:
+            pass
+
+    return Noop
+
+
+class WorkerPool:
+    """In-process workers of one benchmark; every one is cancelled and waited for on exit."""
+
+    def __init__(self) -> None:
+        self.workers: list[Any] = []
+
+    def start(self, worker: Any) -> Any:
+        self.workers.append(worker)
+        worker.run()
+        return worker
+
+    def stop(self, worker: Any, timeout: float = 30.0) -> None:
+        worker.cancel()
+        with contextlib.suppress(Exception):
+            worker.wait(timeout)
+        with contextlib.suppress(ValueError):
+            self.workers.remove(worker)
+
+    def close(self, timeout: float = 60.0) -> None:
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.cancel()
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.wait(max(deadline - time.monotonic(), 0.1))
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def member_sequence(worker: Any) -> int:
+    """The rank sequence of a running cluster worker (from its instance node's name)."""
+    node = worker.host.zk.node or ""
+    try:
+        return int(node.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+@dataclass
+class ClusterState:
+    """A snapshot of what in-process workers own, and whether it is settled."""
+
+    owners: dict[int, str] = field(default_factory=dict)  # shard -> instance id
+    duplicates: int = 0
+    loads: dict[str, int] = field(default_factory=dict)
+    ok: bool = False
+    why: str = ""
+
+
+def cluster_state(workers: Sequence[Any], total: int) -> ClusterState:
+    """Who owns which shard among ``workers``; ``ok`` when the re-balance has converged.
+
+    Converged: every shard claimed by exactly one worker; each worker holds the claims it
+    computes, with a live, non-stopping shard thread for each and nothing left to release;
+    every worker sees the same members (all of ``workers``); loads differ by at most one; and
+    the assignment is a fixed point of ``StickyStrategy`` (a fresh computation keeps it).
+    """
+    from goworker_py.cluster.sharding import StickyStrategy
+
+    state = ClusterState()
+    try:
+        ranked = sorted(workers, key=member_sequence)
+        ids = [w.host.instance.id for w in ranked]
+        expected = set(ids)
+        for worker in ranked:
+            host = worker.host
+            claims = list(host.claims)
+            releasing = getattr(host, "_releasing", {})
+            iid = host.instance.id
+            state.loads[iid] = len(claims)
+            for shard in claims:
+                if shard in state.owners:
+                    state.duplicates += 1
+                state.owners[shard] = iid
+            if releasing:
+                state.why = f"{worker.name} still releasing {len(releasing)}"
+            for shard in claims:
+                runner = host.runners.get(shard)
+                if runner is None or not runner.alive or runner.stopping:
+                    state.why = state.why or f"{worker.name} shard {shard} has no live thread"
+                    break
+            seen = {m.id for m in host.members()}
+            if seen != expected:
+                state.why = state.why or f"{worker.name} sees {len(seen)} members"
+    except RuntimeError as exc:  # a dict changed size under us: not settled
+        state.why = f"changing: {exc}"
+        return state
+    if state.why:
+        return state
+    if state.duplicates:
+        state.why = f"{state.duplicates} shard(s) claimed twice"
+        return state
+    if len(state.owners) != total:
+        state.why = f"{total - len(state.owners)} shard(s) unclaimed"
+        return state
+    if max(state.loads.values()) - min(state.loads.values()) > 1:
+        state.why = f"uneven loads {min(state.loads.values())}..{max(state.loads.values())}"
+        return state
+    fresh = StickyStrategy().assign(ids, total, state.owners)
+    now = {iid: sorted(s for s, o in state.owners.items() if o == iid) for iid in ids}
+    if fresh != now:
+        state.why = "not a fixed point of the sticky strategy"
+        return state
+    state.ok = True
+    return state
+
+
+def settled(
+    workers: Sequence[Any], total: int, timeout: float, poll: float = 0.002
+) -> tuple[float | None, ClusterState]:
+    """Poll :func:`cluster_state` until converged; (``perf_counter`` when it was, state)."""
+    deadline = time.perf_counter() + timeout
+    state = ClusterState()
+    while True:
+        state = cluster_state(workers, total)
+        now = time.perf_counter()
+        if state.ok:
+            return now, state
+        if now > deadline:
+            return None, state
+        time.sleep(poll)
+
+
+# -- observer -----------------------------------------------------------------------------------
+
+
+class Observer:
+    """An independent kazoo client: reads (and watches) a service's claim nodes."""
+
+    def __init__(self, hosts: str, service: str, namespace: str = "goworker") -> None:
+        from kazoo.client import KazooClient
+
+        self.root = f"/{namespace}/{service}"
+        self.claims_path = f"{self.root}/claims"
+        self.instances_path = f"{self.root}/instances"
+        self.client = KazooClient(hosts=hosts, timeout=10.0)
+        self.client.start(timeout=10.0)
+
+    def claim_owners(self) -> dict[int, str]:
+        """``{shard: owner instance id}`` of every claim node (pipelined reads)."""
+        from kazoo.exceptions import NoNodeError
+
+        try:
+            children = self.client.get_children(self.claims_path)
+        except NoNodeError:
+            return {}
+        pending = [
+            (c, self.client.get_async(f"{self.claims_path}/{c}")) for c in children if c.isdigit()
+        ]
+        owners: dict[int, str] = {}
+        for child, request in pending:
+            try:
+                raw, _ = request.get(timeout=10)
+            except NoNodeError:
+                continue
+            owners[int(child)] = str(json.loads(raw or b"{}").get("owner", ""))
+        return owners
+
+    def watch_owner(self, shard: int, predicate: Callable[[str], bool]) -> ClaimWatch:
+        """Watch ``claims/<shard>``: note ``time.time()`` once its owner passes ``predicate``."""
+        return ClaimWatch(self, shard, predicate)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.stop()
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def __enter__(self) -> Observer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ClaimWatch:
+    """A data watch on one claim node (kazoo ``DataWatch``, re-armed on every event)."""
+
+    def __init__(self, observer: Observer, shard: int, predicate: Callable[[str], bool]) -> None:
+        from kazoo.recipe.watchers import DataWatch
+
+        self.event = threading.Event()
+        self.at: float | None = None
+        self.owner: str | None = None
+        self._predicate = predicate
+        self._stopped = False
+        path = f"{observer.claims_path}/{shard}"
+        DataWatch(observer.client, path, self._on_data)
+
+    def _on_data(self, data: bytes | None, stat: Any, *_event: Any) -> bool | None:
+        now = time.time()
+        if self._stopped:
+            return False
+        owner = str(json.loads(data).get("owner", "")) if data else ""
+        if data and self.at is None and self._predicate(owner):
+            self.at, self.owner = now, owner
+            self.event.set()
+        return None
+
+    def cancel(self) -> None:
+        self._stopped = True
+
+
+# -- worker processes ---------------------------------------------------------------------------
+
+
+@functools.cache
+def die_with_parent_prefix() -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL`` where util-linux's setpriv supports it, else nothing.
+
+    A worker process started through it is killed by the kernel when the benchmark (the
+    thread that started it: always the main thread here) dies, even by ``SIGKILL``. setpriv
+    execs the worker, so the pid stays the worker's. No ``preexec_fn``: unsafe with threads.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "true"], capture_output=True)
+    return (setpriv, "--pdeathsig", "KILL") if probe.returncode == 0 else ()
+
+
+class ProcessPool:
+    """Worker processes of one benchmark, in a temp dir; all killed on exit."""
+
+    def __init__(self, prefix: str = "goworker-bench-") -> None:
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._count = 0
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def spawn_worker(
+        self,
+        hosts: str,
+        service: str,
+        total: int,
+        events: str,
+        *,
+        session_timeout: float = 4.0,
+        cron: str = DAILY,
+        sleep: float = 0.0,
+        cooperative: bool = True,
+        shutdown_timeout: float = 5.0,
+        publish_events: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``_cluster.py worker`` (a cluster worker that handles SIGTERM itself)."""
+        self._count += 1
+        log = self.path(f"worker-{self._count}.log")
+        args = [
+            *die_with_parent_prefix(),
+            sys.executable,
+            os.path.join(HERE, "_cluster.py"),
+            "worker",
+            "--hosts",
+            hosts,
+            "--service",
+            service,
+            "--total",
+            str(total),
+            "--events",
+            events,
+            "--session-timeout",
+            str(session_timeout),
+            "--cron",
+            cron,
+            "--sleep",
+            str(sleep),
+            "--shutdown-timeout",
+            str(shutdown_timeout),
+            "--log",
+            log,
+        ]
+        if not cooperative:
+            args.append("--blocking")
+        if publish_events:
+            args.append("--publish-events")
+        with open(log + ".stderr", "wb") as err:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=os.path.dirname(HERE),
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        out = []
+        for index in range(1, self._count + 1):
+            with (
+                contextlib.suppress(OSError),
+                open(
+                    self.path(f"worker-{index}.log.stderr"), encoding="utf-8", errors="replace"
+                ) as err,
+            ):
+                text = err.read().strip()
+                if text:
+                    out.append(f"worker-{index}: " + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(out)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for proc in self.procs:
+            with contextlib.suppress(Exception):
+                proc.wait(10)
+        self.procs = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ProcessPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventLog:
+    """The JSON lines worker processes append to one events file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.events: list[dict[str, Any]] = []
+        self._offset = 0
+        self._partial = b""
+        open(path, "ab").close()
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Read what was appended since the last call; return the new events."""
+        with open(self.path, "rb") as stream:
+            stream.seek(self._offset)
+            data = stream.read()
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        new = [json.loads(line) for line in lines if line.strip()]
+        self.events.extend(new)
+        return new
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, poll: float = 0.005
+    ) -> dict[str, Any] | None:
+        """The first event (already read or new) satisfying ``predicate``, or None on timeout."""
+        for event in self.events:
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.poll():
+                if predicate(event):
+                    return event
+            time.sleep(poll)
+        return None
+
+    def wait_count(
+        self, predicate: Callable[[dict[str, Any]], bool], count: int, timeout: float
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` events satisfy ``predicate``; return those seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            found = [e for e in self.events if predicate(e)]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.005)
+
+
+# -- the worker process itself ------------------------------------------------------------------
+
+
+def _append(path: str, record: dict[str, Any]) -> None:
+    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)  # one write of a short line under O_APPEND: never interleaved
+    finally:
+        os.close(fd)
+
+
+def _log_publishes(events: str, pid: int) -> None:
+    """Append a ``publish`` event (the shards it owns) each time this instance publishes.
+
+    An instance publishes whenever its claims change (after claiming and starting, or after
+    releasing): the parent rebuilds who owned what, when, from these lines.
+    """
+    from goworker_py.cluster.zookeeper import ZooKeeperDiscovery
+
+    original = ZooKeeperDiscovery.publish
+
+    def publish(self: Any, instance: Any) -> None:
+        original(self, instance)
+        record = {
+            "event": "publish",
+            "pid": pid,
+            "t": time.time(),
+            "instance": instance.id,
+            "node": self.node,
+            "shards": list(instance.shards),
+        }
+        _append(events, record)
+
+    ZooKeeperDiscovery.publish = publish  # type: ignore[method-assign]
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description="one cluster worker for the benchmarks")
+    parser.add_argument("--hosts", required=True)
+    parser.add_argument("--service", required=True)
+    parser.add_argument("--total", type=int, default=1)
+    parser.add_argument("--events", required=True)
+    parser.add_argument("--session-timeout", type=float, default=4.0)
+    parser.add_argument("--cron", default=DAILY)
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds in do (0: no-op)")
+    parser.add_argument("--blocking", action="store_true", help="time.sleep, not ctx.wait")
+    parser.add_argument("--shutdown-timeout", type=float, default=5.0)
+    parser.add_argument("--log", default="")
+    parser.add_argument("--publish-events", action="store_true", help="log every publish")
+    args = parser.parse_args(argv)
+
+    from goworker_py import Context, Handler, LoggerConfig, configure_logging
+
+    if args.log:
+        configure_logging(LoggerConfig(level="INFO", sink=args.log))
+    events, pid, pause = args.events, os.getpid(), args.sleep
+    blocking = args.blocking
+
+    class Recorder(Handler):
+        def do(self, ctx: Context) -> None:
+            start = time.time()
+            _append(
+                events,
+                {
+                    "event": "start",
+                    "pid": pid,
+                    "shard": ctx.shard.index,
+                    "is_failover": bool(ctx.is_failover),
+                    "start": start,
+                    "scheduled_time": ctx.scheduled_time.timestamp(),
+                    "token": ctx.fencing_token,
+                },
+            )
+            cancelled = False
+            if pause > 0:
+                if blocking:
+                    time.sleep(pause)
+                else:
+                    cancelled = ctx.wait(pause)
+            _append(
+                events,
+                {
+                    "event": "end",
+                    "pid": pid,
+                    "shard": ctx.shard.index,
+                    "t": time.time(),
+                    "cancelled": cancelled,
+                },
+            )
+
+    if args.publish_events:
+        _log_publishes(events, pid)
+    started = time.time()
+    worker = cluster_worker(
+        args.hosts,
+        args.service,
+        args.total,
+        handler=Recorder,
+        cron=args.cron,
+        session_timeout=args.session_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        name=f"w{pid}",
+        handle_signals=True,
+    )
+    worker.run()
+    host = worker.host
+    _append(
+        events,
+        {
+            "event": "ready",
+            "pid": pid,
+            "t": time.time(),
+            "startup_s": time.time() - started,
+            "instance": host.instance.id,
+            "node": host.zk.node,
+            "session": host.zk.session_id,
+        },
+    )
+    reason = worker.wait()
+    _append(events, {"event": "exit", "pid": pid, "t": time.time(), "reason": reason.value})
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        sys.exit(worker_main(sys.argv[2:]))
+    print("usage: python benchmarks/_cluster.py worker --hosts H --service S --events F ...")
+    sys.exit(2)

@@ -1,0 +1,611 @@
+"""B6 bench_rebalance: re-balance convergence after a join or a clean leave, and its ZK cost.
+
+In-process cluster workers (each with its own kazoo client and session; daily schedule, so no
+run fires) share ``T`` shards. After the cluster has settled, an event happens:
+
+- **join**: one more worker is started — from just before its ``run()`` (connect, register,
+  first pass) until the cluster has converged;
+- **clean leave**: the oldest worker (rank 0) is ``cancel()``\\ ed — until converged again.
+
+*Converged* (``_cluster.cluster_state``): every shard claimed by exactly one worker, each with
+a live shard thread and nothing left to release; every worker sees the same members with the
+same published shards; loads differ by at most one; and a fresh ``StickyStrategy`` computation
+over the claims keeps them (a fixed point). An observer client then reads every claim node
+and checks ZooKeeper agrees. For each event: convergence time, shards moved (owners before
+vs after) against the minimal move count (``T // (N+1)`` for a join, the leaver's shards for a
+leave), ZooKeeper requests (``mntr`` ``zk_packets_received`` delta until 0.3 s after
+convergence, minus the idle ping rate), supervisor passes, and CPU seconds of the process.
+
+Figures: 20 instances x 1,000 shards, instance 21 joins (issue #3: ≤ 2 s) and one leaves;
+the B6 grid 3/5/10 instances x 16/64/256 shards. ``--large`` also tries 100 instances x
+1,000 shards in one process (gives up after 5 minutes of start-up, saying how far it got). All
+these instances share one process and one GIL, on 2 cores: their work is serialised, so the
+figures are pessimistic compared with one process per instance.
+
+Worker-process variant (``--no-processes`` skips it): 20 ``_cluster.py worker`` processes x
+1,000 shards settle, a 21st joins, then rank 0 leaves (``SIGTERM``). Each process logs every
+publish of its shards; convergence is replayed from those events (the first instant the live
+instances' published shards are a sticky fixed point), timed from the joiner's instance-node
+creation (its ``ctime``) or from the ``SIGTERM``. About 80 s (``--quick`` about 25 s).
+
+Run: ``.venv/bin/python benchmarks/bench_rebalance.py [--quick] [--reps N] [--large]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from typing import Any
+
+from _cluster import (
+    ClusterState,
+    EventLog,
+    Observer,
+    PacketCounter,
+    ProcessPool,
+    WorkerPool,
+    ZkTarget,
+    cluster_state,
+    cluster_worker,
+    member_sequence,
+    service_name,
+    settled,
+    zookeeper,
+)
+from _common import (
+    Report,
+    calibrate,
+    cpu_seconds,
+    fmt_stats,
+    parse_args,
+    proc_status,
+    quiet_logging,
+    remove_file,
+    stats,
+)
+
+TARGET_S = 2.0
+SESSION_TIMEOUT = 4.0
+SETTLE_S = 0.3
+
+
+def beliefs_agree(workers: list[Any], state: ClusterState) -> bool:
+    """Every worker's view of every member's published shards matches the real claims."""
+    by_owner: dict[str, set[int]] = {}
+    for shard, owner in state.owners.items():
+        by_owner.setdefault(owner, set()).add(shard)
+    try:
+        for worker in workers:
+            for member in worker.host.members():
+                if set(member.shards) != by_owner.get(member.id, set()):
+                    return False
+    except RuntimeError:
+        return False
+    return True
+
+
+def converge(workers: list[Any], total: int, timeout: float) -> tuple[float | None, ClusterState]:
+    """``perf_counter`` when converged with all beliefs agreeing, or None after ``timeout``."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        at, state = settled(workers, total, max(deadline - time.perf_counter(), 0.0))
+        if at is None:
+            return None, state
+        if beliefs_agree(workers, state):
+            return at, state
+        if time.perf_counter() > deadline:
+            state.why = "members' published shards differ from the claims"
+            return None, state
+        time.sleep(0.002)
+
+
+class Passes:
+    """Counts supervisor passes (``host.step``) of the workers it instruments."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def instrument(self, worker: Any) -> None:
+        host = worker.host
+        original = host.step
+
+        def step() -> None:
+            self.count += 1
+            original()
+
+        host.step = step
+
+
+class Cluster:
+    """N in-process workers of one fresh service, plus an observer."""
+
+    def __init__(self, zk: ZkTarget, pool: WorkerPool, total: int, prefix: str) -> None:
+        self.zk = zk
+        self.pool = pool
+        self.total = total
+        self.service = service_name(prefix)
+        self.workers: list[Any] = []
+        self.passes = Passes()
+        self.packets = PacketCounter(zk)
+        self.ping_rate = 0.0
+        self.last_join_s = 0.0
+        self._count = 0
+
+    def new_worker(self) -> Any:
+        self._count += 1
+        return cluster_worker(
+            self.zk.hosts,
+            self.service,
+            self.total,
+            name=f"{self.service[-8:]}-{self._count}",
+            session_timeout=SESSION_TIMEOUT,
+        )
+
+    def grow(self, size: int, timeout: float, limit: float | None = None) -> None:
+        """Start workers one by one (each join settled) until there are ``size``.
+
+        Raises ``RuntimeError`` when a join does not converge within ``timeout``, or when
+        ``limit`` seconds have passed (saying how many workers were running then).
+        """
+        began = time.perf_counter()
+        while len(self.workers) < size:
+            if limit is not None and time.perf_counter() - began > limit:
+                raise RuntimeError(
+                    f"start-up gave up after {limit:g} s with {len(self.workers)} of {size} "
+                    f"workers (the last join took {self.last_join_s:.1f} s)"
+                )
+            joined = time.perf_counter()
+            worker = self.pool.start(self.new_worker())
+            self.passes.instrument(worker)
+            self.workers.append(worker)
+            at, state = converge(self.workers, self.total, timeout)
+            if at is None:
+                raise RuntimeError(f"{len(self.workers)} workers never converged: {state.why}")
+            self.last_join_s = at - joined
+
+    def measure_pings(self, seconds: float) -> None:
+        start, before = time.perf_counter(), self.packets.read()
+        time.sleep(seconds)
+        self.ping_rate = (self.packets.read() - before) / (time.perf_counter() - start)
+
+    def owners(self) -> dict[int, str]:
+        return cluster_state(self.workers, self.total).owners
+
+    def event(self, kind: str, timeout: float) -> dict[str, Any]:
+        """A join or a clean leave, measured."""
+        before_owners = self.owners()
+        n_before = len(self.workers)
+        passes0, packets0, cpu0 = self.passes.count, self.packets.read(), cpu_seconds()
+        run_s: float | None = None
+        if kind == "join":
+            worker = self.new_worker()
+            minimal = self.total // (n_before + 1)
+            start = time.perf_counter()
+            self.pool.start(worker)
+            run_s = time.perf_counter() - start
+            self.passes.instrument(worker)  # its first pass ran inside run()
+            self.passes.count += 1
+            self.workers.append(worker)
+            leaver = None
+        else:
+            leaver = min(self.workers, key=member_sequence)
+            minimal = len(leaver.host.claims)
+            self.workers.remove(leaver)
+            start = time.perf_counter()
+            leaver.cancel()
+        at, state = converge(self.workers, self.total, timeout)
+        converged_s = None if at is None else at - start
+        cpu = cpu_seconds() - cpu0
+        if leaver is not None:
+            self.pool.stop(leaver, 30)
+        time.sleep(SETTLE_S)
+        elapsed = time.perf_counter() - start
+        requests = self.packets.read() - packets0 - self.ping_rate * elapsed
+        after = state.owners
+        moved = sum(1 for shard, owner in before_owners.items() if after.get(shard) != owner)
+        return {
+            "kind": kind,
+            "instances_before": n_before,
+            "instances_after": len(self.workers),
+            "converged_s": converged_s,
+            "run_returned_s": run_s,
+            "why_not": "" if at is not None else state.why,
+            "moved": moved,
+            "minimal": minimal,
+            "zk_requests": round(requests),
+            "passes": self.passes.count - passes0,
+            "cpu_s": round(cpu, 3),
+        }
+
+    def verify_with_observer(self) -> int:
+        """Claims in ZooKeeper that disagree with the workers' own (0 when consistent)."""
+        with Observer(self.zk.hosts, self.service) as observer:
+            in_zk = observer.claim_owners()
+        mine = self.owners()
+        return sum(1 for s in set(in_zk) | set(mine) if in_zk.get(s) != mine.get(s))
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.cancel()
+        for worker in self.workers:
+            self.pool.stop(worker, 30)
+        self.workers = []
+
+
+def run_scenario(
+    zk: ZkTarget,
+    instances: int,
+    total: int,
+    reps: int,
+    timeout: float,
+    limit: float | None = None,
+) -> dict[str, Any]:
+    """``instances`` workers on ``total`` shards; ``reps`` x (join, then leave of rank 0)."""
+    with WorkerPool() as pool:
+        cluster = Cluster(zk, pool, total, f"rb{instances}x{total}")
+        try:
+            began = time.perf_counter()
+            cluster.grow(instances, timeout, limit)
+            setup_s = time.perf_counter() - began
+            cluster.measure_pings(1.0)
+            events: list[dict[str, Any]] = []
+            mismatches = 0
+            for _ in range(reps):
+                for kind in ("join", "leave"):
+                    events.append(cluster.event(kind, timeout))
+                    mismatches += cluster.verify_with_observer()
+            threads = proc_status("Threads")
+        finally:
+            cluster.close()
+    joins = [e for e in events if e["kind"] == "join"]
+    leaves = [e for e in events if e["kind"] == "leave"]
+    return {
+        "instances": instances,
+        "shards": total,
+        "setup_s": round(setup_s, 2),
+        "idle_ping_rate_per_s": round(cluster.ping_rate, 2),
+        "threads": threads,
+        "observer_mismatches": mismatches,
+        "join_s": stats([e["converged_s"] for e in joins if e["converged_s"] is not None]),
+        "leave_s": stats([e["converged_s"] for e in leaves if e["converged_s"] is not None]),
+        "join_run_returned_s": stats([e["run_returned_s"] for e in joins]),
+        "unconverged": sum(1 for e in events if e["converged_s"] is None),
+        "events": events,
+    }
+
+
+def _rank(node: str) -> int:
+    return int(node.rsplit("-", 1)[1])
+
+
+def _converged(owned: dict[str, set[int]], ranked: list[str], total: int) -> bool:
+    """Every shard owned once, even loads, and a fixed point of the sticky strategy."""
+    from goworker_py.cluster.sharding import StickyStrategy
+
+    owners: dict[int, str] = {}
+    for iid in ranked:
+        for shard in owned.get(iid, set()):
+            if shard in owners:
+                return False
+            owners[shard] = iid
+    if len(owners) != total:
+        return False
+    loads = [len(owned.get(i, set())) for i in ranked]
+    if max(loads) - min(loads) > 1:
+        return False
+    fresh = StickyStrategy().assign(ranked, total, owners)
+    return all(set(fresh[i]) == owned.get(i, set()) for i in ranked)
+
+
+def converged_from_events(
+    log: EventLog, live: dict[str, str], total: int, since: float
+) -> float | None:
+    """When the published shards of the ``live`` instances (id -> node) first converged.
+
+    Replays the ``publish`` events in time order; None if they have not converged yet.
+    """
+    ranked = sorted(live, key=lambda i: _rank(live[i]))
+    owned: dict[str, set[int]] = {}
+    result: float | None = None
+    for event in sorted((e for e in log.events if e["event"] == "publish"), key=lambda e: e["t"]):
+        if event["instance"] not in live:
+            continue
+        owned[event["instance"]] = set(event["shards"])
+        if event["t"] >= since and _converged(owned, ranked, total):
+            result = result if result is not None else event["t"]
+        else:
+            result = None
+    if result is None and _converged(owned, ranked, total):
+        return since  # nothing needed to change after ``since``
+    return result
+
+
+def process_scenario(zk: ZkTarget, instances: int, total: int, timeout: float) -> dict[str, Any]:
+    """Worker processes: ``instances`` settle, one more joins, then rank 0 leaves (SIGTERM)."""
+    service = service_name(f"rbp{instances}x{total}")
+    counter = PacketCounter(zk)
+    with ProcessPool() as procs, Observer(zk.hosts, service) as observer:
+        log = EventLog(procs.path("events.jsonl"))
+
+        def spawn() -> Any:
+            return procs.spawn_worker(
+                zk.hosts,
+                service,
+                total,
+                log.path,
+                session_timeout=SESSION_TIMEOUT,
+                publish_events=True,
+            )
+
+        def wait_converged(live: dict[str, str], since: float) -> float | None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                log.poll()
+                at = converged_from_events(log, live, total, since)
+                if at is not None:
+                    return at
+                time.sleep(0.05)
+            return None
+
+        began = time.time()
+        pids = [spawn().pid for _ in range(instances)]
+        ready = log.wait_count(lambda e: e["event"] == "ready", instances, timeout)
+        if len(ready) < instances:
+            raise RuntimeError("worker processes not ready:\n" + procs.stderr_tail())
+        live = {e["instance"]: e["node"] for e in ready}
+        if wait_converged(live, began) is None:
+            raise RuntimeError(f"{instances} worker processes never converged")
+        setup_s = time.time() - began
+        time.sleep(1.0)
+        p0, t0 = counter.read(), time.perf_counter()
+        time.sleep(2.0)
+        ping_rate = (counter.read() - p0) / (time.perf_counter() - t0)
+
+        # join
+        p0, t0 = counter.read(), time.perf_counter()
+        spawned = time.time()
+        proc = spawn()
+        new = log.wait_for(lambda e: e["event"] == "ready" and e["pid"] == proc.pid, timeout)
+        if new is None:
+            raise RuntimeError("the joining worker process never got ready")
+        stat = observer.client.exists(f"{observer.instances_path}/{new['node']}")
+        registered = stat.ctime / 1000.0 if stat is not None else new["t"]
+        live[new["instance"]] = new["node"]
+        joined = wait_converged(live, registered)
+        time.sleep(SETTLE_S)
+        join_requests = counter.read() - p0 - ping_rate * (time.perf_counter() - t0)
+
+        # clean leave of rank 0
+        leaver = min(ready, key=lambda e: _rank(e["node"]))
+        del live[leaver["instance"]]
+        p0, t0 = counter.read(), time.perf_counter()
+        signalled = time.time()
+        os.kill(leaver["pid"], signal.SIGTERM)
+        left = wait_converged(live, signalled)
+        time.sleep(SETTLE_S)
+        leave_requests = counter.read() - p0 - ping_rate * (time.perf_counter() - t0)
+        del pids
+    return {
+        "instances": instances,
+        "shards": total,
+        "setup_s": round(setup_s, 2),
+        "idle_ping_rate_per_s": round(ping_rate, 2),
+        "join_from_registration_s": None if joined is None else round(joined - registered, 4),
+        "join_from_spawn_s": None if joined is None else round(joined - spawned, 4),
+        "join_startup_s": round(new["startup_s"], 3),
+        "join_zk_requests": round(join_requests),
+        "leave_s": None if left is None else round(left - signalled, 4),
+        "leave_zk_requests": round(leave_requests),
+    }
+
+
+def summarize(label: str, result: dict[str, Any]) -> str:
+    joins = [e for e in result["events"] if e["kind"] == "join"]
+    leaves = [e for e in result["events"] if e["kind"] == "leave"]
+
+    def avg(items: list[dict[str, Any]], key: str) -> float:
+        return sum(e[key] for e in items) / len(items) if items else float("nan")
+
+    return (
+        f"  {label}: join {fmt_stats(result['join_s'], 's')}; leave "
+        f"{fmt_stats(result['leave_s'], 's')}; moved join {avg(joins, 'moved'):.3g} "
+        f"(minimal {avg(joins, 'minimal'):.3g}), leave {avg(leaves, 'moved'):.3g} (minimal "
+        f"{avg(leaves, 'minimal'):.3g}); ZK requests join {avg(joins, 'zk_requests'):.0f}, "
+        f"leave {avg(leaves, 'zk_requests'):.0f}; passes join {avg(joins, 'passes'):.0f}; "
+        f"setup {result['setup_s']} s"
+    )
+
+
+def _extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reps", type=int, default=None, help="join+leave reps per grid cell")
+    parser.add_argument("--big-reps", type=int, default=None, help="reps of 20 x 1,000")
+    parser.add_argument("--large", action="store_true", help="also 100 instances x 1,000 shards")
+    parser.add_argument("--no-grid", action="store_true", help="skip the B6 grid")
+    parser.add_argument(
+        "--no-processes", action="store_true", help="skip the worker-process variant"
+    )
+
+
+def main() -> None:
+    args = parse_args((__doc__ or "").splitlines()[0], _extra)
+    reps = args.reps or (1 if args.quick else 3)
+    big_reps = args.big_reps or (1 if args.quick else 2)
+    report = Report("bench_rebalance", "B6", args.quick)
+    log_path = quiet_logging("INFO")
+    details: dict[str, Any] = {}
+    try:
+        with zookeeper(tick_time=100) as zk:
+            print(zk.describe(), flush=True)
+            report.calibration = calibrate(quick=True, zk_hosts=zk.hosts)
+            big_n = 10 if args.quick else 20
+            print(f"{big_n} instances x 1,000 shards, {big_reps} x (join, leave) ...", flush=True)
+            big = run_scenario(zk, big_n, 1000, big_reps, 60)
+            print(summarize(f"{big_n} x 1000", big), flush=True)
+            details[f"{big_n}x1000"] = big
+            joins = [e for e in big["events"] if e["kind"] == "join"]
+            leaves = [e for e in big["events"] if e["kind"] == "leave"]
+            label = f"{big_n} instances x 1,000 shards"
+            report.add(
+                f"re-balance after instance {big_n + 1} joins, {label}: convergence (max)",
+                big["join_s"].get("max"),
+                "s",
+                TARGET_S,
+                note="from just before the new worker's run()",
+            )
+            report.add(
+                f"re-balance after instance {big_n + 1} joins, {label}: from its run() "
+                "returning (max)",
+                max((e["converged_s"] - e["run_returned_s"] for e in joins), default=None),
+                "s",
+            )
+            report.add(
+                f"joining worker's run() (connect + register + first pass), {label}, max",
+                big["join_run_returned_s"].get("max"),
+                "s",
+            )
+            report.add(
+                f"re-balance after a clean leave, {label}: convergence (max)",
+                big["leave_s"].get("max"),
+                "s",
+                TARGET_S,
+            )
+            report.add(
+                f"ZooKeeper requests per join re-balance, {label}",
+                sum(e["zk_requests"] for e in joins) / max(len(joins), 1),
+                "requests",
+            )
+            report.add(
+                f"ZooKeeper requests per leave re-balance, {label}",
+                sum(e["zk_requests"] for e in leaves) / max(len(leaves), 1),
+                "requests",
+            )
+            report.add(
+                f"supervisor passes (all instances) per join, {label}",
+                sum(e["passes"] for e in joins) / max(len(joins), 1),
+                "passes",
+            )
+            report.add(
+                f"process CPU per join, {label}",
+                sum(e["cpu_s"] for e in joins) / max(len(joins), 1),
+                "s",
+            )
+            report.add(
+                f"shards moved per join / minimal, {label}",
+                sum(e["moved"] for e in joins) / max(sum(e["minimal"] for e in joins), 1),
+                "x minimal",
+                1.0,
+            )
+            report.add(
+                f"claims in ZooKeeper disagreeing with the workers, {label}",
+                big["observer_mismatches"],
+                "",
+            )
+            if not args.no_processes:
+                pn, pt = (5, 256) if args.quick else (20, 1000)
+                print(
+                    f"worker processes: {pn} x {pt:,} shards, one joins, then rank 0 leaves ...",
+                    flush=True,
+                )
+                proc = process_scenario(zk, pn, pt, 60)
+                details[f"processes_{pn}x{pt}"] = proc
+                print(f"    {proc}", flush=True)
+                plabel = f"{pn} worker processes x {pt:,} shards"
+                report.add(
+                    f"re-balance after process {pn + 1} joins, {plabel}: convergence",
+                    proc["join_from_registration_s"],
+                    "s",
+                    TARGET_S,
+                    note="from its instance node's creation; "
+                    f"{proc['join_from_spawn_s']} s from the process spawn",
+                )
+                report.add(
+                    f"re-balance after a clean leave (SIGTERM), {plabel}: convergence",
+                    proc["leave_s"],
+                    "s",
+                    TARGET_S,
+                )
+                report.add(
+                    f"ZooKeeper requests per join re-balance, {plabel}",
+                    proc["join_zk_requests"],
+                    "requests",
+                )
+            if not args.no_grid:
+                grid_n = (3, 5) if args.quick else (3, 5, 10)
+                grid_t = (16, 256) if args.quick else (16, 64, 256)
+                print(f"B6 grid {grid_n} x {grid_t}, {reps} x (join, leave) each ...", flush=True)
+                grid: dict[str, Any] = {}
+                for n in grid_n:
+                    for t in grid_t:
+                        cell = run_scenario(zk, n, t, reps, 30)
+                        print(summarize(f"{n} x {t}", cell), flush=True)
+                        grid[f"{n}x{t}"] = cell
+                details["grid"] = grid
+                cells = list(grid.values())
+                all_events = [e for c in cells for e in c["events"]]
+                join_max = max(
+                    (c["join_s"].get("max", 0.0) for c in cells if c["join_s"].get("n")),
+                    default=None,
+                )
+                leave_max = max(
+                    (c["leave_s"].get("max", 0.0) for c in cells if c["leave_s"].get("n")),
+                    default=None,
+                )
+                report.add("B6 grid: join convergence, worst cell max", join_max, "s", TARGET_S)
+                report.add("B6 grid: leave convergence, worst cell max", leave_max, "s", TARGET_S)
+                report.add(
+                    "B6 grid: shards moved / minimal (all events)",
+                    sum(e["moved"] for e in all_events)
+                    / max(sum(e["minimal"] for e in all_events), 1),
+                    "x minimal",
+                    1.0,
+                )
+                report.add(
+                    "B6 grid: events that never converged",
+                    sum(c["unconverged"] for c in cells),
+                    "",
+                )
+                for key, cell in grid.items():
+                    join_p50 = cell["join_s"].get("p50")
+                    report.add(f"B6 grid {key}: join convergence p50", join_p50, "s")
+                    report.add(
+                        f"B6 grid {key}: leave convergence p50", cell["leave_s"].get("p50"), "s"
+                    )
+            if args.large:
+                print("100 instances x 1,000 shards, 1 x (join, leave) ...", flush=True)
+                try:
+                    large = run_scenario(zk, 100, 1000, 1, 120, limit=300)
+                except RuntimeError as exc:
+                    print(f"  100 x 1000 not feasible: {exc}", flush=True)
+                    details["100x1000"] = {"error": str(exc)}
+                    report.add(
+                        "re-balance after instance 101 joins, 100 x 1,000: convergence",
+                        None,
+                        "s",
+                        TARGET_S,
+                        note=f"not measured: {exc}",
+                    )
+                else:
+                    print(summarize("100 x 1000", large), flush=True)
+                    details["100x1000"] = large
+                    report.add(
+                        "re-balance after instance 101 joins, 100 x 1,000: convergence",
+                        large["join_s"].get("max"),
+                        "s",
+                        TARGET_S,
+                    )
+                    report.add(
+                        "re-balance after a clean leave, 100 x 1,000: convergence",
+                        large["leave_s"].get("max"),
+                        "s",
+                        TARGET_S,
+                    )
+            report.details = details
+    finally:
+        remove_file(log_path)
+    report.emit()
+
+
+if __name__ == "__main__":
+    main()

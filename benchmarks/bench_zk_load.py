@@ -1,0 +1,185 @@
+"""B9 bench_zk_load: steady-state ZooKeeper requests per instance, idle and running 16 jobs/s.
+
+Worker processes (``_cluster.py worker``) against the benchmark's own ZooKeeper server:
+
+- **idle**: 4 instances share 16 shards on a daily schedule — two with session timeout
+  4 s, two with 10 s (the default). Once settled, requests are counted over a window: the
+  server's ``mntr`` ``zk_packets_received`` delta (all clients), and per instance from the
+  ``cons`` per-connection ``recved`` counters. Goal: pings only, i.e. kazoo's ping rate
+  ``1 / (T/3 - jitter)`` ≈ 3/T (no polling).
+- **running**: 16 shards on an every-second schedule (no-op handler), i.e. 16 runs/s — held
+  by one instance, then by 4 instances; requests per instance per second and per run.
+
+About 50 s (``--quick`` about 25 s).
+
+Run: ``.venv/bin/python benchmarks/bench_zk_load.py [--quick]``
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from _cluster import (
+    DAILY,
+    EVERY_SECOND,
+    EventLog,
+    Observer,
+    PacketCounter,
+    ProcessPool,
+    ZkTarget,
+    expected_ping_rate,
+    service_name,
+    zookeeper,
+)
+from _common import Report, calibrate, parse_args
+
+SHARDS = 16
+_CONS = re.compile(r"recved=(\d+).*?sid=0x([0-9a-f]+)")
+
+
+def per_session_received(zk: ZkTarget) -> dict[int, int]:
+    """``{session id: requests received}`` from the server's ``cons`` (one line a connection)."""
+    from goworker_py.testing import four_letter_word
+    from goworker_py.testing.network import split_hosts
+
+    addresses, _ = split_hosts(zk.hosts)
+    text = four_letter_word(addresses[0], "cons")
+    return {int(sid, 16): int(recved) for recved, sid in _CONS.findall(text)}
+
+
+def start_cluster(
+    zk: ZkTarget, procs: ProcessPool, log: EventLog, sessions: list[float], cron: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """Start one worker process per session timeout; wait until every shard is claimed."""
+    service = service_name("zkload")
+    pids = [
+        procs.spawn_worker(zk.hosts, service, SHARDS, log.path, session_timeout=s, cron=cron).pid
+        for s in sessions
+    ]
+    ready = log.wait_count(lambda e: e["event"] == "ready" and e["pid"] in pids, len(pids), 60)
+    if len(ready) < len(pids):
+        raise RuntimeError("worker processes not ready:\n" + procs.stderr_tail())
+    ordered = sorted(ready, key=lambda e: pids.index(e["pid"]))
+    for event, session in zip(ordered, sessions, strict=True):
+        event["session_timeout"] = session
+    ids = {e["instance"] for e in ready}
+    with Observer(zk.hosts, service) as observer:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            owners = observer.claim_owners()
+            loads = [sum(1 for o in owners.values() if o == i) for i in ids]
+            if (
+                len(owners) == SHARDS
+                and set(owners.values()) <= ids
+                and max(loads) - min(loads) <= 1
+            ):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the cluster never settled")
+    time.sleep(1.0)  # let the last publishes and watch re-arms pass
+    return service, ready
+
+
+def window(
+    zk: ZkTarget, log: EventLog, ready: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """Requests over ``seconds``: total (mntr), per instance (cons) and runs started (events)."""
+    counter = PacketCounter(zk)
+    cons0 = per_session_received(zk)
+    total0, t0, wall0 = counter.read(), time.perf_counter(), time.time()
+    time.sleep(seconds)
+    total1, t1, wall1 = counter.read(), time.perf_counter(), time.time()
+    cons1 = per_session_received(zk)
+    elapsed = t1 - t0
+    log.poll()
+    runs = sum(1 for e in log.events if e["event"] == "start" and wall0 <= e["start"] < wall1)
+    instances = []
+    for event in ready:
+        sid = event["session"]
+        delta = cons1.get(sid, 0) - cons0.get(sid, 0)
+        instances.append(
+            {
+                "pid": event["pid"],
+                "session_timeout_s": event["session_timeout"],
+                "requests": delta,
+                "per_s": round(delta / elapsed, 3),
+                "expected_pings_per_s": round(expected_ping_rate(event["session_timeout"]), 3),
+            }
+        )
+    return {
+        "seconds": round(elapsed, 2),
+        "total_requests": total1 - total0,
+        "total_per_s": round((total1 - total0) / elapsed, 3),
+        "runs": runs,
+        "runs_per_s": round(runs / elapsed, 2),
+        "instances": instances,
+    }
+
+
+def main() -> None:
+    args = parse_args((__doc__ or "").splitlines()[0])
+    idle_s = 6.0 if args.quick else 20.0
+    busy_s = 4.0 if args.quick else 10.0
+    report = Report("bench_zk_load", "B9", args.quick)
+    details: dict[str, Any] = {}
+    with zookeeper(tick_time=100) as zk:
+        print(zk.describe(), flush=True)
+        report.calibration = calibrate(quick=True, zk_hosts=zk.hosts)
+
+        print(f"idle: 4 instances (T = 4, 4, 10, 10 s) x {SHARDS} daily shards ...", flush=True)
+        with ProcessPool() as procs:
+            log = EventLog(procs.path("events.jsonl"))
+            _, ready = start_cluster(zk, procs, log, [4.0, 4.0, 10.0, 10.0], DAILY)
+            idle = window(zk, log, ready, idle_s)
+        details["idle"] = idle
+        for timeout in (4.0, 10.0):
+            rows = [i for i in idle["instances"] if i["session_timeout_s"] == timeout]
+            rate = sum(i["per_s"] for i in rows) / max(len(rows), 1)
+            expected = expected_ping_rate(timeout)
+            report.add(
+                f"idle ZK requests per instance, session T = {timeout:g} s",
+                round(rate, 3),
+                "req/s",
+                round(expected * 1.25, 3),
+                note=f"pings only: kazoo {expected:.2f}/s (3/T = {3 / timeout:.2f}/s), +25 %",
+            )
+        pings = sum(i["expected_pings_per_s"] for i in idle["instances"])
+        report.add(
+            "idle ZK requests, all 4 instances (mntr)",
+            idle["total_per_s"],
+            "req/s",
+            note=f"sum of kazoo ping rates {pings:.2f}/s",
+        )
+
+        for count in (1, 4):
+            label = "1 instance" if count == 1 else f"{count} instances"
+            print(f"running: {label} x {SHARDS} shards every second ...", flush=True)
+            with ProcessPool() as procs:
+                log = EventLog(procs.path("events.jsonl"))
+                _, ready = start_cluster(zk, procs, log, [4.0] * count, EVERY_SECOND)
+                time.sleep(1.0)
+                busy = window(zk, log, ready, busy_s)
+            details[f"running_{count}"] = busy
+            per_instance = sum(i["per_s"] for i in busy["instances"]) / count
+            per_run = sum(i["requests"] for i in busy["instances"]) / max(busy["runs"], 1)
+            report.add(
+                f"ZK requests per instance, {label} sharing 16 jobs/s",
+                round(per_instance, 2),
+                "req/s",
+                note=f"{busy['runs_per_s']} runs/s measured",
+            )
+            report.add(
+                f"ZK requests per run, {label} sharing 16 jobs/s",
+                round(per_run, 3),
+                "req/run",
+                note="a run's marker write (multi) + clear",
+            )
+    report.details = details
+    report.emit()
+
+
+if __name__ == "__main__":
+    main()
