@@ -27,6 +27,8 @@ class WorkerDiscovery(Protocol):
     negotiated_timeout: float
     node: str | None
     config_dirty: bool
+    #: ``time.monotonic()`` when the server was last heard from (self-fencing counts from it).
+    last_heard: float
     on_change: Callable[[], None]
     on_state: Callable[[str], None]
 

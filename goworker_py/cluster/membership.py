@@ -8,10 +8,10 @@ thread has ended) and claims the ones it should own (starting their threads only
 is held — after the previous owner released it).
 
 Health (SPEC 4.2): ``GREEN`` when connected and registered; ``YELLOW`` while the connection is
-suspended (no run starts); ``RED`` once the session is lost, or once the connection has been
-suspended for longer than a safe fraction of the negotiated session timeout — the instance then
-*fences itself*: it cancels in-flight runs before the server can expire its session and hand its
-shards to someone else. A reconnect with the same session returns to ``GREEN`` with every shard
+suspended (no run starts); ``RED`` once the session is lost, or once ZooKeeper has not been heard
+from for ``FENCE_AFTER`` of the negotiated session timeout — the instance then *fences itself*:
+it cancels in-flight runs before the server can expire its session and hand its shards to
+someone else. A reconnect with the same session returns to ``GREEN`` with every shard
 kept; a lost session re-registers as a new member.
 """
 
@@ -39,10 +39,12 @@ from goworker_py.schedule import parse_schedule
 if TYPE_CHECKING:
     from loguru import Logger
 
-#: Fraction of the negotiated session timeout after which a suspended instance fences itself.
-#: kazoo notices a silent server between T/3 and 2T/3 after it last heard from it; the server
-#: expires the session T after that. Fencing T/12 after the suspension leaves at least T/4.
-FENCE_FRACTION = 1.0 / 12.0
+#: Fraction of the negotiated session timeout T after which an instance that has not heard from
+#: ZooKeeper fences itself. The server expires a session about T after it last heard from the
+#: client, which is no earlier than the client last heard from it: fencing 0.7 T after that
+#: leaves a margin of at least 0.3 T. (kazoo's SUSPENDED is no clock for this: it counts from
+#: the client's last send, and requests sent into a partition keep postponing it.)
+FENCE_AFTER = 0.7
 
 
 class ClusterHost:
@@ -213,24 +215,26 @@ class ClusterHost:
         else:
             self._suspended_at = None
 
+    def _fence_deadline(self) -> float:
+        return self.zk.last_heard + self.zk.negotiated_timeout * FENCE_AFTER
+
     def next_timeout(self) -> float | None:
         """Seconds until the supervisor must look again without being woken (the fence timer)."""
-        if self._suspended_at is not None and not self._fenced:
-            deadline = self._suspended_at + self.zk.negotiated_timeout * FENCE_FRACTION
-            return max(deadline - time.monotonic(), 0.0)
-        if self._releasing:
-            return 0.5
-        return None
+        pauses = [0.5] if self._releasing else []
+        if not self._fenced:
+            pauses.append(max(self._fence_deadline() - time.monotonic(), 0.0))
+        return min(pauses) if pauses else None
 
     def step(self) -> None:
         """One supervisor pass: follow the connection state, then re-balance."""
         if self._session_lost:
             self._lose_session()
-        if self._suspended_at is not None:
-            self._set_health(HealthStatus.YELLOW)
-            fence_at = self._suspended_at + self.zk.negotiated_timeout * FENCE_FRACTION
-            if not self._fenced and time.monotonic() >= fence_at:
-                self._fence("connection suspended for too long")
+        silent = time.monotonic() >= self._fence_deadline()
+        if silent and not self._fenced:
+            self._fence(f"no word from ZooKeeper for {time.monotonic() - self.zk.last_heard:.2f} s")
+        if self._suspended_at is not None or silent:
+            if not self._fenced:
+                self._set_health(HealthStatus.YELLOW)
             return
         if not self.zk.connected:
             return
@@ -502,6 +506,15 @@ class ClusterHost:
         if not began:
             runner.logger.warning("not starting the run: this instance no longer holds the claim")
             return None
+        late = self.settings.clock.time() - fire_time.timestamp()
+        skip = self.settings.misfire_policy == "skip" and not runner.failover_pending
+        if skip and late >= self.settings.misfire_grace:
+            # Beginning took too long (a reply lost in an outage): by now this fire is a misfire.
+            runner.logger.warning(
+                "skipped the run for {}: it could begin only {:.2f} s late", fire_time, late
+            )
+            self._record_end(runner, replace(marker, state=CANCELLED))
+            return None
         return RunTicket(fencing_token=claim.token, is_failover=runner.failover_pending)
 
     def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
@@ -515,12 +528,15 @@ class ClusterHost:
             token=ctx.fencing_token or 0,
             state=state,
         )
-        try:
-            self.zk.end_run(marker)
-        except (ConnectionLoss, SessionExpiredError, KazooException) as exc:
-            runner.logger.warning("could not record the end of the run: {!r}", exc)
+        self._record_end(runner, marker)
         if not result.ok and not result.cancelled:
             ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
 
     def runner_exited(self, runner: ShardRunner) -> None:
         self._wake.set()
+
+    def _record_end(self, runner: ShardRunner, marker: RunMarker) -> None:
+        try:
+            self.zk.end_run(marker)
+        except (ConnectionLoss, SessionExpiredError, KazooException) as exc:
+            runner.logger.warning("could not record the end of the run: {!r}", exc)

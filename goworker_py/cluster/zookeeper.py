@@ -134,6 +134,7 @@ class ZooKeeperDiscovery:
         #: ``{shard: (session id, version)}`` of the run markers this instance wrote.
         self._markers: dict[int, tuple[int, int | None]] = {}
         self.config_dirty = True
+        self.last_heard = time.monotonic()
         self._members_session = -1
         self._member_list_dirty = True
         self._member_order: list[tuple[int, str]] = []
@@ -164,17 +165,30 @@ class ZooKeeperDiscovery:
     # -- connection -------------------------------------------------------------------------------
 
     def _capture_negotiated_timeout(self) -> None:
-        """Learn the session timeout the server granted (kazoo keeps it private)."""
+        """Learn the session timeout the server granted and when it was last heard from.
+
+        kazoo keeps both private. ``last_heard`` (monotonic) is what self-fencing needs: the
+        server expires a session about one session timeout after it last heard from the
+        client, and kazoo's own SUSPENDED can come much later — it counts from the client's
+        last *send*, so every request sent into a partition postpones it.
+        """
         connection = self.client._connection
         connect = connection._connect
+        read_socket = connection._read_socket
 
         def capturing(*args: Any, **kwargs: Any) -> Any:
             read_timeout, connect_timeout = connect(*args, **kwargs)
             # kazoo's read timeout is two thirds of the negotiated session timeout (ms).
             self.negotiated_timeout = read_timeout * 1.5 / 1000.0
+            self.last_heard = time.monotonic()
             return read_timeout, connect_timeout
 
+        def reading(*args: Any, **kwargs: Any) -> Any:
+            self.last_heard = time.monotonic()
+            return read_socket(*args, **kwargs)
+
         connection._connect = capturing
+        connection._read_socket = reading
 
     def _state_listener(self, state: str) -> None:
         # kazoo's thread: record and signal only.
@@ -499,4 +513,9 @@ class ZooKeeperDiscovery:
         except (NoNodeError, BadVersionError):
             self._markers.pop(marker.shard, None)
             return
+        except ConnectionLoss:
+            # The reply was lost, not necessarily the write: the cached version is stale either
+            # way, and the next begin_run would be refused for it. It reads the marker again.
+            self._markers.pop(marker.shard, None)
+            raise
         self._markers[marker.shard] = (session, int(stat.version))

@@ -1,0 +1,882 @@
+"""The reliability harness: worker instances as OS processes, faults, an observer, the history.
+
+A :class:`Scenario` (one per test, from the ``scenario`` fixture) owns everything a test
+starts: :class:`Instance` processes running ``instance_main.py``, :class:`~.proxy.TcpProxy`
+proxies, and an :class:`Observer` - a kazoo client of its own, straight at the server, that
+reads what ZooKeeper holds. Every instance appends to one history file; :meth:`Scenario.runs`
+pairs its start and end events and :meth:`Scenario.check` hands them to the independent
+:mod:`.checker`. At teardown every process is killed and every proxy closed; when the test
+failed, the instances' stderr tails and the history are added to its report.
+
+Times in the history are ``time.time()`` (one machine, every process); the harness stamps its
+faults (:attr:`Instance.killed_at`, :attr:`Instance.frozen`) with the same clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from .checker import check_fenced_writes, check_history
+from .proxy import TcpProxy
+
+INSTANCE_MAIN = Path(__file__).with_name("instance_main.py")
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "goworker"
+
+#: Defaults of :meth:`Scenario.spawn` (``Scenario.defaults``): every instance of one service
+#: must share ``shards`` and ``cron`` (ZooKeeper's service config node refuses others).
+DEFAULTS: dict[str, Any] = {
+    "service": "svc",
+    "shards": 3,
+    "cron": "* * * * * *",
+    "session_timeout": 2.0,
+    "run_seconds": 0.2,
+    "misfire_policy": "skip",
+    "shutdown_timeout": 5.0,
+}
+_VALUE_FLAGS = (
+    "service",
+    "shards",
+    "cron",
+    "session_timeout",
+    "run_seconds",
+    "shard_run_seconds",
+    "misfire_policy",
+    "shutdown_timeout",
+    "gil_hog",
+    "connect_timeout",
+)
+_BOOL_FLAGS = ("ignore_cancel", "fork_child")
+_ZK_ERRORS = (KazooException, KazooTimeoutError, OSError)
+
+_T = TypeVar("_T")
+
+
+def wait_for(
+    predicate: Callable[[], _T], timeout: float, what: str = "", interval: float = 0.01
+) -> _T:
+    """Poll ``predicate`` until it returns something truthy and return that; fail after
+    ``timeout`` seconds, saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {what or predicate}")
+        time.sleep(interval)
+
+
+def period_of(cron: str) -> float | None:
+    """The period (s) of the fixed-period schedules scenarios use (``* * * * * *``,
+    ``*/N * * * * *``, ``@every 200ms``), or None for anything else."""
+    text = cron.strip()
+    if text == "* * * * * *":
+        return 1.0
+    if text.startswith("*/") and text.endswith(" * * * * *"):
+        return float(text[2:].split()[0])
+    if text.startswith("@every "):
+        spec = text.split(None, 1)[1].strip()
+        for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+            number = spec[: -len(unit)]
+            if spec.endswith(unit) and number.replace(".", "", 1).isdigit():
+                return float(number) * scale
+    return None
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@functools.cache
+def _setpriv() -> tuple[str, ...]:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "true"], capture_output=True)
+    return (setpriv, "--pdeathsig", "KILL") if probe.returncode == 0 else ()
+
+
+def _die_with_parent() -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL``: the child dies even if pytest itself is killed.
+
+    From the main thread only: the death signal follows the thread that forked, and a helper
+    thread may end before the test does.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return ()
+    return _setpriv()
+
+
+def _threads_stopped(pid: int, stopped: bool, timeout: float = 5.0) -> None:
+    """Wait until every thread of ``pid`` is (or is no longer) stopped, as Linux reports it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = [
+                (task / "stat").read_text().rpartition(")")[2].split()[0]
+                for task in Path(f"/proc/{pid}/task").iterdir()
+            ]
+        except (OSError, IndexError):
+            return
+        if all((state in "tT") == stopped for state in states):
+            return
+        time.sleep(0.002)
+
+
+# -- one worker process ----------------------------------------------------------------------------
+
+
+class Instance:
+    """One ``instance_main.py`` process. Faults are stamped with ``time.time()``."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        name: str,
+        args: list[str],
+        proxy: TcpProxy | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        #: The instance's name in the history (``"instance"`` of every event).
+        self.name = name
+        self.args = args
+        #: Its own proxy in front of ZooKeeper (``spawn(via_proxy=True)``), else None.
+        self.proxy = proxy
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path = scenario.dir / f"{name}.stderr"
+        self.started_at: float | None = None
+        #: When ``sigkill()`` was sent (the runs it had in flight ended then).
+        self.killed_at: float | None = None
+        #: ``[(stopped, continued)]``: when ``sigstop()`` had frozen it, until ``sigcont()``.
+        self.frozen: list[tuple[float, float]] = []
+        self._stopped_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.name} pid {self.pid} {'alive' if self.alive else 'exited'}>"
+
+    def start(self) -> Instance:
+        """Start the process (its stdout and stderr go to ``<name>.stderr``)."""
+        env = dict(os.environ)
+        env.pop("CI", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env.update(self.env)
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [*_die_with_parent(), sys.executable, str(INSTANCE_MAIN), *self.args],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
+        self.started_at = time.time()
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The process id (0 before ``start()``)."""
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs (also while stopped)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def _signal(self, signum: int) -> None:
+        assert self.proc is not None, f"{self.name} was not started"
+        self.proc.send_signal(signum)
+
+    def sigterm(self) -> None:
+        """Ask for a graceful stop."""
+        self._signal(signal.SIGTERM)
+
+    def sigkill(self) -> float:
+        """Crash it (``kill -9``); return the time of death."""
+        self._signal(signal.SIGKILL)
+        self.killed_at = time.time()
+        if self._stopped_at is not None:  # killed while frozen: it did nothing meanwhile
+            self.frozen.append((self._stopped_at, self.killed_at))
+            self._stopped_at = None
+        self.scenario.note("sigkill", instance=self.name, at=self.killed_at)
+        assert self.proc is not None
+        self.proc.wait(10)
+        return self.killed_at
+
+    def sigstop(self) -> float:
+        """Freeze it; return once every thread is stopped (the time then)."""
+        self._signal(signal.SIGSTOP)
+        _threads_stopped(self.pid, stopped=True)
+        self._stopped_at = time.time()
+        self.scenario.note("sigstop", instance=self.name, at=self._stopped_at)
+        return self._stopped_at
+
+    def sigcont(self) -> float:
+        """Thaw it; return the time just before the signal."""
+        at = time.time()
+        self._signal(signal.SIGCONT)
+        if self._stopped_at is not None:
+            self.frozen.append((self._stopped_at, at))
+            self._stopped_at = None
+        self.scenario.note("sigcont", instance=self.name, at=at)
+        return at
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to end; return its exit code (negative: killed by a signal)."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} did not exit within {timeout} s\n{self.stderr_tail()}"
+            ) from None
+
+    def kill(self) -> None:
+        """Teardown: kill it if it still runs."""
+        if self.alive:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                assert self.proc is not None
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def stderr_tail(self, lines: int = 60) -> str:
+        """The last ``lines`` lines of its stderr (its log)."""
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- from the history --------------------------------------------------------------------
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """This instance's history events (of one ``kind``)."""
+        return [
+            e
+            for e in self.scenario.history()
+            if e.get("instance") == self.name and (kind is None or e.get("event") == kind)
+        ]
+
+    @property
+    def session(self) -> str | None:
+        """Its latest session (hex) as it registered it, or None."""
+        registered = self.events("registered")
+        return registered[-1]["session"] if registered else None
+
+    @property
+    def health(self) -> str | None:
+        """Its latest health (``GREEN``, ``YELLOW``, ``RED``) as it reported it."""
+        health = self.events("health")
+        return health[-1]["health"] if health else None
+
+
+# -- the observer ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ClaimSample:
+    """What the observer read at ``t``: ``{shard: session}`` and the member sessions around it."""
+
+    t: float
+    claims: dict[int, str]
+    members: set[str]
+
+
+@dataclass
+class ClaimSamples:
+    """Samples taken by :meth:`Observer.sample_claims`."""
+
+    samples: list[ClaimSample] = field(default_factory=list)
+    errors: int = 0
+
+    def ownership_changes(self) -> dict[int, int]:
+        """``{shard: times its claim passed to another session}`` (vanishing is no change)."""
+        changes: dict[int, int] = {}
+        last: dict[int, str] = {}
+        for sample in self.samples:
+            for shard, session in sample.claims.items():
+                if shard in last and last[shard] != session:
+                    changes[shard] = changes.get(shard, 0) + 1
+                last[shard] = session
+        return changes
+
+    def owners_of(self, shard: int) -> list[str]:
+        """Every session that held ``shard``, in order."""
+        owners: list[str] = []
+        for sample in self.samples:
+            session = sample.claims.get(shard)
+            if session is not None and (not owners or owners[-1] != session):
+                owners.append(session)
+        return owners
+
+    def orphans(self) -> list[tuple[float, int, str]]:
+        """``(t, shard, session)`` of claims held by a session that was no member then."""
+        return [
+            (sample.t, shard, session)
+            for sample in self.samples
+            for shard, session in sample.claims.items()
+            if session not in sample.members
+        ]
+
+    def unowned_time(self, shard: int) -> float:
+        """Seconds ``shard`` had no claim, between the first and the last sample."""
+        total = 0.0
+        for before, after in itertools.pairwise(self.samples):
+            if shard not in before.claims:
+                total += after.t - before.t
+        return total
+
+
+class Observer:
+    """Reads a service's nodes with a kazoo client of its own, straight at the server(s).
+
+    Every read tolerates an unreachable ZooKeeper (it returns what it could, or None).
+    """
+
+    def __init__(self, hosts: str, service: str) -> None:
+        self.root = f"/{NAMESPACE}/{service}"
+        self.client = KazooClient(
+            hosts=hosts,
+            timeout=10.0,
+            connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 2, "max_delay": 0.5},
+        )
+        self.client.start(timeout=15.0)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.stop()
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def _children(self, path: str, timeout: float) -> list[str]:
+        try:
+            return list(self.client.get_children_async(path).get(timeout=timeout))
+        except NoNodeError:
+            return []
+
+    def claim_nodes(self, timeout: float = 5.0) -> dict[int, tuple[str, int]]:
+        """``{shard: (session hex, fencing token)}`` of every claim node."""
+        path = f"{self.root}/claims"
+        children = [c for c in self._children(path, timeout) if c.isdigit()]
+        pending = [(int(c), self.client.exists_async(f"{path}/{c}")) for c in children]
+        result: dict[int, tuple[str, int]] = {}
+        for shard, request in pending:
+            stat = request.get(timeout=timeout)
+            if stat is not None:
+                result[shard] = (format(stat.ephemeralOwner, "#x"), int(stat.czxid))
+        return result
+
+    def claims(self, timeout: float = 5.0) -> dict[int, str]:
+        """``{shard: session hex}`` of every claim."""
+        return {shard: session for shard, (session, _) in self.claim_nodes(timeout).items()}
+
+    def members(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Live members in rank order: ``{"node", "session", "id", "pid", "shards", "health"}``."""
+        path = f"{self.root}/instances"
+        children = sorted(self._children(path, timeout), key=lambda c: int(c.rsplit("-", 1)[1]))
+        pending = [(c, self.client.get_async(f"{path}/{c}")) for c in children]
+        result: list[dict[str, Any]] = []
+        for child, request in pending:
+            try:
+                raw, stat = request.get(timeout=timeout)
+            except NoNodeError:
+                continue
+            data = json.loads(raw)
+            result.append(
+                {
+                    "node": child,
+                    "session": format(stat.ephemeralOwner, "#x"),
+                    "id": data.get("id"),
+                    "pid": data.get("pid"),
+                    "shards": list(data.get("shards", ())),
+                    "health": data.get("health"),
+                }
+            )
+        return result
+
+    def member_sessions(self, timeout: float = 5.0) -> set[str]:
+        """Sessions of the live members (their instance nodes' owners)."""
+        path = f"{self.root}/instances"
+        pending = [self.client.exists_async(f"{path}/{c}") for c in self._children(path, timeout)]
+        sessions = set()
+        for request in pending:
+            stat = request.get(timeout=timeout)
+            if stat is not None:
+                sessions.add(format(stat.ephemeralOwner, "#x"))
+        return sessions
+
+    def owned(self, shards: int | Iterable[int]) -> dict[int, str] | None:
+        """The claims, when every shard in ``shards`` is claimed by a live member; else None."""
+        wanted = set(range(shards)) if isinstance(shards, int) else set(shards)
+        try:
+            before = self.member_sessions(2.0)
+            claims = self.claims(2.0)
+            after = self.member_sessions(2.0)
+        except _ZK_ERRORS:
+            return None
+        live = before & after
+        if wanted <= set(claims) and all(claims[s] in live for s in wanted):
+            return claims
+        return None
+
+    def wait_owned(self, shards: int | Iterable[int], timeout: float = 15.0) -> dict[int, str]:
+        """Wait until every shard is claimed by a live member; return ``{shard: session}``."""
+        return wait_for(
+            lambda: self.owned(shards), timeout, f"every shard of {shards} owned", interval=0.005
+        )
+
+    def settled(self, shards: int, members: int) -> dict[int, str] | None:
+        """The claims, once ``members`` members share every shard evenly, as they publish it."""
+        try:
+            found = self.members(2.0)
+            claims = self.claims(2.0)
+        except _ZK_ERRORS:
+            return None
+        if len(found) != members or sorted(claims) != list(range(shards)):
+            return None
+        held: dict[str, list[int]] = {m["session"]: [] for m in found}
+        for shard, session in sorted(claims.items()):
+            if session not in held:
+                return None
+            held[session].append(shard)
+        loads = [len(s) for s in held.values()]
+        if max(loads) - min(loads) > 1:
+            return None
+        if any(sorted(m["shards"]) != held[m["session"]] for m in found):
+            return None
+        return claims
+
+    def wait_settled(self, shards: int, members: int, timeout: float = 15.0) -> dict[int, str]:
+        """Wait until :meth:`settled`; return ``{shard: session}``."""
+        return wait_for(
+            lambda: self.settled(shards, members),
+            timeout,
+            f"{members} members sharing {shards} shards evenly",
+            interval=0.01,
+        )
+
+    def wait_members(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Wait until exactly ``count`` members are registered; return them."""
+
+        def members() -> list[dict[str, Any]] | None:
+            try:
+                found = self.members(2.0)
+            except _ZK_ERRORS:
+                return None
+            return found if len(found) == count else None
+
+        return wait_for(members, timeout, f"{count} members", interval=0.005)
+
+    def sample(self, timeout: float = 2.0) -> ClaimSample:
+        """One sample: member sessions, claims, member sessions again (reads are not atomic)."""
+        t = time.time()
+        members = self.member_sessions(timeout)
+        claims = self.claims(timeout)
+        members |= self.member_sessions(timeout)
+        return ClaimSample(t, claims, members)
+
+    @contextlib.contextmanager
+    def sample_claims(self, interval: float = 0.005) -> Iterator[ClaimSamples]:
+        """Sample the claims on a thread every ``interval`` s while the block runs."""
+        result = ClaimSamples()
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    result.samples.append(self.sample())
+                except _ZK_ERRORS:
+                    result.errors += 1
+                stop.wait(interval)
+
+        thread = threading.Thread(target=loop, name="claim-sampler", daemon=True)
+        thread.start()
+        try:
+            yield result
+        finally:
+            stop.set()
+            thread.join(15.0)
+
+
+# -- one scenario ----------------------------------------------------------------------------------
+
+
+class Scenario:
+    """Everything one reliability test starts, and what it observed.
+
+    ``server`` is anything with ``.hosts`` (a ``ZooKeeperServer`` or a ``ZooKeeperEnsemble``);
+    ``defaults`` override :data:`DEFAULTS` for every :meth:`spawn`.
+    """
+
+    def __init__(
+        self,
+        server: Any,
+        directory: Path,
+        *,
+        request: Any = None,
+        **defaults: Any,
+    ) -> None:
+        self.server = server
+        #: Where instances connect by default (the server itself; a proxy per instance with
+        #: ``spawn(via_proxy=True)``).
+        self.hosts: str = server.hosts
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.history_path = self.dir / "history.jsonl"
+        self.history_path.touch()
+        self.fence_dir = self.dir / "fence"
+        self.defaults: dict[str, Any] = {**DEFAULTS, **defaults}
+        self.instances: list[Instance] = []
+        self.proxies: list[TcpProxy] = []
+        self.figures: dict[str, Any] = {}
+        self._request = request
+        self._names = 0
+        self._observer: Observer | None = None
+        #: ``{instance name or "*": [(start, end or None)]}``: when instances could not reach
+        #: ZooKeeper because of a fault the harness injected ("*": all of them).
+        self.cut_off: dict[str, list[list[float | None]]] = {}
+        if request is not None:
+            scenarios = getattr(request.node, "reliability_scenarios", [])
+            scenarios.append(self)
+            request.node.reliability_scenarios = scenarios
+
+    # -- instances and proxies ----------------------------------------------------------------
+
+    @property
+    def observer(self) -> Observer:
+        """The observer (connected on first use)."""
+        if self._observer is None:
+            self._observer = Observer(self.server.hosts, self.defaults["service"])
+        return self._observer
+
+    def proxy(self) -> TcpProxy:
+        """A new proxy in front of the (single) server, closed at teardown."""
+        addresses = [h for h in self.server.hosts.split("/")[0].split(",") if h]
+        if len(addresses) != 1:
+            raise NotImplementedError("a proxy fronts a single server, not an ensemble")
+        host, _, port = addresses[0].rpartition(":")
+        proxy = TcpProxy(host, int(port))
+        self.proxies.append(proxy)
+        return proxy
+
+    def spawn(
+        self,
+        n: int = 1,
+        *,
+        wait: bool = True,
+        timeout: float = 30.0,
+        via_proxy: bool | TcpProxy = False,
+        name: str | None = None,
+        hosts: str | None = None,
+        fence_dir: bool | str | Path = False,
+        env: dict[str, str] | None = None,
+        **opts: Any,
+    ) -> list[Instance]:
+        """Start ``n`` instances; with ``wait`` (default), return once each has registered.
+
+        ``opts`` are ``instance_main.py`` flags in Python spelling (``run_seconds=0.5``,
+        ``ignore_cancel=True``, ``gil_hog=4.0``, ``fork_child=True``, ...) over
+        :attr:`defaults`. ``via_proxy=True`` puts a proxy of its own in front of each instance
+        (``instance.proxy``); an existing :class:`TcpProxy` may be passed instead (armed
+        beforehand, e.g. ``drop_next_reply``). ``fence_dir=True`` uses the scenario's fenced
+        store. ``name`` names a single instance (default ``i1``, ``i2``...).
+        """
+        if name is not None and n != 1:
+            raise ValueError("name= is for a single instance")
+        settings = {**self.defaults, **opts}
+        spawned: list[Instance] = []
+        for _ in range(n):
+            self._names += 1
+            label = name or f"i{self._names}"
+            proxy: TcpProxy | None = None
+            if isinstance(via_proxy, TcpProxy):
+                proxy = via_proxy
+            elif via_proxy:
+                proxy = self.proxy()
+            target = hosts or (proxy.hosts if proxy is not None else self.hosts)
+            args = ["--hosts", target, "--history", str(self.history_path), "--name", label]
+            for key in _VALUE_FLAGS:
+                if settings.get(key) is not None:
+                    args += [f"--{key.replace('_', '-')}", str(settings[key])]
+            for key in _BOOL_FLAGS:
+                if settings.get(key):
+                    args.append(f"--{key.replace('_', '-')}")
+            if fence_dir:
+                directory = self.fence_dir if fence_dir is True else Path(fence_dir)
+                args += ["--fence-dir", str(directory)]
+            instance = Instance(self, label, args, proxy=proxy, env=env)
+            self.instances.append(instance)
+            spawned.append(instance.start())
+        if wait:
+            for instance in spawned:
+                self.wait_registered(instance, timeout)
+        return spawned
+
+    def wait_registered(self, instance: Instance, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for ``instance``'s first ``registered`` event (fail early if it exits)."""
+
+        def registered() -> dict[str, Any] | None:
+            events = instance.events("registered")
+            if events:
+                return events[0]
+            if not instance.alive:
+                raise AssertionError(
+                    f"{instance.name} exited ({instance.proc and instance.proc.returncode}) "
+                    f"before registering:\n{instance.stderr_tail()}"
+                )
+            return None
+
+        return wait_for(registered, timeout, f"{instance.name} registered", interval=0.02)
+
+    # -- faults that cut instances off ZooKeeper ----------------------------------------------
+
+    def _cut(self, who: str, fault: str, **fields: Any) -> float:
+        at = self.note(fault, **fields)
+        self.cut_off.setdefault(who, []).append([at, None])
+        return at
+
+    def _mend(self, who: str, fault: str, **fields: Any) -> float:
+        at = self.note(fault, **fields)
+        for window in self.cut_off.get(who, []):
+            if window[1] is None:
+                window[1] = at
+        return at
+
+    def blackhole(self, instance: Instance) -> float:
+        """Partition ``instance`` (spawned ``via_proxy``) from ZooKeeper; return when."""
+        assert instance.proxy is not None, f"{instance.name} was not spawned via_proxy"
+        at = self._cut(instance.name, "blackhole", instance=instance.name)
+        instance.proxy.blackhole()
+        return at
+
+    def heal(self, instance: Instance) -> float:
+        """End ``instance``'s partition; return when."""
+        assert instance.proxy is not None
+        instance.proxy.heal()
+        return self._mend(instance.name, "heal", instance=instance.name)
+
+    def pause_zookeeper(self) -> float:
+        """SIGSTOP the server (every instance is cut off); return once it is frozen."""
+        self.server.pause()
+        return self._cut("*", "zk_pause")
+
+    def resume_zookeeper(self) -> float:
+        """SIGCONT the server; return the time just before."""
+        at = self._mend("*", "zk_resume")
+        self.server.resume()
+        return at
+
+    def kill_zookeeper(self) -> float:
+        """SIGKILL the server (its data dir is kept); return when it died."""
+        self.server.kill()
+        return self._cut("*", "zk_kill")
+
+    def start_zookeeper(self) -> float:
+        """Start the server again (same port, same data); return once it serves."""
+        self.server.start()
+        return self._mend("*", "zk_serving")
+
+    def cut_off_windows(self) -> dict[str, list[tuple[float, float]]]:
+        """:attr:`cut_off` with open windows closed now (for the checker)."""
+        now = time.time()
+        return {
+            who: [(float(a or 0.0), now if b is None else float(b)) for a, b in windows]
+            for who, windows in self.cut_off.items()
+        }
+
+    # -- the history ----------------------------------------------------------------------------
+
+    def note(self, fault: str, at: float | None = None, **fields: Any) -> float:
+        """Append a ``fault`` event (what the test did, and when) to the history; return when."""
+        when = time.time() if at is None else at
+        record = {"event": "fault", "fault": fault, "instance": "harness", "t": when, **fields}
+        fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        finally:
+            os.close(fd)
+        return when
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every event so far, in file order (a line still being written is left out)."""
+        events = []
+        with open(self.history_path, "rb") as history:
+            for line in history:
+                if not line.endswith(b"\n"):
+                    break
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+        return events
+
+    def events(self, kind: str, **match: Any) -> list[dict[str, Any]]:
+        """Events of one kind whose fields equal ``match``."""
+        return [
+            e
+            for e in self.history()
+            if e.get("event") == kind and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    @staticmethod
+    def pair_runs(history: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pair ``start`` and ``end`` events by run id, in start order (``end`` None: no end)."""
+        runs: dict[str, dict[str, Any]] = {}
+        for event in history:
+            kind = event.get("event")
+            if kind == "start":
+                runs[event["run_id"]] = {
+                    "shard": event["shard"],
+                    "instance": event["instance"],
+                    "pid": event["pid"],
+                    "session": event["session"],
+                    "member": event.get("member"),
+                    "token": event["token"],
+                    "fire": event["fire"],
+                    "start": event["t"],
+                    "end": None,
+                    "outcome": None,
+                    "failover": event["failover"],
+                    "run_id": event["run_id"],
+                }
+            elif kind == "end" and event.get("run_id") in runs:
+                run = runs[event["run_id"]]
+                run["end"] = event["t"]
+                run["outcome"] = event["outcome"]
+        return sorted(runs.values(), key=lambda r: float(r["start"]))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run so far (see :meth:`pair_runs`)."""
+        return self.pair_runs(self.history())
+
+    def wait_history(
+        self, predicate: Callable[[list[dict[str, Any]]], _T], timeout: float, what: str = ""
+    ) -> _T:
+        """Wait until ``predicate(history)`` is truthy; return its value."""
+        return wait_for(lambda: predicate(self.history()), timeout, what, interval=0.01)
+
+    def wait_runs(
+        self, predicate: Callable[[list[dict[str, Any]]], _T], timeout: float, what: str = ""
+    ) -> _T:
+        """Wait until ``predicate(runs)`` is truthy; return its value."""
+        return wait_for(lambda: predicate(self.runs()), timeout, what, interval=0.01)
+
+    def wait_healthy(
+        self, instances: Sequence[Instance] | None = None, timeout: float = 15.0
+    ) -> None:
+        """Wait until every (given) live instance last reported ``GREEN``."""
+        targets = [i for i in (instances or self.instances) if i.alive]
+
+        def green() -> bool:
+            latest: dict[str, str] = {}
+            for event in self.history():
+                if event.get("event") == "health":
+                    latest[event["instance"]] = event["health"]
+            return all(latest.get(i.name) == "GREEN" for i in targets)
+
+        wait_for(green, timeout, "every instance GREEN", interval=0.01)
+
+    def check(self, *, fenced_writes: bool | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+        """Run the checker over :meth:`runs` and fail with a readable report on violations.
+
+        ``kwargs`` go to :func:`checker.check_history`; ``shards``, ``cron_period`` and
+        ``misfire_policy`` default to the scenario's, ``ended`` and ``frozen`` to the faults
+        the harness injected. Fenced writes are checked when there are any. Returns the runs.
+        """
+        history = self.history()
+        runs = self.pair_runs(history)
+        kwargs.setdefault("shards", self.defaults["shards"])
+        kwargs.setdefault("cron_period", period_of(str(self.defaults["cron"])))
+        kwargs.setdefault("misfire_policy", self.defaults["misfire_policy"])
+        kwargs.setdefault(
+            "ended", {i.name: i.killed_at for i in self.instances if i.killed_at is not None}
+        )
+        kwargs.setdefault("frozen", {i.name: list(i.frozen) for i in self.instances if i.frozen})
+        kwargs.setdefault("cut_off", self.cut_off_windows())
+        violations = check_history(runs, **kwargs)
+        if fenced_writes is None:
+            fenced_writes = any(e.get("event") == "fenced_write" for e in history)
+        if fenced_writes:
+            violations += check_fenced_writes(history)
+        assert not violations, (
+            f"{len(violations)} violation(s) in {len(runs)} runs:\n  "
+            + "\n  ".join(violations)
+            + "\n"
+            + self.runs_table(runs)
+        )
+        return runs
+
+    @staticmethod
+    def runs_table(runs: Sequence[dict[str, Any]], limit: int = 200) -> str:
+        """The runs as a table (the last ``limit``)."""
+        rows = [
+            f"{r['shard']:>5} {r['instance']:>8} {r['session']:>20} {r['token']:>12} "
+            f"{r['fire']:>15.3f} {r['start']:>15.3f} "
+            f"{(r['end'] or 0):>15.3f} {r['outcome'] or '-':>9} {'F' if r['failover'] else ''}"
+            for r in runs[-limit:]
+        ]
+        header = (
+            f"{'shard':>5} {'inst':>8} {'session':>20} {'token':>12} {'fire':>15} "
+            f"{'start':>15} {'end':>15} {'outcome':>9}"
+        )
+        return "\n".join([header, *rows])
+
+    # -- figures and reports -----------------------------------------------------------------
+
+    def figure(self, name: str, value: Any, text: str = "") -> None:
+        """Record a figure: printed (``pytest -s``) and in the report (``record_property``)."""
+        self.figures[name] = value
+        if self._request is not None:
+            self._request.node.user_properties.append((name, value))
+        print(f"{name}: {text or value}")
+
+    def report(self, history_lines: int = 400) -> str:
+        """Stderr tails of every instance and the end of the history."""
+        parts = []
+        for instance in self.instances:
+            parts.append(
+                f"---- {instance.name} (pid {instance.pid}, exit "
+                f"{instance.proc.returncode if instance.proc else None}) stderr tail ----\n"
+                + instance.stderr_tail()
+            )
+        try:
+            lines = self.history_path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        parts.append(
+            f"---- history: last {min(len(lines), history_lines)} of {len(lines)} lines ----\n"
+            + "\n".join(lines[-history_lines:])
+        )
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        """Kill every instance, close every proxy and the observer."""
+        for instance in self.instances:
+            instance.kill()
+        for proxy in self.proxies:
+            proxy.close()
+        if self._observer is not None:
+            self._observer.close()

@@ -1,0 +1,305 @@
+"""One worker instance of a reliability scenario, as an OS process of its own.
+
+    python tests/reliability/instance_main.py --hosts H --service S --shards N --cron EXPR \\
+        --session-timeout T --history FILE [--run-seconds D] [--shard-run-seconds 0=D0,1=D1] \\
+        [--ignore-cancel] \\
+        [--misfire-policy skip|run_once] [--shutdown-timeout S] [--name NAME] \\
+        [--gil-hog SECONDS] [--fork-child] [--fence-dir DIR]
+
+A cluster-mode ``Worker`` whose handler appends what it does to the shared history file as JSON
+lines (``O_APPEND``, one ``os.write`` per line, so lines of several processes never mix):
+
+- ``start`` / ``end`` of every run (``end`` has ``outcome`` ``ok`` or ``cancelled``), with shard,
+  instance name, pid, session (hex), fencing token, fire time, time and failover flag;
+- ``health`` whenever ``worker.health`` changes, ``zk_state`` for every kazoo state change
+  (``t`` is when kazoo reported it);
+- ``registered`` for every new session (with ``session_id`` and ``session_passwd`` in hex, so a
+  test can expire the session from outside), ``exit`` with the exit code;
+- with ``--fence-dir``, ``fenced_write`` for every write to a small token-checking store (one at
+  the start of ``do``, one when its work is done), accepted or rejected;
+- with ``--gil-hog``, ``gil_hog`` before and after the first run's long C call;
+- with ``--fork-child``, ``fork_child`` with the exit code of each run's forked child.
+
+SIGTERM/SIGINT stop the worker gracefully; the process then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import fcntl
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from goworker_py import (
+    Context,
+    DiscoveryConfig,
+    ExitReason,
+    Handler,
+    Model,
+    Worker,
+    WorkerConfig,
+)
+
+
+class History:
+    """The append-only history file shared by every process of a scenario."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.name = name
+
+    def write(self, event: str, *, at: float | None = None, **fields: Any) -> None:
+        """Append one event; ``t`` is now, or ``at`` when the fact happened a moment before."""
+        now = time.time() if at is None else at
+        record = {"event": event, "instance": self.name, "pid": os.getpid(), "t": now}
+        record.update(fields)
+        os.write(self.fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+
+
+class FencedStore:
+    """A tiny store in a directory that rejects writes carrying a stale fencing token.
+
+    Per shard it keeps the highest token it accepted; a write with a lower token is refused.
+    An ``flock`` serialises the processes.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, shard: int, token: int, payload: str) -> tuple[bool, int, float]:
+        """Write ``payload`` for ``shard`` under ``token``.
+
+        Returns ``(accepted, highest token seen, when it was decided)``: the time is taken under
+        the lock, so a process frozen right after still reports when its write happened.
+        """
+        lock = os.open(self.directory / f"shard-{shard}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            decided = time.time()
+            high_path = self.directory / f"shard-{shard}.token"
+            highest = int(high_path.read_text()) if high_path.exists() else -1
+            if token < highest:
+                return False, highest, decided
+            high_path.write_text(str(token))
+            with open(self.directory / f"shard-{shard}.data", "a") as data:
+                data.write(f"{token} {payload}\n")
+            return True, token, decided
+        finally:
+            os.close(lock)
+
+
+class GilHog:
+    """Holds the GIL for about ``seconds`` in one C call: ``pow`` with a long exponent.
+
+    ``pow(b, e, m)`` on big ints never releases the GIL and its time grows linearly with the
+    exponent's bit length, so it is calibrated once at start-up. (``hashlib.pbkdf2_hmac``
+    releases the GIL: it would not do.)
+    """
+
+    MODULUS = (1 << 4096) - 159
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        probe_bits = 4096
+        began = time.perf_counter()
+        pow(3, (1 << probe_bits) - 1, self.MODULUS)
+        per_bit = (time.perf_counter() - began) / probe_bits
+        self.bits = max(int(seconds / per_bit), 1)
+
+    def run(self) -> None:
+        pow(3, (1 << self.bits) - 1, self.MODULUS)
+
+
+def _child_work(history_path: str, name: str, shard: int) -> None:
+    # A forked child: a little work, one line of history, no ZooKeeper client.
+    total = sum(i * i for i in range(10_000))
+    History(history_path, name).write("child", shard=shard, result=total)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hosts", required=True)
+    parser.add_argument("--service", default="svc")
+    parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--cron", default="* * * * * *")
+    parser.add_argument("--session-timeout", type=float, default=2.0)
+    parser.add_argument("--history", required=True)
+    parser.add_argument("--run-seconds", type=float, default=0.0)
+    parser.add_argument(
+        "--shard-run-seconds",
+        default="",
+        help="per-shard run lengths overriding --run-seconds, e.g. '0=0.25,1=0.5'",
+    )
+    parser.add_argument("--ignore-cancel", action="store_true")
+    parser.add_argument("--misfire-policy", default="skip", choices=("skip", "run_once"))
+    parser.add_argument("--shutdown-timeout", type=float, default=5.0)
+    parser.add_argument("--name", default="")
+    parser.add_argument("--gil-hog", type=float, default=0.0)
+    parser.add_argument("--fork-child", action="store_true")
+    parser.add_argument("--fence-dir", default="")
+    parser.add_argument("--connect-timeout", type=float, default=10.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    name = args.name or f"inst-{os.getpid()}"
+    logger.remove()
+    logger.add(
+        sys.stderr,
+        level="INFO",
+        format="{time:HH:mm:ss.SSS} {level: <7} [{thread.name}] {message}",
+        enqueue=False,
+    )
+    history = History(args.history, name)
+    run_seconds = {
+        int(shard): float(seconds)
+        for shard, _, seconds in (
+            item.partition("=") for item in args.shard_run_seconds.split(",") if item
+        )
+    }
+    store = FencedStore(args.fence_dir) if args.fence_dir else None
+    hog = GilHog(args.gil_hog) if args.gil_hog > 0 else None
+    hogged = threading.Event()
+    worker: Worker | None = None
+
+    def session_hex() -> str:
+        assert worker is not None
+        return format(worker.host.zk.session_id, "#x")
+
+    class Recording(Handler):
+        def do(self, ctx: Context) -> None:
+            shard, token = ctx.shard.index, ctx.fencing_token
+            common = {
+                "shard": shard,
+                "session": session_hex(),
+                "member": ctx.instance.id,
+                "token": token,
+                "fire": ctx.scheduled_time.timestamp(),
+                "failover": ctx.is_failover,
+                "run_id": ctx.run_id,
+            }
+            history.write("start", **common)
+            if store is not None:
+                self.fenced_write(common, "start")
+            if hog is not None and not hogged.is_set():
+                hogged.set()
+                history.write("gil_hog", phase="begin", seconds=hog.seconds, **common)
+                hog.run()
+                history.write("gil_hog", phase="end", **common)
+            if args.fork_child:
+                context = multiprocessing.get_context("fork")
+                child = context.Process(target=_child_work, args=(args.history, name, shard))
+                child.start()
+                child.join(10.0)
+                history.write("fork_child", exitcode=child.exitcode, **common)
+            duration = run_seconds.get(shard, args.run_seconds)
+            if args.ignore_cancel:
+                time.sleep(duration)
+            elif duration > 0:
+                ctx.wait(duration)
+            if store is not None:
+                self.fenced_write(common, "end")
+            outcome = "cancelled" if ctx.cancelled else "ok"
+            history.write("end", outcome=outcome, **common)
+
+        @staticmethod
+        def fenced_write(common: dict[str, Any], phase: str) -> None:
+            assert store is not None
+            token = int(common["token"] or 0)
+            accepted, highest, decided = store.write(common["shard"], token, f"{name} {phase}")
+            history.write(
+                "fenced_write",
+                at=decided,
+                phase=phase,
+                accepted=accepted,
+                highest=highest,
+                **common,
+            )
+
+    worker = Worker(
+        Recording,
+        config=WorkerConfig(
+            discovery=DiscoveryConfig(
+                hosts=args.hosts,
+                session_timeout=args.session_timeout,
+                connect_timeout=args.connect_timeout,
+            ),
+            shutdown_timeout=args.shutdown_timeout,
+            misfire_policy=args.misfire_policy,
+        ),
+        cron=args.cron,
+        model=Model.CLUSTER,
+        service_name=args.service,
+        sharding_total_count=args.shards,
+        handle_signals=True,
+        name=name,
+    )
+    try:
+        worker.run()
+    except Exception as exc:  # noqa: BLE001 - reported in the history, then a failing exit
+        logger.opt(exception=exc).error("worker did not start: {!r}", exc)
+        history.write("exit", code=2, error=repr(exc))
+        return 2
+
+    states: collections.deque[tuple[float, str]] = collections.deque()
+
+    def on_state(state: str) -> None:
+        # kazoo's connection thread: record only, the watcher thread writes it out.
+        states.append((time.time(), str(state)))
+
+    worker.host.zk.client.add_listener(on_state)
+    stop_watching = threading.Event()
+
+    def watch() -> None:
+        """Write health changes, kazoo state changes and new sessions to the history."""
+        host = worker.host
+        health, registered = None, None
+        while True:
+            while states:
+                at, state = states.popleft()
+                history.write("zk_state", state=state, at=at)
+            if host.health != health:
+                health = host.health
+                history.write("health", health=health.name)
+            client_id = host.zk.client.client_id
+            node = host.zk.node
+            if client_id and node and (client_id[0], node) != registered:
+                registered = (client_id[0], node)
+                history.write(
+                    "registered",
+                    session=format(client_id[0], "#x"),
+                    session_id=format(client_id[0], "x"),
+                    session_passwd=bytes(client_id[1]).hex(),
+                    node=node,
+                    member=host.instance.id,
+                    timeout=host.zk.negotiated_timeout,
+                )
+            if stop_watching.wait(0.01):
+                return
+
+    watcher = threading.Thread(target=watch, name="history-watcher", daemon=True)
+    watcher.start()
+    reason = worker.wait()
+    stop_watching.set()
+    watcher.join(1.0)
+    code = 0 if reason in (ExitReason.SIGNALLED, ExitReason.CANCELLED) else 1
+    history.write("exit", code=code, reason=reason.value)
+    with contextlib.suppress(OSError):
+        os.close(history.fd)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
