@@ -43,9 +43,9 @@ from _common import Report, calibrate, fmt_stats, parse_args, remove_file, stats
 from loguru import logger
 
 from goworker_py import Context, Handler, LoggerConfig, Worker, configure_logging
-from goworker_py.instance import WorkerInstance
+from goworker_py.local import LocalHost
 from goworker_py.retry import StepRetrier
-from goworker_py.runner import RunResult, RunSettings, RunTicket, ShardRunner
+from goworker_py.runner import RunSettings, ShardRunner
 from goworker_py.schedule import parse_schedule
 
 TARGET_US = 50.0
@@ -74,44 +74,8 @@ class Probe(Handler):
         Probe.marks.append((start, time.perf_counter()))
 
 
-class MinimalHost:
-    """A local-mode ``ShardHost`` (a cluster of one), used if ``goworker_py.local`` is absent.
-
-    Mirrors what the worker's local host does per run: a fresh ``RunTicket``, the instance
-    seen from the shard, a warning when a run fails.
-    """
-
-    def __init__(self, settings: RunSettings) -> None:
-        self.instance = WorkerInstance(
-            id=uuid.uuid4().hex, service=settings.service, shards=tuple(range(settings.total))
-        )
-
-    def instance_for(self, shard_index: int) -> WorkerInstance:
-        return self.instance.with_shard(shard_index)
-
-    def members(self) -> tuple[WorkerInstance, ...]:
-        return (self.instance,)
-
-    def wait_ready(self, runner: ShardRunner) -> bool:
-        return True
-
-    def begin_run(self, runner: ShardRunner, fire_time: datetime, run_id: str) -> RunTicket | None:
-        return RunTicket()
-
-    def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
-        if not result.ok and not result.cancelled:
-            ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
-
-    def runner_exited(self, runner: ShardRunner) -> None:
-        pass
-
-
-def make_host(settings: RunSettings) -> Any:
-    """The package's own local host (``goworker_py.local.LocalHost``) if it exists."""
-    try:
-        from goworker_py.local import LocalHost
-    except ImportError:
-        return MinimalHost(settings)
+def make_host(settings: RunSettings) -> LocalHost:
+    """The package's own local host: what a local-mode worker uses per run."""
     return LocalHost(settings, threading.Event())
 
 
