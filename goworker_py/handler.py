@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from goworker_py.errors import InvalidHandlerError, RunCancelled
-from goworker_py.instance import WatchInfo, WorkerInstance
+from goworker_py.instance import WorkerInstance
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -182,10 +182,3 @@ def validate_handler(handler: Any) -> None:
                 f"handler class {handler.__name__} must be constructible without arguments "
                 f"(a fresh instance is made per run): {exc}; pass an instance instead"
             ) from exc
-
-
-def watch_info(
-    instance: WorkerInstance, param: str, members: tuple[WorkerInstance, ...]
-) -> WatchInfo:
-    """Build the :class:`WatchInfo` for one shard thread."""
-    return WatchInfo(current_instance=instance, param=param, cluster_instances=members)

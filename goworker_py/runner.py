@@ -18,7 +18,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -102,7 +102,6 @@ class RunSettings:
     #: Seconds a fire time missed during a hand-over or an outage may be late and still run.
     misfire_grace: float = 1.0
     wants_watch: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ShardRunner:
