@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from helpers import WorkerTracker, shard_threads, wait_until
@@ -15,13 +14,6 @@ from goworker_py import Context, ExitReason, Handler, WorkerState
 pytestmark = pytest.mark.timeout(60)
 
 COUNT = 200
-
-
-@pytest.fixture
-def workers() -> Iterator[WorkerTracker]:
-    tracker = WorkerTracker()
-    yield tracker
-    tracker.close()
 
 
 @pytest.mark.parametrize("cron", ["@every 500ms", "*/1 * * * * *"])

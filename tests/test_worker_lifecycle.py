@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,13 +31,6 @@ from goworker_py import (
 pytestmark = pytest.mark.timeout(30)
 
 NEVER_SOON = "0 0 1 1 *"  # once a year: a cron worker that stays idle for the whole test
-
-
-@pytest.fixture
-def workers() -> Iterator[WorkerTracker]:
-    tracker = WorkerTracker()
-    yield tracker
-    tracker.close()
 
 
 class Noop(Handler):

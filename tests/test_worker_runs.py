@@ -7,7 +7,6 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -33,13 +32,6 @@ pytestmark = pytest.mark.timeout(30)
 
 UTC = WorkerConfig(timezone="UTC")
 FAST = DefaultRetryPolicy(initial_interval=0.01)
-
-
-@pytest.fixture
-def workers() -> Iterator[WorkerTracker]:
-    tracker = WorkerTracker()
-    yield tracker
-    tracker.close()
 
 
 class Boom(Exception):

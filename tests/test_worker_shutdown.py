@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from helpers import LogCapture, WorkerTracker, shard_threads, wait_until
@@ -18,13 +17,6 @@ from goworker_py import (
 )
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def workers() -> Iterator[WorkerTracker]:
-    tracker = WorkerTracker()
-    yield tracker
-    tracker.close()
 
 
 class Boom(Exception):
