@@ -113,13 +113,7 @@ def zookeeper() -> Iterator[ZooKeeperServer | ExternalZooKeeper]:
 def zookeeper_admin(zookeeper: ZooKeeperServer | ExternalZooKeeper) -> Iterator[KazooClient]:
     """A kazoo client on the shared server's root (no chroot), for setting up and cleaning up."""
     hosts = zookeeper.bare_hosts if isinstance(zookeeper, ExternalZooKeeper) else zookeeper.hosts
-    client = KazooClient(hosts=hosts, timeout=10.0)
-    client.start(timeout=15.0)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
+    yield from _started_client(hosts)
 
 
 @pytest.fixture
@@ -146,7 +140,12 @@ def zk_hosts(zookeeper: ZooKeeperServer | ExternalZooKeeper, zk_chroot: str) -> 
 @pytest.fixture
 def zk_client(zk_hosts: str) -> Iterator[KazooClient]:
     """A started kazoo client inside this test's chroot; stopped after the test."""
-    client = KazooClient(hosts=zk_hosts, timeout=10.0)
+    yield from _started_client(zk_hosts)
+
+
+def _started_client(hosts: str) -> Iterator[KazooClient]:
+    """Yield a started kazoo client on ``hosts``; stop and close it afterwards."""
+    client = KazooClient(hosts=hosts, timeout=10.0)
     client.start(timeout=15.0)
     try:
         yield client
