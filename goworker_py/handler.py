@@ -47,6 +47,7 @@ class Context:
         "fencing_token",
         "instance",
         "is_failover",
+        "is_triggered",
         "logger",
         "params",
         "run_id",
@@ -70,6 +71,7 @@ class Context:
         worker_name: str = "",
         fencing_token: int | None = None,
         is_failover: bool = False,
+        is_triggered: bool = False,
     ) -> None:
         #: Unique id of this run (also in every log line of the run).
         self.run_id = run_id
@@ -89,6 +91,9 @@ class Context:
         self.fencing_token = fencing_token
         #: True when this run re-runs a run interrupted on a dead instance (failover).
         self.is_failover = is_failover
+        #: True for an extra run asked for by ``Worker.trigger()`` (scheduled_time is then
+        #: the moment it started).
+        self.is_triggered = is_triggered
         #: 1-based attempt number of the current step.
         self.attempt = 1
         #: Name of the step being run: "before", "do" or "after".

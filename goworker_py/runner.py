@@ -18,7 +18,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,6 +83,16 @@ class ShardHost(Protocol):
         """Called once, on the runner's thread, when it stops for good."""
 
 
+class RunControl:
+    """Run-time switches a worker's shard runners share (``Worker.pause()`` / ``resume()``)."""
+
+    __slots__ = ("paused",)
+
+    def __init__(self) -> None:
+        #: While True no run starts: fire times pass unrun, other runs wait for ``resume()``.
+        self.paused = False
+
+
 @dataclass
 class RunSettings:
     """Everything about a worker that its shard runners share."""
@@ -102,6 +112,7 @@ class RunSettings:
     #: Seconds a fire time missed during a hand-over or an outage may be late and still run.
     misfire_grace: float = 1.0
     wants_watch: bool = False
+    control: RunControl = field(default_factory=RunControl)
 
 
 class ShardRunner:
@@ -131,6 +142,9 @@ class ShardRunner:
         self._finished = False
         self._skew = 0.0
         self._stop = threading.Event()
+        #: Set to interrupt the thread's sleep: stop, trigger or resume.
+        self._wake = threading.Event()
+        self._triggered = False
         self._run_event: threading.Event | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(
@@ -149,8 +163,25 @@ class ShardRunner:
         """Ask the thread to stop: no new run starts; the in-flight run is cancelled."""
         with self._lock:
             self._stop.set()
+            self._wake.set()
             if self._run_event is not None:
                 self._run_event.set()
+
+    def trigger(self) -> bool:
+        """Ask for one extra run now (after the in-flight one, if any); False if not possible.
+
+        Requests made while one is pending are merged into it.
+        """
+        if self.settings.schedule is None or self._stop.is_set() or self._finished:
+            return False
+        with self._lock:
+            self._triggered = True
+            self._wake.set()
+        return True
+
+    def wake(self) -> None:
+        """Interrupt the thread's wait (the worker was resumed)."""
+        self._wake.set()
 
     def cancel_run(self) -> bool:
         """Cancel the in-flight run only (the shard keeps its schedule); False if none."""
@@ -198,12 +229,13 @@ class ShardRunner:
 
     def _main(self) -> None:
         try:
-            if self.failover_fire is not None:
+            if self.failover_fire is not None and self._hold_while_paused():
                 self.result = self._execute_failover(self.failover_fire)
                 if self.settings.schedule is None:
                     return
             if self.settings.schedule is None:
-                self.result = self.execute(self._now())
+                if self._hold_while_paused():
+                    self.result = self.execute(self._now())
             else:
                 self._scheduled_loop(self.settings.schedule)
         except BaseException as exc:  # noqa: BLE001 - a dying shard thread must be reported
@@ -237,8 +269,15 @@ class ShardRunner:
             fire = schedule.next_after(self._now())
         while fire is not None:
             reached = self._sleep_until(fire, real_time)
-            if reached is None or not self.host.wait_ready(self):
+            if self._stop.is_set() or not self.host.wait_ready(self):
                 break
+            if reached is None:  # woken by trigger()
+                self._run_triggered()
+                continue
+            if self.settings.control.paused:
+                self.logger.info("paused: no run for {}", reached.isoformat())
+                fire = schedule.next_after(reached)
+                continue
             if clock.time() - reached.timestamp() > grace:
                 # Woken far too late: an outage (no run could start) or a stepped clock.
                 due = self._catch_up(schedule, reached, grace, "while no run could start")
@@ -251,14 +290,39 @@ class ShardRunner:
         if fire is None and not self._stop.is_set():
             self.logger.info("schedule {!r} has no further fire time", schedule.expression)
 
+    def _hold_while_paused(self) -> bool:
+        """Block while the worker is paused; return False if the runner stopped meanwhile."""
+        control = self.settings.control
+        if control.paused:
+            self.logger.info("paused: the run waits for resume()")
+        while True:
+            self._wake.clear()
+            if self._stop.is_set():
+                return False
+            if not control.paused:
+                return True
+            # resume() wakes every runner; the timeout is a backstop only.
+            self._wake.wait(MAX_SLEEP)
+
+    def _run_triggered(self) -> None:
+        with self._lock:
+            self._triggered = False
+        if self.settings.control.paused:
+            self.logger.info("paused: the triggered run is dropped")
+            return
+        self.execute(self._now(), triggered=True)
+
     def _sleep_until(self, fire: datetime, real_time: bool = False) -> datetime | None:
-        """Sleep until ``fire``; return the fire time reached, or None if stopped first.
+        """Sleep until ``fire``; return the fire time reached, or None if stopped or triggered.
 
         Cron fire times are wall-clock instants. An interval (``@every``) counts real time, so
         when the wall clock is stepped (by more than a second) its fire time moves with it.
         """
         clock, target = self.settings.clock, fire.timestamp()
-        while not self._stop.is_set():
+        while True:
+            self._wake.clear()
+            if self._stop.is_set() or self._triggered:
+                return None
             skew = clock.time() - clock.monotonic()
             if real_time and abs(skew - self._skew) > 1.0:
                 target += skew - self._skew
@@ -267,8 +331,7 @@ class ShardRunner:
             remaining = target - clock.time()
             if remaining <= 0:
                 return fire
-            clock.wait(self._stop, min(remaining, MAX_SLEEP))
-        return None
+            clock.wait(self._wake, min(remaining, MAX_SLEEP))
 
     def _next_fire(self, schedule: Schedule, previous: datetime) -> datetime | None:
         """The fire time after ``previous``; fire times the run overran are misfires."""
@@ -317,7 +380,7 @@ class ShardRunner:
 
     # -- one run ------------------------------------------------------------------------------
 
-    def execute(self, fire_time: datetime) -> RunResult:
+    def execute(self, fire_time: datetime, triggered: bool = False) -> RunResult:
         """Perform one run for ``fire_time`` on the calling thread."""
         settings = self.settings
         run_id = os.urandom(8).hex()
@@ -342,6 +405,7 @@ class ShardRunner:
             worker_name=settings.worker_name,
             fencing_token=ticket.fencing_token,
             is_failover=ticket.is_failover,
+            is_triggered=triggered,
         )
         result = RunResult(run_id=run_id, ok=False)
         try:

@@ -33,7 +33,7 @@ from goworker_py.local import LocalHost
 from goworker_py.logging import configure_logging, route_stdlib_logging
 from goworker_py.params import check_params_fit, resolve_cluster_parameter
 from goworker_py.retry import DefaultRetryPolicy, RetryPolicy, validate_retry_policy
-from goworker_py.runner import RunSettings, ShardHost, ShardRunner
+from goworker_py.runner import RunControl, RunSettings, ShardHost, ShardRunner
 from goworker_py.schedule import _zone, parse_schedule
 from goworker_py.signals import REGISTRY
 
@@ -162,6 +162,7 @@ class Worker:
         self._forced = False
         self._exit_reason: ExitReason | None = None
         self._host: _Host | None = None
+        self._control = RunControl()
         self._signals_installed = False
         self._logger = logger.bind(worker=self.name, service=service_name or self.name)
 
@@ -245,6 +246,7 @@ class Worker:
             misfire_grace=float(config.misfire_grace_time),
             logger=self._logger,
             wants_watch=callable(getattr(handler, "watch", None)),
+            control=self._control,
         )
 
     def _validate_cluster(self, config: WorkerConfig) -> None:
@@ -354,6 +356,67 @@ class Worker:
         if self._stop_reason is not None:
             self._forced = True
         self._request_stop(ExitReason.SIGNALLED)
+
+    # -- runtime control ---------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """True between :meth:`pause` and :meth:`resume`."""
+        return self._control.paused
+
+    def pause(self) -> None:
+        """Start no run until :meth:`resume`; the worker keeps its shards and its schedule.
+
+        Fire times that pass while paused are not run (and not made up later); a run-once or
+        failover run waits. The in-flight run, if any, goes on (see :meth:`stop_run`).
+        Idempotent; callable from any thread, also before ``run()`` (the worker starts paused).
+        """
+        if not self._control.paused:
+            self._control.paused = True
+            self._logger.info("worker paused")
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: the next fire time runs as usual. Idempotent."""
+        if not self._control.paused:
+            return
+        self._control.paused = False
+        self._logger.info("worker resumed")
+        for runner in self._runners():
+            runner.wake()
+
+    def trigger(self) -> int:
+        """Start one extra run now on every shard this worker runs; return how many.
+
+        The run's ``ctx.is_triggered`` is True and its ``scheduled_time`` the moment it starts.
+        A shard busy with a run starts it right after that one; asking again before it started
+        asks nothing more. The schedule is unchanged. Raises :class:`GoWorkerError` if the
+        worker is not running, is paused, or has no schedule (a run-once worker).
+        """
+        if self._state is not WorkerState.RUNNING or self._stop_reason is not None:
+            raise GoWorkerError(f"worker {self.name!r} is not running: cannot trigger a run")
+        if self.cron is None:
+            raise GoWorkerError(
+                f"worker {self.name!r} has no schedule: trigger() adds a run to a scheduled worker"
+            )
+        if self._control.paused:
+            raise GoWorkerError(f"worker {self.name!r} is paused: resume() it before trigger()")
+        count = sum(runner.trigger() for runner in self._runners())
+        self._logger.info("run triggered on {} shard(s)", count)
+        return count
+
+    def stop_run(self) -> int:
+        """Cancel the in-flight runs (their ``ctx.cancelled`` is set); return how many.
+
+        The worker keeps running: each shard waits for its next fire time.
+        """
+        count = sum(runner.cancel_run() for runner in self._runners())
+        if count:
+            self._logger.info("cancelled {} in-flight run(s)", count)
+        return count
+
+    def _runners(self) -> list[ShardRunner]:
+        host = self._host
+        return [] if host is None else [r for r in list(host.runners.values()) if not r.stopping]
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} {self._state.name} shards={list(self.shards)}>"
