@@ -3,12 +3,19 @@
 ``goworker-py run module:Handler [--cron EXPR] [--shards N] [--params P] [--config FILE] ...``
 runs a handler as a worker in the foreground (so a systemd unit needs no wrapper script);
 ``goworker-py validate-cron EXPR`` checks a schedule and prints its next fire times.
+
+For a cluster-mode service (``--zk HOSTS --service NAME``, or ``--config FILE`` with a
+``[discovery]`` section): ``status`` shows instances, shard owners, last runs and next fire
+times; ``pause`` / ``resume`` stop and restart new runs on every instance (shards are kept);
+``trigger`` starts one run now on every shard; ``stop-run`` cancels every in-flight run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -84,6 +91,45 @@ def _validate_cron(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace) -> Any:
+    from goworker_py.cluster.admin import ClusterAdmin
+
+    config = load_config(args.config) if args.config else default_worker_config()
+    discovery = dataclasses.replace(config.discovery or DiscoveryConfig())
+    if args.zk:
+        discovery.hosts = args.zk
+    if args.namespace is not None:
+        discovery.namespace = args.namespace
+    return ClusterAdmin(discovery, args.service)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from goworker_py.cluster.admin import format_status
+
+    with _admin(args) as admin:
+        status = admin.status(zone=args.tz)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(format_status(status))
+    return 0
+
+
+_CONTROL_DONE = {
+    "pause": "paused: every instance keeps its shards and starts no run until 'resume'",
+    "resume": "resumed: runs start again at their next fire time",
+    "trigger": "triggered: every instance starts one run now on each shard it owns",
+    "stop_run": "stop-run sent: every instance cancels its in-flight runs",
+}
+
+
+def _control(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        getattr(admin, args.action)()
+    print(f"service {args.service!r} {_CONTROL_DONE[args.action]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``goworker-py``."""
     parser = argparse.ArgumentParser(prog="goworker-py", description=__doc__.splitlines()[0])
@@ -105,6 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-n", "--count", type=int, default=5, help="how many fire times")
     check.add_argument("--tz", default=None, help="time zone (default: local)")
     check.set_defaults(func=_validate_cron)
+
+    def service_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--service", required=True, help="the service's name")
+        sub.add_argument("--zk", help="ZooKeeper hosts, e.g. zk1:2181,zk2:2181")
+        sub.add_argument("--config", help="a TOML config file with a [discovery] section")
+        sub.add_argument("--namespace", help="ZooKeeper namespace (default: goworker)")
+        return sub
+
+    status = service_command("status", "show a cluster-mode service at a glance")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--tz", default="UTC", help="time zone of the schedule (default UTC)")
+    status.set_defaults(func=_status)
+    for name, action, help_text in (
+        ("pause", "pause", "start no run on any instance until resumed (shards are kept)"),
+        ("resume", "resume", "undo pause"),
+        ("trigger", "trigger", "start one run now on every shard"),
+        ("stop-run", "stop_run", "cancel every in-flight run (the workers keep running)"),
+    ):
+        service_command(name, help_text).set_defaults(func=_control, action=action)
     return parser
 
 

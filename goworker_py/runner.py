@@ -84,13 +84,23 @@ class ShardHost(Protocol):
 
 
 class RunControl:
-    """Run-time switches a worker's shard runners share (``Worker.pause()`` / ``resume()``)."""
+    """Run-time switches a worker's shard runners share.
 
-    __slots__ = ("paused",)
+    While :attr:`paused` no run starts: fire times pass unrun, other runs wait. A worker is
+    paused on its own (``Worker.pause()``) or with its whole service (the cluster control node).
+    """
+
+    __slots__ = ("cluster", "local")
 
     def __init__(self) -> None:
-        #: While True no run starts: fire times pass unrun, other runs wait for ``resume()``.
-        self.paused = False
+        #: Paused by ``Worker.pause()``.
+        self.local = False
+        #: Paused cluster-wide (``goworker-py pause``).
+        self.cluster = False
+
+    @property
+    def paused(self) -> bool:
+        return self.local or self.cluster
 
 
 @dataclass

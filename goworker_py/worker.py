@@ -361,7 +361,7 @@ class Worker:
 
     @property
     def paused(self) -> bool:
-        """True between :meth:`pause` and :meth:`resume`."""
+        """True while paused, by :meth:`pause` or cluster-wide (``goworker-py pause``)."""
         return self._control.paused
 
     def pause(self) -> None:
@@ -371,16 +371,23 @@ class Worker:
         failover run waits. The in-flight run, if any, goes on (see :meth:`stop_run`).
         Idempotent; callable from any thread, also before ``run()`` (the worker starts paused).
         """
-        if not self._control.paused:
-            self._control.paused = True
+        if not self._control.local:
+            self._control.local = True
             self._logger.info("worker paused")
 
     def resume(self) -> None:
-        """Undo :meth:`pause`: the next fire time runs as usual. Idempotent."""
-        if not self._control.paused:
+        """Undo :meth:`pause`: the next fire time runs as usual. Idempotent.
+
+        A worker paused cluster-wide stays paused until the service is resumed.
+        """
+        if not self._control.local:
             return
-        self._control.paused = False
-        self._logger.info("worker resumed")
+        self._control.local = False
+        self._logger.info(
+            "worker resumed"
+            if not self._control.cluster
+            else "worker resumed locally; the service is still paused cluster-wide"
+        )
         for runner in self._runners():
             runner.wake()
 

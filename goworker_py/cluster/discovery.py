@@ -27,6 +27,7 @@ class WorkerDiscovery(Protocol):
     negotiated_timeout: float
     node: str | None
     config_dirty: bool
+    control_dirty: bool
     #: ``time.monotonic()`` when the server was last heard from (self-fencing counts from it).
     last_heard: float
     on_change: Callable[[], None]
@@ -65,6 +66,8 @@ class WorkerDiscovery(Protocol):
     def read_service_config(self, watch: bool = True) -> dict[str, Any] | None: ...
 
     def write_service_config(self, settings: dict[str, Any], create_only: bool) -> bool: ...
+
+    def read_control(self) -> dict[str, Any] | None: ...
 
 
 DiscoveryFactory = Callable[[DiscoveryConfig, str], WorkerDiscovery]

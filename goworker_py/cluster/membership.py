@@ -91,6 +91,8 @@ class ClusterHost:
         self._fenced = False
         self._session = 0
         self._refused_config: dict[str, Any] | None = None
+        #: The control node's request counters last acted on (None: not read yet).
+        self._control_seen: dict[str, int] | None = None
         discovery.on_change = wake.set
         discovery.on_state = self._on_state
 
@@ -144,7 +146,9 @@ class ClusterHost:
             WorkerInstance.create(self.settings.service), shards=(), health=HealthStatus.GREEN
         )
         node = self.zk.register(self.instance)
-        self.zk.config_dirty = True  # the config watch belonged to the old session
+        # The config and control watches belonged to the old session.
+        self.zk.config_dirty = True
+        self.zk.control_dirty = True
         self._set_health(HealthStatus.GREEN)
         self._session_lost = False
         self.logger.info("registered as {} (session {:#x})", node, self._session)
@@ -244,6 +248,7 @@ class ClusterHost:
             self._fenced = False
             self._set_health(HealthStatus.GREEN)
             self._follow_service_config()
+            self._follow_control()
             self.rebalance()
         except (ConnectionLoss, SessionExpiredError) as exc:
             self.logger.info("ZooKeeper unavailable during re-balance: {!r}", exc)
@@ -314,6 +319,38 @@ class ClusterHost:
                 self._release(shard)
         self.settings = settings
         self.cron = str(stored["schedule"])
+
+    def _follow_control(self) -> None:
+        """Act on the service's control node: pause, resume, trigger, stop-run (SPEC 5).
+
+        Pausing is a state; trigger and stop-run are counters, acted on when they grow — on the
+        shards this instance owns at that moment. Requests made before this instance first
+        read the node are not replayed.
+        """
+        if not self.zk.control_dirty:
+            return
+        data = self.zk.read_control() or {}
+        counters = {key: _counter(data.get(key)) for key in ("trigger", "stop_run")}
+        seen, self._control_seen = self._control_seen, counters
+        control, paused = self.settings.control, data.get("paused") is True
+        if paused != control.cluster:
+            control.cluster = paused
+            self.logger.info("service {} cluster-wide", "paused" if paused else "resumed")
+            if not paused:
+                for runner in self.runners.values():
+                    runner.wake()
+        if seen is None:
+            return
+        live = {shard: r for shard, r in self.runners.items() if not r.stopping}
+        if counters["stop_run"] > seen["stop_run"]:
+            cancelled = sorted(shard for shard, r in live.items() if r.cancel_run())
+            self.logger.info("stop-run requested: cancelled the run(s) of shard(s) {}", cancelled)
+        if counters["trigger"] > seen["trigger"]:
+            if control.paused:
+                self.logger.info("trigger requested while paused: no run started")
+            else:
+                triggered = sorted(shard for shard, r in live.items() if r.trigger())
+                self.logger.info("trigger requested: one run now on shard(s) {}", triggered)
 
     def _settings_from(self, stored: dict[str, Any]) -> RunSettings:
         total = stored["sharding_total_count"]
@@ -540,3 +577,8 @@ class ClusterHost:
             self.zk.end_run(marker)
         except (ConnectionLoss, SessionExpiredError, KazooException) as exc:
             runner.logger.warning("could not record the end of the run: {!r}", exc)
+
+
+def _counter(value: Any) -> int:
+    """A control node request counter (a missing or malformed one counts as 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -10,9 +10,13 @@ Layout under ``/<namespace>/<service>/``:
 - ``claims/<shard>`` — ephemeral, held by the owner of the shard while it owns it. Its creation
   zxid (``czxid``) is the shard's **fencing token**: ZooKeeper's zxids only grow, so every new
   claim of a shard carries a larger token than any before it.
-- ``running/<shard>`` — persistent run marker (owner, session, run id, fire time) written at
-  run start and deleted at run end; a marker found by a new owner means its predecessor died
-  mid-run (failover).
+- ``running/<shard>`` — persistent run marker (owner, session, run id, fire time, state)
+  written at run start (``running``) and updated at run end (``done``, ``failed`` or
+  ``cancelled``); ``running`` found by a new owner means its predecessor died mid-run
+  (failover), any other state gives the last fire time handled.
+- ``control`` — persistent, optional: ``{"paused": bool, "trigger": n, "stop_run": n}``,
+  written by ``goworker-py pause|resume|trigger|stop-run`` (:mod:`goworker_py.cluster.admin`).
+  Every instance watches it; a counter that grows asks each instance to act on its shards.
 
 Watch callbacks run on kazoo's thread: they only call ``on_change`` (which sets an event);
 all the work happens on the worker's supervisor thread.
@@ -110,6 +114,34 @@ class RunMarker:
         ).encode()
 
 
+def service_root(namespace: str, service: str) -> str:
+    """``/<namespace>/<service>``: where a service's nodes live."""
+    return "/" + "/".join(p for p in (namespace.strip("/"), service) if p)
+
+
+def kazoo_client(config: DiscoveryConfig) -> KazooClient:
+    """A (not yet started) kazoo client for ``config``: hosts, timeouts, digest auth, TLS."""
+    auth: list[tuple[str, str]] = []
+    acl = None
+    if config.auth_user:
+        auth = [("digest", f"{config.auth_user}:{config.auth_password or ''}")]
+        acl = [make_digest_acl(config.auth_user, config.auth_password or "", all=True)]
+    return KazooClient(
+        hosts=config.hosts,
+        timeout=config.session_timeout,
+        auth_data=auth or None,
+        default_acl=acl,
+        use_ssl=config.use_ssl,
+        certfile=config.certfile,
+        keyfile=config.keyfile,
+        ca=config.ca,
+        verify_certs=config.verify_certs,
+        # kazoo's default reconnect backoff grows to an hour: after a long outage an instance
+        # would stay cut off long after ZooKeeper is back. Retry forever, at most 1 s apart.
+        connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0},
+    )
+
+
 class ZooKeeperDiscovery:
     """One instance's connection to ZooKeeper and every operation cluster mode needs."""
 
@@ -120,12 +152,13 @@ class ZooKeeperDiscovery:
             raise DiscoveryError("discovery hosts are empty: set DiscoveryConfig(hosts='zk:2181')")
         self.config = config
         self.service = service
-        root = "/" + "/".join(p for p in (config.namespace.strip("/"), service) if p)
+        root = service_root(config.namespace, service)
         self.root = root
         self.instances_path = f"{root}/instances"
         self.claims_path = f"{root}/claims"
         self.running_path = f"{root}/running"
         self.config_path = f"{root}/config"
+        self.control_path = f"{root}/control"
         self.on_change: Callable[[], None] = lambda: None
         self.on_state: Callable[[str], None] = lambda state: None
         self.negotiated_timeout = float(config.session_timeout)
@@ -134,31 +167,14 @@ class ZooKeeperDiscovery:
         #: ``{shard: (session id, version)}`` of the run markers this instance wrote.
         self._markers: dict[int, tuple[int, int | None]] = {}
         self.config_dirty = True
+        self.control_dirty = True
         self.last_heard = time.monotonic()
         self._members_session = -1
         self._member_list_dirty = True
         self._member_order: list[tuple[int, str]] = []
         self._member_cache: dict[str, Member] = {}
         self._dirty_members: set[str] = set()
-        auth: list[tuple[str, str]] = []
-        acl = None
-        if config.auth_user:
-            auth = [("digest", f"{config.auth_user}:{config.auth_password or ''}")]
-            acl = [make_digest_acl(config.auth_user, config.auth_password or "", all=True)]
-        self.client = KazooClient(
-            hosts=config.hosts,
-            timeout=config.session_timeout,
-            auth_data=auth or None,
-            default_acl=acl,
-            use_ssl=config.use_ssl,
-            certfile=config.certfile,
-            keyfile=config.keyfile,
-            ca=config.ca,
-            verify_certs=config.verify_certs,
-            # kazoo's default reconnect backoff grows to an hour: after a long outage an instance
-            # would stay cut off long after ZooKeeper is back. Retry forever, at most 1 s apart.
-            connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0},
-        )
+        self.client = kazoo_client(config)
         self._capture_negotiated_timeout()
         self.client.add_listener(self._state_listener)
 
@@ -273,6 +289,29 @@ class ZooKeeperDiscovery:
                 return False
         self.client.set(self.config_path, raw)
         return True
+
+    # -- control node -----------------------------------------------------------------------------
+
+    def _control_watch(self, *_event: Any) -> None:
+        self.control_dirty = True
+        self.on_change()
+
+    def read_control(self) -> dict[str, Any] | None:
+        """The service's control node (pause, trigger and stop-run requests), watched; or None.
+
+        ``control_dirty`` says whether the node may have changed since the last read.
+        """
+        self.control_dirty = False
+        try:
+            raw, _ = self.client.get(self.control_path, watch=self._control_watch)
+        except NoNodeError:
+            self.client.exists(self.control_path, watch=self._control_watch)
+            return None
+        try:
+            data = json.loads(raw.decode() or "{}")
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
 
     # -- membership -------------------------------------------------------------------------------
 
