@@ -24,6 +24,7 @@ from typing import Any
 from goworker_py.config import DiscoveryConfig, WorkerConfig, default_worker_config, load_config
 from goworker_py.errors import GoWorkerError, RunFailed
 from goworker_py.schedule import parse_schedule
+from goworker_py.systemd import SystemdNotifier
 from goworker_py.worker import Model, Worker
 
 
@@ -68,11 +69,14 @@ def _run(args: argparse.Namespace) -> int:
         params=args.params,
     )
     worker.run()
+    notifier = SystemdNotifier(worker).start()
     try:
         reason = worker.wait()
     except RunFailed as exc:
         print(f"goworker-py: {exc}", file=sys.stderr)
         return 1
+    finally:
+        notifier.stop()
     print(f"goworker-py: worker ended ({reason.value})", file=sys.stderr)
     return 0
 

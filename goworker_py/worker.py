@@ -186,6 +186,11 @@ class Worker:
         return tuple(sorted(s for s, r in self._host.runners.items() if not r.stopping))
 
     @property
+    def stopping(self) -> bool:
+        """True once the worker was asked to stop (cancel, signal, timeout) or has ended."""
+        return self._stop_reason is not None or self._state is WorkerState.SHUTDOWN
+
+    @property
     def health(self) -> HealthStatus:
         """``GREEN``, ``YELLOW`` or ``RED`` (always ``GREEN`` in local mode)."""
         return getattr(self._host, "health", HealthStatus.GREEN)

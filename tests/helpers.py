@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -175,3 +176,42 @@ class Process:
 
     def report(self) -> str:
         return "--- stdout\n" + "\n".join(self.stdout) + "\n--- stderr\n" + self.stderr
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket playing systemd's side; collects every message."""
+
+    def __init__(self, address: str, bind_to: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(bind_to)
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append((time.monotonic(), data.decode()))
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return [line for _, text in self.messages for line in text.split("\n")]
+
+    def times_of(self, line: str) -> list[float]:
+        with self._lock:
+            return [at for at, text in self.messages if line in text.split("\n")]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()

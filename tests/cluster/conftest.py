@@ -31,6 +31,7 @@ from goworker_py import (
     WorkerConfig,
     WorkerInstance,
 )
+from goworker_py.testing import ZooKeeperServer
 
 NAMESPACE = "goworker"
 SERVICE = "svc"
@@ -390,6 +391,16 @@ def cluster(zk_hosts: str) -> Iterator[Cluster]:
     tracker = WorkerTracker()
     try:
         yield Cluster(zk_hosts, tracker)
+    finally:
+        tracker.close()
+
+
+@pytest.fixture
+def private_cluster(zookeeper_private: ZooKeeperServer) -> Iterator[Cluster]:
+    """Cluster workers on a server of this test's own (to stop, kill or freeze)."""
+    tracker = WorkerTracker()
+    try:
+        yield Cluster(zookeeper_private.hosts, tracker)
     finally:
         tracker.close()
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from helpers import WorkerTracker
 from kazoo.client import KazooClient
 
 from goworker_py import DiscoveryConfig, HealthStatus, Worker, WorkerInstance
@@ -177,15 +175,6 @@ def test_a_claim_lost_with_its_session_cannot_begin_or_end_a_run(zk_hosts: str) 
     finally:
         first.close()
         second.close()
-
-
-@pytest.fixture
-def private_cluster(zookeeper_private: ZooKeeperServer) -> Iterator[Cluster]:
-    tracker = WorkerTracker()
-    try:
-        yield Cluster(zookeeper_private.hosts, tracker)
-    finally:
-        tracker.close()
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["stop", "kill"])
