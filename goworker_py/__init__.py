@@ -41,6 +41,8 @@ from goworker_py.errors import (
     InvalidScheduleError,
     RunCancelled,
     RunFailed,
+    ScriptFailed,
+    ScriptTimeout,
     ServiceConfigConflict,
     TryAgain,
     ZooKeeperUnavailable,
@@ -61,6 +63,8 @@ from goworker_py.schedule import (
     next_fire_time,
     validate_schedule,
 )
+from goworker_py.script import ScriptHandler
+from goworker_py.systemd import SystemdNotifier
 from goworker_py.version import __version__
 from goworker_py.worker import ExitReason, Model, Worker, WorkerState
 
@@ -68,6 +72,7 @@ __all__ = [
     # Handlers
     "Context",
     "Handler",
+    "ScriptHandler",
     "Shard",
     "WatchInfo",
     "validate_handler",
@@ -78,6 +83,7 @@ __all__ = [
     "Worker",
     "WorkerInstance",
     "WorkerState",
+    "SystemdNotifier",
     # Cluster
     "AverageStrategy",
     "ShardingStrategy",
@@ -115,6 +121,8 @@ __all__ = [
     "InvalidScheduleError",
     "RunCancelled",
     "RunFailed",
+    "ScriptFailed",
+    "ScriptTimeout",
     "ServiceConfigConflict",
     "TryAgain",
     "ZooKeeperUnavailable",

@@ -98,6 +98,33 @@ class RunFailed(GoWorkerError):
         super().__init__(f"run failed on shard(s) {shards}: {last_error!r}")
 
 
+class ScriptFailed(GoWorkerError):
+    """A :class:`~goworker_py.script.ScriptHandler` process exited non-zero (or was killed).
+
+    ``returncode`` is the exit status (negative: the signal that killed it); ``stderr_tail``
+    the last lines the script wrote to stderr.
+    """
+
+    def __init__(self, command: str, returncode: int, stderr_tail: tuple[str, ...] = ()) -> None:
+        self.command = command
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
+        tail = f"; stderr ends: {' | '.join(stderr_tail)}" if stderr_tail else ""
+        super().__init__(f"script {command} {how}{tail}")
+
+
+class ScriptTimeout(ScriptFailed):
+    """A script ran longer than its ``timeout`` and was stopped (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, command: str, timeout: float, returncode: int) -> None:
+        GoWorkerError.__init__(self, f"script {command} ran over its timeout of {timeout:g} s")
+        self.command = command
+        self.returncode = returncode
+        self.stderr_tail = ()
+        self.timeout = timeout
+
+
 class RunCancelled(BaseException):
     """Raised by ``Context.raise_if_cancelled()`` to leave a step because the run was cancelled.
 
