@@ -47,6 +47,7 @@ from goworker_py.errors import (
     TryAgain,
     ZooKeeperUnavailable,
 )
+from goworker_py.group import WorkerGroup
 from goworker_py.handler import Context, Handler, Shard, validate_handler
 from goworker_py.instance import HealthStatus, WatchInfo, WorkerInstance
 from goworker_py.logging import configure_logging
@@ -81,6 +82,7 @@ __all__ = [
     "HealthStatus",
     "Model",
     "Worker",
+    "WorkerGroup",
     "WorkerInstance",
     "WorkerState",
     "SystemdNotifier",

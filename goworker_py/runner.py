@@ -15,6 +15,7 @@ on this thread, in order.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from loguru import Logger
 
     from goworker_py.clock import Clock
+    from goworker_py.group import UpstreamFeed
     from goworker_py.schedule import Schedule
 
 #: Longest single sleep: a wall clock stepped forward while we sleep is noticed this soon.
@@ -123,6 +125,12 @@ class RunSettings:
     misfire_grace: float = 1.0
     wants_watch: bool = False
     control: RunControl = field(default_factory=RunControl)
+    #: A downstream worker of a WorkerGroup: its fire times come from its upstreams.
+    feed: UpstreamFeed | None = None
+    #: Told ``(shard, fire time)`` after each successful run (a WorkerGroup's dependencies).
+    listeners: tuple[Callable[[int, datetime], None], ...] = ()
+    #: When the worker (or its group) started: ``@every`` fire times count from it.
+    anchor: datetime | None = None
 
 
 class ShardRunner:
@@ -182,7 +190,10 @@ class ShardRunner:
 
         Requests made while one is pending are merged into it.
         """
-        if self.settings.schedule is None or self._stop.is_set() or self._finished:
+        settings = self.settings
+        if (settings.schedule is None and settings.feed is None) or self._stop.is_set():
+            return False
+        if self._finished:
             return False
         with self._lock:
             self._triggered = True
@@ -243,7 +254,9 @@ class ShardRunner:
                 self.result = self._execute_failover(self.failover_fire)
                 if self.settings.schedule is None:
                     return
-            if self.settings.schedule is None:
+            if self.settings.feed is not None:
+                self._fed_loop(self.settings.feed)
+            elif self.settings.schedule is None:
                 if self._hold_while_paused():
                     self.result = self.execute(self._now())
             else:
@@ -276,7 +289,7 @@ class ShardRunner:
             if fire is not None and fire.timestamp() <= clock.time():
                 fire = self._catch_up(schedule, fire, grace, "while the shard changed owner")
         else:
-            fire = schedule.next_after(self._now())
+            fire = self._first_fire(schedule)
         while fire is not None:
             reached = self._sleep_until(fire, real_time)
             if self._stop.is_set() or not self.host.wait_ready(self):
@@ -299,6 +312,43 @@ class ShardRunner:
             fire = self._next_fire(schedule, reached)
         if fire is None and not self._stop.is_set():
             self.logger.info("schedule {!r} has no further fire time", schedule.expression)
+
+    def _fed_loop(self, feed: UpstreamFeed) -> None:
+        """A downstream worker's shard: run each fire time its upstreams completed."""
+        index = self.shard.index
+        feed.attach(index, self._wake)
+        while True:
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if self._triggered:
+                if self.host.wait_ready(self):
+                    self._run_triggered()
+                continue
+            fire = feed.pop(index)
+            if fire is None:
+                if feed.closed:
+                    return
+                self.settings.clock.wait(self._wake, MAX_SLEEP)
+                continue
+            if not self.host.wait_ready(self):
+                return
+            if self.settings.control.paused:
+                self.logger.info("paused: no run for {}", fire.isoformat())
+                continue
+            self.result = self.execute(fire)
+
+    def _first_fire(self, schedule: Schedule) -> datetime | None:
+        """The first fire time; an interval counts from the worker's anchor (its start time).
+
+        So every shard of a worker (and every worker of a group) fires ``@every`` at the same
+        instants, however late its thread started.
+        """
+        now, anchor = self._now(), self.settings.anchor
+        if not isinstance(schedule, IntervalSchedule) or anchor is None or anchor > now:
+            return schedule.next_after(now)
+        periods = math.floor((now - anchor).total_seconds() / schedule.interval) + 1
+        return schedule.next_after(anchor + timedelta(seconds=schedule.interval * (periods - 1)))
 
     def _hold_while_paused(self) -> bool:
         """Block while the worker is paused; return False if the runner stopped meanwhile."""
@@ -425,6 +475,12 @@ class ShardRunner:
                 self._run_event = None
             self.runs += 1
             self.host.end_run(self, ctx, result)
+        if result.ok:
+            for listener in settings.listeners:
+                try:
+                    listener(self.shard.index, ctx.scheduled_time)
+                except Exception as exc:  # noqa: BLE001 - never let a listener break the shard
+                    self.logger.opt(exception=exc).error("run listener raised {!r}", exc)
         return result
 
     def _perform(self, ctx: Context) -> RunResult:

@@ -20,6 +20,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
@@ -39,6 +40,7 @@ from goworker_py.signals import REGISTRY
 
 if TYPE_CHECKING:
     from goworker_py.cluster.sharding import ShardingStrategy
+    from goworker_py.group import UpstreamFeed
 
 
 class _Host(ShardHost, Protocol):
@@ -163,6 +165,13 @@ class Worker:
         self._exit_reason: ExitReason | None = None
         self._host: _Host | None = None
         self._control = RunControl()
+        # Set by a WorkerGroup: where a downstream's fire times come from, and who is told
+        # of each successful run (shard, fire time) and of the worker's end.
+        self._feed: UpstreamFeed | None = None
+        self._run_listeners: list[Callable[[int, datetime], None]] = []
+        self._end_listeners: list[Callable[[], None]] = []
+        #: ``@every`` fire times count from this instant (a group's start); None: run() time.
+        self._anchor: datetime | None = None
         self._signals_installed = False
         self._logger = logger.bind(worker=self.name, service=service_name or self.name)
 
@@ -252,6 +261,9 @@ class Worker:
             logger=self._logger,
             wants_watch=callable(getattr(handler, "watch", None)),
             control=self._control,
+            feed=self._feed,
+            listeners=tuple(self._run_listeners),
+            anchor=self._anchor or datetime.fromtimestamp(self.clock.time(), timezone.utc),
         )
 
     def _validate_cluster(self, config: WorkerConfig) -> None:
@@ -406,7 +418,7 @@ class Worker:
         """
         if self._state is not WorkerState.RUNNING or self._stop_reason is not None:
             raise GoWorkerError(f"worker {self.name!r} is not running: cannot trigger a run")
-        if self.cron is None:
+        if self.cron is None and self._feed is None:
             raise GoWorkerError(
                 f"worker {self.name!r} has no schedule: trigger() adds a run to a scheduled worker"
             )
@@ -453,6 +465,11 @@ class Worker:
             if self._signals_installed:
                 REGISTRY.unregister(self)
             self._done.set()
+            for listener in self._end_listeners:
+                try:
+                    listener()
+                except Exception as exc:  # noqa: BLE001 - a listener must not break shutdown
+                    self._logger.opt(exception=exc).error("end listener raised {!r}", exc)
 
     def _wait_for_end(self, deadline: float | None) -> ExitReason:
         host = self._host

@@ -1,0 +1,375 @@
+"""Many workers in one process: :class:`WorkerGroup`, with dependencies between them.
+
+::
+
+    group = WorkerGroup()
+    group.add(Worker(Extract, cron="0 * * * *", name="extract", sharding_total_count=4))
+    group.add(Worker(Load, name="load", sharding_total_count=4), depends_on=["extract"])
+    group.run()
+    ...
+    group.add(Worker(Report, cron="*/5 * * * *", name="report"))   # while running
+    group.remove("report")
+    group.wait()
+
+**Dependencies.** A worker added with ``depends_on`` has no schedule of its own: each of its
+runs serves a fire time of its upstreams and starts once every upstream's run for that fire
+time succeeded — shard by shard when upstream and downstream have the same number of shards
+(shard ``i`` waits for shard ``i``), else after every shard of the upstream. A failed upstream
+run holds its downstream runs of that fire time back; the next fire time starts afresh. Upstreams
+may be added after their downstreams; a cycle is rejected at :meth:`WorkerGroup.add`. When all
+upstreams have ended (run-once workers), the downstream finishes what it was given and ends too.
+
+**Signals.** The group handles SIGINT/SIGTERM for all its workers (a first signal stops them
+gracefully, a second fast); the workers' own ``handle_signals`` is turned off.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+
+from goworker_py.errors import ConfigError, GoWorkerError, RunFailed
+from goworker_py.signals import REGISTRY
+from goworker_py.worker import ExitReason, Model, Worker, WorkerState
+
+#: Fire times a downstream shard remembers while waiting for the rest of its upstreams.
+MAX_PENDING_FIRES = 256
+
+
+class UpstreamFeed:
+    """The fire times a downstream worker's shards may run, fed by its upstreams' successes."""
+
+    def __init__(self, total: int) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[int, deque[datetime]] = {shard: deque() for shard in range(total)}
+        self._wakers: dict[int, threading.Event] = {}
+        self._closed = False
+
+    def attach(self, shard: int, wake: threading.Event) -> None:
+        """The runner of ``shard`` waits on ``wake``: set it when a fire time arrives."""
+        with self._lock:
+            self._wakers[shard] = wake
+            if self._queues.get(shard) or self._closed:
+                wake.set()
+
+    def push(self, shard: int, fire: datetime) -> None:
+        with self._lock:
+            queue = self._queues.setdefault(shard, deque())
+            if queue and queue[-1] >= fire:
+                return  # an older fire time arriving late: the shard has moved past it
+            queue.append(fire)
+            wake = self._wakers.get(shard)
+        if wake is not None:
+            wake.set()
+
+    def pop(self, shard: int) -> datetime | None:
+        """The next fire time for ``shard``, or None if none is waiting."""
+        with self._lock:
+            queue = self._queues.get(shard)
+            return queue.popleft() if queue else None
+
+    def close(self) -> None:
+        """No fire time will come any more: shards end once their queue is empty."""
+        with self._lock:
+            self._closed = True
+            wakers = list(self._wakers.values())
+        for wake in wakers:
+            wake.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class _Node:
+    """A worker of the group and its place in the dependency graph."""
+
+    def __init__(self, worker: Worker, upstreams: tuple[str, ...]) -> None:
+        self.worker = worker
+        self.upstreams = upstreams
+        self.feed = UpstreamFeed(worker.sharding_total_count) if upstreams else None
+        #: ``{downstream shard: {fire timestamp: {(upstream, upstream shard) done}}}``
+        self.pending: dict[int, dict[float, set[tuple[str, int]]]] = {}
+
+
+class WorkerGroup:
+    """Runs many workers in one process; add and remove them while running.
+
+    :param handle_signals: install SIGINT/SIGTERM handlers for the group when ``run()`` is
+        called on the main thread.
+    """
+
+    def __init__(self, *, handle_signals: bool = True) -> None:
+        self.handle_signals = handle_signals
+        self._lock = threading.RLock()
+        self._nodes: dict[str, _Node] = {}
+        self._running = False
+        self._stopping = False
+        self._forced = False
+        self._signals_installed = False
+        self._anchor: datetime | None = None
+
+    # -- membership -----------------------------------------------------------------------------
+
+    @property
+    def workers(self) -> dict[str, Worker]:
+        """The group's workers by name."""
+        with self._lock:
+            return {name: node.worker for name, node in self._nodes.items()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes
+
+    def __getitem__(self, name: str) -> Worker:
+        return self._nodes[name].worker
+
+    def add(self, worker: Worker, *, depends_on: Sequence[str] = ()) -> Worker:
+        """Add ``worker`` (started at once if the group runs); return it.
+
+        ``depends_on`` names upstream workers (by ``worker.name``), which may be added later.
+        Raises :class:`ConfigError` for a duplicate name, a cycle, a worker that was already
+        started, or a downstream with a schedule of its own.
+        """
+        if not isinstance(worker, Worker):
+            raise ConfigError(f"WorkerGroup.add() takes a Worker, got {worker!r}")
+        if isinstance(depends_on, str):
+            depends_on = [depends_on]
+        upstreams = tuple(dict.fromkeys(depends_on))
+        if not all(isinstance(name, str) and name for name in upstreams):
+            raise ConfigError(f"depends_on must be worker names, got {list(depends_on)!r}")
+        name = worker.name
+        with self._lock:
+            if self._stopping:
+                raise GoWorkerError("the group is stopping: no worker can be added")
+            if name in self._nodes:
+                raise ConfigError(
+                    f"the group already has a worker named {name!r}: give each a unique name="
+                )
+            if worker.state is not WorkerState.INITIALIZED:
+                raise ConfigError(f"worker {name!r} was already started: add it before run()")
+            if upstreams:
+                self._check_downstream(worker, upstreams)
+            self._check_cycle(name, upstreams)
+            for other_name, other in self._nodes.items():
+                if name in other.upstreams:
+                    self._check_upstream_fits(other.worker, worker)
+                if other_name in upstreams:
+                    self._check_upstream_fits(worker, other.worker)
+            worker.handle_signals = False
+            node = _Node(worker, upstreams)
+            worker._feed = node.feed
+            worker._run_listeners.append(functools.partial(self._upstream_succeeded, name))
+            worker._end_listeners.append(functools.partial(self._worker_ended, name))
+            self._nodes[name] = node
+            if self._running:
+                worker._anchor = self._anchor
+                worker.run()
+        return worker
+
+    def remove(self, name: str, timeout: float | None = None) -> ExitReason:
+        """Stop the worker ``name`` gracefully, wait for it and drop it from the group.
+
+        Raises :class:`ConfigError` if another worker depends on it (remove that one first),
+        ``KeyError`` for an unknown name, and ``TimeoutError`` if it does not end in time.
+        """
+        with self._lock:
+            if name not in self._nodes:
+                raise KeyError(f"the group has no worker named {name!r}")
+            dependants = sorted(n for n, node in self._nodes.items() if name in node.upstreams)
+            if dependants:
+                raise ConfigError(
+                    f"cannot remove {name!r}: {', '.join(map(repr, dependants))} depend(s) on "
+                    "it; remove those first"
+                )
+            worker = self._nodes[name].worker
+        worker.cancel()
+        try:
+            reason = (
+                worker.wait(timeout)
+                if worker.state is not WorkerState.INITIALIZED
+                else (ExitReason.CANCELLED)
+            )
+        except RunFailed:
+            reason = ExitReason.COMPLETED
+        with self._lock:
+            self._nodes.pop(name, None)
+        return reason
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start every worker (each validated first: nothing starts if one is invalid)."""
+        with self._lock:
+            if self._running or self._stopping:
+                raise GoWorkerError("the group was already started")
+            missing = sorted(
+                {up for node in self._nodes.values() for up in node.upstreams} - set(self._nodes)
+            )
+            if missing:
+                raise ConfigError(
+                    f"depends_on names worker(s) not in the group: {', '.join(map(repr, missing))}"
+                )
+            for node in self._nodes.values():
+                node.worker.validate()
+            if self.handle_signals:
+                self._signals_installed = REGISTRY.register(self)
+            self._running = True
+            # One anchor: every "@every" worker of the group fires at the same instants.
+            anchor = self._anchor = datetime.now(timezone.utc)
+            for node in list(self._nodes.values()):
+                node.worker._anchor = anchor
+                node.worker.run()
+
+    def wait(self, timeout: float | None = None) -> dict[str, ExitReason]:
+        """Block until every worker ended; return how each ended, by name.
+
+        Raises :class:`RunFailed` (the first one) when a run-once worker's run gave up, and
+        ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results: dict[str, ExitReason] = {}
+        failure: RunFailed | None = None
+        while True:
+            with self._lock:
+                pending = [(n, node.worker) for n, node in self._nodes.items() if n not in results]
+            if not pending:
+                break
+            for name, worker in pending:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
+                if worker.state is WorkerState.INITIALIZED:
+                    if not self._running:
+                        raise GoWorkerError("the group was not started: call run() first")
+                    continue
+                try:
+                    results[name] = worker.wait(remaining)
+                except RunFailed as exc:
+                    results[name] = ExitReason.COMPLETED
+                    failure = failure or exc
+        if self._signals_installed:
+            REGISTRY.unregister(self)
+            self._signals_installed = False
+        if failure is not None:
+            raise failure
+        return results
+
+    def cancel(self) -> None:
+        """Stop every worker gracefully (idempotent, from any thread)."""
+        with self._lock:
+            self._stopping = True
+            workers = [node.worker for node in self._nodes.values()]
+        for worker in workers:
+            worker.cancel()
+
+    def on_signal(self, signum: int) -> None:
+        """SIGINT/SIGTERM: a first stops every worker gracefully, a second fast."""
+        with self._lock:
+            self._stopping = True
+            workers = [node.worker for node in self._nodes.values()]
+        for worker in workers:
+            worker.on_signal(signum)
+
+    def __repr__(self) -> str:
+        return f"<WorkerGroup {sorted(self._nodes)}>"
+
+    # -- dependencies ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_downstream(worker: Worker, upstreams: tuple[str, ...]) -> None:
+        if worker.name in upstreams:
+            raise ConfigError(f"worker {worker.name!r} cannot depend on itself")
+        if worker.cron is not None:
+            raise ConfigError(
+                f"worker {worker.name!r} has depends_on and a schedule ({worker.cron!r}): a "
+                "downstream runs when its upstreams' runs succeed; give it no cron"
+            )
+        if Model(worker.model) is Model.CLUSTER:
+            raise ConfigError(
+                f"worker {worker.name!r}: depends_on links workers of one process; run a "
+                "cluster-mode downstream's logic in its upstream's after() instead"
+            )
+
+    @staticmethod
+    def _check_upstream_fits(downstream: Worker, upstream: Worker) -> None:
+        if Model(upstream.model) is Model.CLUSTER:
+            raise ConfigError(
+                f"worker {downstream.name!r} depends on {upstream.name!r}, a cluster-mode worker "
+                "whose shards may run on other machines: depends_on links local-mode workers"
+            )
+
+    def _check_cycle(self, name: str, upstreams: Iterable[str]) -> None:
+        graph = {n: node.upstreams for n, node in self._nodes.items()}
+        graph[name] = tuple(upstreams)
+        path: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(current: str) -> None:
+            if current in visiting:
+                cycle = [*path[path.index(current) :], current]
+                raise ConfigError(f"depends_on would make a cycle: {' -> '.join(cycle)}")
+            if current not in graph:
+                return
+            visiting.add(current)
+            path.append(current)
+            for upstream in graph[current]:
+                visit(upstream)
+            path.pop()
+            visiting.discard(current)
+
+        visit(name)
+
+    def _upstream_succeeded(self, upstream: str, shard: int, fire: datetime) -> None:
+        """A run of ``upstream`` succeeded: release the downstream runs it completes."""
+        ready: list[tuple[UpstreamFeed, int]] = []
+        with self._lock:
+            up_node = self._nodes.get(upstream)
+            if up_node is None:
+                return
+            up_total = up_node.worker.sharding_total_count
+            key = fire.timestamp()
+            for node in self._nodes.values():
+                if upstream not in node.upstreams or node.feed is None:
+                    continue
+                total = node.worker.sharding_total_count
+                targets = [shard] if total == up_total else list(range(total))
+                for target in targets:
+                    fires = node.pending.setdefault(target, {})
+                    done = fires.setdefault(key, set())
+                    done.add((upstream, shard))
+                    if done >= self._required(node, target):
+                        del fires[key]
+                        ready.append((node.feed, target))
+                    while len(fires) > MAX_PENDING_FIRES:
+                        del fires[min(fires)]
+        for feed, target in ready:
+            feed.push(target, fire)
+
+    def _required(self, node: _Node, shard: int) -> set[tuple[str, int]]:
+        """The (upstream, shard) runs downstream ``shard`` waits for, for one fire time."""
+        needed: set[tuple[str, int]] = set()
+        total = node.worker.sharding_total_count
+        for name in node.upstreams:
+            up = self._nodes.get(name)
+            if up is None:
+                needed.add((name, -1))  # not added yet: can never be complete
+                continue
+            up_total = up.worker.sharding_total_count
+            needed.update(
+                [(name, shard)] if up_total == total else [(name, s) for s in range(up_total)]
+            )
+        return needed
+
+    def _worker_ended(self, name: str) -> None:
+        """A worker ended: downstreams whose upstreams all ended get no more fire times."""
+        with self._lock:
+            for node in self._nodes.values():
+                if name not in node.upstreams or node.feed is None:
+                    continue
+                if all(
+                    up in self._nodes and self._nodes[up].worker.state is WorkerState.SHUTDOWN
+                    for up in node.upstreams
+                ):
+                    node.feed.close()
