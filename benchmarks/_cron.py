@@ -12,20 +12,36 @@
 
 Each configuration runs in a fresh interpreter (``--child``). Slots before every job is set
 up, plus ``warmup`` slots, are not measured; a slot's run that never came is counted missed.
+The measurement ends 0.95 s after the last measured slot, or as soon as every run of the
+measured slots has come (no idle tail: a run is at most a second late, and usually every run
+is in within tens of milliseconds).
 While a child runs, its idle parent runs a noise witness (``_common.timer_witness``): timer
 lateness at the tenths of a second between the fires, telling a slow scheduler from a busy
 machine.
+
+Load conditions (``LOADS``; B2's variants, used by ``bench_cron_load``):
+
+- ``idle``: nothing else runs (the ``bench_cron_compare_*`` scripts);
+- ``gil``: one CPU-bound pure-Python thread spins in the measured interpreter from the end of
+  set-up to the end of the measured window (GIL contention: a waking thread waits for the
+  spinner to give up the GIL, up to ``sys.getswitchinterval()``, 5 ms, each time);
+- ``hogs``: the parent runs 2 external CPU-hog processes (``while True: pass``) while the
+  child runs: the cores are busy, the measured interpreter's GIL is not.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import math
 import os
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from _common import (
@@ -49,12 +65,152 @@ LABELS = {
 #: (slot, wall-clock entry, monotonic entry) of every run.
 Sample = tuple[float, float, float]
 
+LOADS = ("idle", "gil", "hogs")
+LOAD_LABELS = {
+    "idle": "idle",
+    "gil": "one GIL-busy thread",
+    "hogs": "2 CPU-hog processes",
+}
+#: External CPU-hog processes of the ``hogs`` condition (B2: "2 external CPU-hog processes").
+HOG_PROCESSES = 2
+
+
+# -- load conditions ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gil_busy_thread() -> Iterator[dict[str, float]]:
+    """One pure-Python thread spinning (holding the GIL but for forced switches) meanwhile.
+
+    Yields a dict that, on exit, holds the spinner's loop iterations per second (evidence that
+    it really ran: compare across contenders of one run).
+    """
+    running = [True]
+    info: dict[str, float] = {}
+
+    def spin() -> None:
+        count, started = 0, time.perf_counter()
+        while running[0]:
+            count += 1
+        info["busy_loops_per_s"] = round(count / max(time.perf_counter() - started, 1e-9))
+
+    thread = threading.Thread(target=spin, name="bench-gil-busy", daemon=True)
+    thread.start()
+    try:
+        yield info
+    finally:
+        running[0] = False
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def in_process_load(load: str) -> Iterator[dict[str, float]]:
+    """The part of ``load`` that runs inside the measured interpreter (``gil`` only)."""
+    if load == "gil":
+        with gil_busy_thread() as info:
+            yield info
+    else:
+        yield {}
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` from ``/proc/<pid>/stat`` (NaN if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
+
+
+@contextlib.contextmanager
+def cpu_hog_processes(count: int = HOG_PROCESSES) -> Iterator[dict[str, Any]]:
+    """``count`` external processes spinning in pure Python meanwhile (killed on exit).
+
+    Yields a dict that, on exit, holds each hog's CPU share (% of a core) over its lifetime.
+    They are started through ``setpriv --pdeathsig`` where available, so they die with this
+    process even if it is killed.
+    """
+    from _cluster import die_with_parent_prefix
+
+    info: dict[str, Any] = {"hogs": count}
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [*die_with_parent_prefix(), sys.executable, "-c", "while True: pass"],
+            stdin=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    try:
+        time.sleep(0.3)  # let them get going
+        yield info
+    finally:
+        wall = time.monotonic() - started
+        info["hog_cpu_percent"] = [
+            round(_proc_cpu_seconds(proc.pid) / wall * 100, 1) for proc in procs
+        ]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+
+@contextlib.contextmanager
+def parent_load(load: str) -> Iterator[dict[str, Any]]:
+    """The part of ``load`` that runs outside the measured interpreter (``hogs`` only)."""
+    if load == "hogs":
+        with cpu_hog_processes() as info:
+            yield info
+    else:
+        yield {}
+
+
+# -- the three contenders -----------------------------------------------------------------------
+
 
 def _wait_until(wall: float) -> None:
     """Sleep until wall-clock time ``wall`` (the main thread, between measurements)."""
     pause = threading.Event()
     while (remaining := wall - time.time()) > 0:
         pause.wait(remaining)
+
+
+def _all_in(samples: list[Sample], first_slot: float, last_slot: float, expected: int) -> bool:
+    """Has every run of the measured slots come? (a cheap length test first)."""
+    if len(samples) < expected:
+        return False
+    return sum(1 for s in list(samples) if first_slot <= s[0] <= last_slot) >= expected
+
+
+def _fire_window(
+    samples: list[Sample], workers: int, fires: int, warmup: int, load: str
+) -> tuple[float, float, float, dict[str, float]]:
+    """Sleep through ``warmup`` + ``fires`` slots under the in-process part of ``load``.
+
+    Called right after set-up. The measured window starts half a second before the first
+    measured slot and ends 0.95 s after the last one (a run later than that counts missed) or
+    as soon as every run of the measured slots has come (checked every 50 ms from 50 ms after
+    the last slot): there is no idle tail to wait out. Returns (first measured slot, CPU
+    seconds and wall seconds of this process over the window, the load's info).
+    """
+    first_slot = float(math.floor(time.time()) + 1 + warmup)
+    last_slot = first_slot + fires - 1
+    expected = workers * fires
+    pause = threading.Event()
+    with in_process_load(load) as info:
+        _wait_until(first_slot - 0.5)
+        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        _wait_until(last_slot + 0.05)
+        while not _all_in(samples, first_slot, last_slot, expected):
+            remaining = last_slot + 0.95 - time.time()
+            if remaining <= 0:
+                break
+            pause.wait(min(remaining, 0.05))
+        cpu_s, wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0
+    return first_slot, cpu_s, wall_s, info
 
 
 def _summarise(
@@ -87,7 +243,9 @@ def _summarise(
     }
 
 
-def run_goworker(workers: int, fires: int, warmup: int = 1, split: bool = False) -> dict[str, Any]:
+def run_goworker(
+    workers: int, fires: int, warmup: int = 1, split: bool = False, load: str = "idle"
+) -> dict[str, Any]:
     """N goworker-py workers on ``*/1 * * * * *``; lateness measured in ``do``.
 
     ``split``: inject a clock that notes when each shard thread's wait returned, to split the
@@ -125,12 +283,8 @@ def run_goworker(workers: int, fires: int, warmup: int = 1, split: bool = False)
     for worker in pool:
         worker.run()
     setup_s = time.perf_counter() - started
-    first_slot = float(math.floor(time.time()) + 1 + warmup)
+    first_slot, cpu_s, wall_s, load_info = _fire_window(samples, workers, fires, warmup, load)
     last_slot = first_slot + fires - 1
-    _wait_until(first_slot - 0.5)
-    cpu0, wall0 = cpu_seconds(), time.monotonic()
-    _wait_until(last_slot + 0.95)
-    cpu_s, wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0
     stop_started = time.perf_counter()
     for worker in pool:
         worker.cancel()
@@ -140,6 +294,7 @@ def run_goworker(workers: int, fires: int, warmup: int = 1, split: bool = False)
     remove_file(log_path)
     result = _summarise(samples, workers, first_slot, fires, setup_s, cpu_s, wall_s)
     result["stop_s"] = round(stop_s, 3)
+    result.update(load=load, **load_info)
     if split:
         kept_splits = [row for row in splits if first_slot <= row[0] <= last_slot]
         result["timer_lateness_ms"] = stats([w - s for s, w, _ in kept_splits], 1e3)
@@ -156,7 +311,9 @@ def run_goworker(workers: int, fires: int, warmup: int = 1, split: bool = False)
     return result
 
 
-def run_apscheduler(workers: int, fires: int, warmup: int = 1) -> dict[str, Any]:
+def run_apscheduler(
+    workers: int, fires: int, warmup: int = 1, load: str = "idle"
+) -> dict[str, Any]:
     """One BackgroundScheduler with N ``CronTrigger(second='*')`` jobs (its defaults)."""
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.cron import CronTrigger
@@ -173,21 +330,17 @@ def run_apscheduler(workers: int, fires: int, warmup: int = 1) -> dict[str, Any]
         scheduler.add_job(job, CronTrigger(second="*"), id=f"lat{i}")
     scheduler.start()
     setup_s = time.perf_counter() - started
-    first_slot = float(math.floor(time.time()) + 1 + warmup)
-    last_slot = first_slot + fires - 1
-    _wait_until(first_slot - 0.5)
-    cpu0, wall0 = cpu_seconds(), time.monotonic()
-    _wait_until(last_slot + 0.95)
-    cpu_s, wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0
+    first_slot, cpu_s, wall_s, load_info = _fire_window(samples, workers, fires, warmup, load)
     stop_started = time.perf_counter()
     scheduler.shutdown(wait=True)
     stop_s = time.perf_counter() - stop_started
     result = _summarise(samples, workers, first_slot, fires, setup_s, cpu_s, wall_s)
     result["stop_s"] = round(stop_s, 3)
+    result.update(load=load, **load_info)
     return result
 
 
-def run_floor(workers: int, fires: int, warmup: int = 1) -> dict[str, Any]:
+def run_floor(workers: int, fires: int, warmup: int = 1, load: str = "idle") -> dict[str, Any]:
     """N threads, each waiting on its own Event for the next whole second."""
     samples: list[Sample] = []
     stop = threading.Event()
@@ -211,12 +364,7 @@ def run_floor(workers: int, fires: int, warmup: int = 1) -> dict[str, Any]:
     for thread in threads:
         thread.start()
     setup_s = time.perf_counter() - started
-    first_slot = float(math.floor(time.time()) + 1 + warmup)
-    last_slot = first_slot + fires - 1
-    _wait_until(first_slot - 0.5)
-    cpu0, wall0 = cpu_seconds(), time.monotonic()
-    _wait_until(last_slot + 0.95)
-    cpu_s, wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0
+    first_slot, cpu_s, wall_s, load_info = _fire_window(samples, workers, fires, warmup, load)
     stop_started = time.perf_counter()
     stop.set()
     for own in stops:
@@ -226,57 +374,75 @@ def run_floor(workers: int, fires: int, warmup: int = 1) -> dict[str, Any]:
     stop_s = time.perf_counter() - stop_started
     result = _summarise(samples, workers, first_slot, fires, setup_s, cpu_s, wall_s)
     result["stop_s"] = round(stop_s, 3)
+    result.update(load=load, **load_info)
     return result
 
 
 RUNNERS = {"goworker": run_goworker, "apscheduler": run_apscheduler, "floor": run_floor}
 
 
-def child_main(scheduler: str, workers: int, fires: int) -> None:
+def child_main(scheduler: str, workers: int, fires: int, load: str = "idle") -> None:
     """Run one configuration and print its result as the last (JSON) line."""
     import json
 
     gc.collect()
-    result = RUNNERS[scheduler](workers, fires)
+    result = RUNNERS[scheduler](workers, fires, load=load)
     result["scheduler"] = scheduler
     print(json.dumps(result), flush=True)
 
 
 def describe(result: dict[str, Any]) -> str:
     """One line for a configuration's result."""
+    load = result.get("load", "idle")
+    condition = "" if load == "idle" else f", {LOAD_LABELS[load]}"
+    busy = " (with the busy thread's)" if load == "gil" else ""
     return (
-        f"{LABELS[result['scheduler']]}, {result['workers']} job(s): lateness "
+        f"{LABELS[result['scheduler']]}, {result['workers']} job(s){condition}: lateness "
         f"{fmt_stats(result['lateness_ms'], 'ms')}; missed {result['missed']}; "
-        f"CPU while firing {result['cpu_percent_while_firing']} %; set-up {result['setup_s']} s"
+        f"CPU while firing {result['cpu_percent_while_firing']} %{busy}; "
+        f"set-up {result['setup_s']} s"
     )
 
 
-def compare_main(workers: int, script: str, doc: str) -> None:
-    """B2 for one job count: goworker-py vs APScheduler vs the floor, one child each."""
+def _parse(doc: str, fires: tuple[int, int]) -> argparse.Namespace:
+    """``--quick``, ``--fires`` and the hidden ``--child``/``--load`` of a child run."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 fires per scheduler")
-    parser.add_argument("--fires", type=int, default=None, help="measured fires per scheduler")
+    parser.add_argument("--quick", action="store_true", help=f"{fires[0]} fires per scheduler")
+    parser.add_argument(
+        "--fires", type=int, default=None, help=f"measured fires per scheduler ({fires[1]})"
+    )
     parser.add_argument("--child", choices=SCHEDULERS, help=argparse.SUPPRESS)
+    parser.add_argument("--load", choices=LOADS, default="idle", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    fires = args.fires or (3 if args.quick else 15)
+    args.fires = args.fires or (fires[0] if args.quick else fires[1])
+    return args
+
+
+def run_contender(script: str, scheduler: str, fires: int, load: str = "idle") -> dict[str, Any]:
+    """One contender in a fresh interpreter (``script --child``), a noise witness meanwhile."""
+    args = ["--child", scheduler, "--fires", str(fires), "--load", load]
+    with WitnessThread() as witness:
+        result = run_child(script, args, timeout=60 + fires * 3)
+    result["witness_ms"] = witness.result
+    print(describe(result), flush=True)
+    print(f"  meanwhile (noise witness): {fmt_stats(witness.result, 'ms')}", flush=True)
+    return result
+
+
+def compare_main(workers: int, script: str, doc: str, fires: tuple[int, int] = (3, 10)) -> None:
+    """B2 for one job count, idle: goworker-py vs APScheduler vs the floor, one child each.
+
+    ``fires``: measured fires per contender with and without ``--quick``.
+    """
+    args = _parse(doc, fires)
     if args.child:
-        child_main(args.child, workers, fires)
+        child_main(args.child, workers, args.fires, args.load)
         return
     name = os.path.splitext(os.path.basename(script))[0]
     report = Report(name, "B2", args.quick)
     report.calibration = calibrate(quick=True)
-    print(f"{workers} job(s) firing every second, {fires} measured fires per scheduler")
-    results: dict[str, Any] = {}
-    for scheduler in SCHEDULERS:
-        timeout = 60 + fires * 3
-        with WitnessThread() as witness:
-            result = run_child(
-                script, ["--child", scheduler, "--fires", str(fires)], timeout=timeout
-            )
-        result["witness_ms"] = witness.result
-        results[scheduler] = result
-        print(describe(result), flush=True)
-        print(f"  meanwhile (noise witness): {fmt_stats(witness.result, 'ms')}", flush=True)
+    print(f"{workers} job(s) firing every second, {args.fires} measured fires per scheduler")
+    results = {s: run_contender(script, s, args.fires) for s in SCHEDULERS}
     for scheduler in SCHEDULERS:
         result = results[scheduler]
         s = result["lateness_ms"]
@@ -292,5 +458,53 @@ def compare_main(workers: int, script: str, doc: str) -> None:
             result["witness_ms"].get("p99"),
             "ms",
         )
+    report.details = results
+    report.emit()
+
+
+def load_main(
+    workers: int,
+    script: str,
+    doc: str,
+    fires: tuple[int, int] = (2, 8),
+    loads: Sequence[str] = ("gil", "hogs"),
+) -> None:
+    """B2 under load: every contender under every load condition, one child each.
+
+    The conditions run one after the other; within one, the three contenders run one after
+    the other, each in a fresh interpreter, under the same load (the hog processes of
+    ``hogs`` run through all three). No targets: the issue sets none under load; the floor
+    is the reference.
+    """
+    args = _parse(doc, fires)
+    if args.child:
+        child_main(args.child, workers, args.fires, args.load)
+        return
+    name = os.path.splitext(os.path.basename(script))[0]
+    report = Report(name, "B2", args.quick)
+    report.calibration = calibrate(quick=True)
+    print(f"{workers} jobs firing every second, {args.fires} measured fires per scheduler")
+    results: dict[str, dict[str, Any]] = {}
+    for load in loads:
+        print(f"-- {LOAD_LABELS[load]}", flush=True)
+        with parent_load(load) as outside:
+            results[load] = {s: run_contender(script, s, args.fires, load) for s in SCHEDULERS}
+        if outside:
+            print(f"  hog processes: {outside}", flush=True)
+            results[load]["parent_load"] = outside
+    for load in loads:
+        for scheduler in SCHEDULERS:
+            result = results[load][scheduler]
+            s = result["lateness_ms"]
+            label = f"{workers} jobs, {LOAD_LABELS[load]}, {LABELS[scheduler]}"
+            report.add(f"lateness p50, {label}", s.get("p50"), "ms")
+            report.add(f"lateness p99, {label}", s.get("p99"), "ms")
+            report.add(f"lateness max, {label}", s.get("max"), "ms")
+            report.add(f"missed runs, {label}", result["missed"], "runs")
+            report.add(
+                f"noise witness: Event.wait lateness p99, during {label}",
+                result["witness_ms"].get("p99"),
+                "ms",
+            )
     report.details = results
     report.emit()

@@ -2,8 +2,9 @@
 
 Lateness of each run behind its scheduled second, for goworker-py (``*/1 * * * * *``),
 APScheduler 3's ``BackgroundScheduler`` with the same ``CronTrigger(second='*')`` and bare
-``threading.Event.wait`` threads (the floor), each in a fresh interpreter, 15 measured fires
-each (about 55 s; ``--quick``: 3 fires, about 15 s). See ``_cron.py`` for the method.
+``threading.Event.wait`` threads (the floor), each in a fresh interpreter, 10 measured fires
+each after one warm-up fire (about 35 s; ``--quick``: 3 fires, about 15 s). See ``_cron.py`` for
+the method.
 
 Run: ``.venv/bin/python benchmarks/bench_cron_compare_100.py [--quick] [--fires N]``
 """
@@ -13,4 +14,4 @@ from __future__ import annotations
 from _cron import compare_main
 
 if __name__ == "__main__":
-    compare_main(workers=100, script=__file__, doc=__doc__ or "")
+    compare_main(workers=100, script=__file__, doc=__doc__ or "", fires=(3, 10))

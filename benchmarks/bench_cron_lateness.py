@@ -1,12 +1,13 @@
 """B2 bench_cron_lateness: how late a run starts behind its fire time (issue #2's target).
 
-One local worker on ``*/1 * * * * *`` (every second), 60 measured fires after one warm-up fire
-(about 65 s; ``--quick``: 5 fires), then 10 fires (``--quick``: 3) with a clock that
-records when the shard thread's wait returned, splitting lateness into timer and framework
-parts (about 12 s). Lateness = ``time.time()`` at ``do`` entry -
-``ctx.scheduled_time.timestamp()``. Also reported: missed fires, the interval jitter between
-consecutive runs on the monotonic clock, and the largest disagreement between the wall-clock
-and monotonic measurements of the same entries (non-zero only if the clock was stepped).
+One local worker on ``*/1 * * * * *`` (every second), 32 measured fires after one warm-up fire
+(about 35 s; ``--quick``: 5 fires), then 6 fires (``--quick``: 3) with a clock that records
+when the shard thread's wait returned, splitting lateness into timer and framework parts
+(about 8 s); about 45 s in all (``--quick``: about 15 s). Lateness = ``time.time()`` at ``do``
+entry - ``ctx.scheduled_time.timestamp()``. Also reported: missed fires, the interval jitter
+between consecutive runs on the monotonic clock, and the largest disagreement between the
+wall-clock and monotonic measurements of the same entries (non-zero only if the clock was
+stepped).
 Logging: goworker-py's loguru sink at INFO to a file in /tmp. A *noise witness* runs meanwhile
 in another process: ``Event.wait`` lateness at every tenth of a second between the fires,
 telling a slow framework from a busy machine.
@@ -29,7 +30,7 @@ from _cron import run_goworker
 
 
 def _extra(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fires", type=int, default=None, help="measured fires (default 60)")
+    parser.add_argument("--fires", type=int, default=None, help="measured fires (default 32)")
     parser.add_argument("--witness", type=float, default=None, help=argparse.SUPPRESS)
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     if args.witness:
         print(json.dumps(timer_witness(seconds=args.witness)), flush=True)
         return
-    fires = args.fires or (5 if args.quick else 60)
+    fires = args.fires or (5 if args.quick else 32)
     report = Report("bench_cron_lateness", "B2", args.quick)
     report.calibration = calibrate(quick=True)
     print(f"one worker on '*/1 * * * * *', {fires} measured fires (+1 warm-up) ...", flush=True)
@@ -74,7 +75,7 @@ def main() -> None:
     report.add("noise witness: Event.wait lateness p50, same minute", seen.get("p50"), "ms")
     report.add("noise witness: Event.wait lateness p99, same minute", seen.get("p99"), "ms")
 
-    split_fires = 3 if args.quick else 10
+    split_fires = 3 if args.quick else 6
     print(f"where the lateness goes: {split_fires} more fires with a wake-recording clock ...")
     split = run_goworker(1, split_fires, split=True)
     timer, path = split["timer_lateness_ms"], split["wake_to_do_ms"]

@@ -1,13 +1,23 @@
-"""B8 bench_idle: 1,000 idle cron workers in one process — CPU, RSS, threads, start and stop.
+"""B8 bench_idle: idle cron workers — CPU, context switches, RSS, threads, start and stop.
 
-A fresh interpreter starts 1,000 local workers on a daily schedule (minute 0 of the hour
-twelve hours from now, so none fires during the run), measures CPU (``getrusage`` delta / wall
-time) and context switches over an idle window of 30 s — one full ``MAX_SLEEP`` period, so
-every shard thread's periodic wall-clock re-check is inside it — then RSS (``VmRSS``), thread
-count, start-up time of the 1,000 workers and the time for all of them to stop cleanly
-(``cancel()`` then ``wait()``). For comparison another fresh interpreter holds the same 1,000
-daily jobs in one APScheduler 3 ``BackgroundScheduler`` (20 s window). About 60 s
-(``--quick``: 5 s windows, about 15 s).
+Every configuration runs in a fresh interpreter; CPU is the ``getrusage`` delta of that
+process over an idle window / wall time, context switches the voluntary + involuntary ones of
+all its threads (``getrusage``) per second. All schedules are daily (minute 0 of the hour
+twelve hours from now), so nothing fires during the run.
+
+1. 1,000 local workers: CPU and context switches over a 30 s window — one full ``MAX_SLEEP``
+   period, so every shard thread's periodic wall-clock re-check is inside it — then RSS
+   (``VmRSS``), thread count, start-up time of the 1,000 workers and the time for all of them
+   to stop cleanly (``cancel()`` then ``wait()``).
+2. For comparison, the same 1,000 daily jobs in one APScheduler 3 ``BackgroundScheduler``
+   (20 s window).
+3. Cluster mode: one goworker-py instance with 16 shards against a real ZooKeeper (a private
+   server, or ``ZK_HOSTS``), the library's default session timeout (10 s: kazoo pings about
+   every 3 s); window 12 s, starting once the instance holds all 16 shards.
+4. The anti-pattern baseline: 16 threads each polling every 10 ms
+   (``while True: time.sleep(0.01); check``); window 5 s.
+
+About 75 s (``--quick``: windows of 5, 5, 2.5 and 1.5 s, about 20 s).
 
 Target (printed, not asserted): idle CPU ≤ 2 % of one core.
 
@@ -25,6 +35,7 @@ import threading
 import time
 from typing import Any
 
+from _cluster import zookeeper
 from _common import (
     Report,
     calibrate,
@@ -37,6 +48,10 @@ from _common import (
 )
 
 CPU_TARGET_PERCENT = 2.0
+CLUSTER_SHARDS = 16
+#: The polling anti-pattern baseline: threads, and the sleep between two checks.
+POLLERS = 16
+POLL_INTERVAL = 0.01
 
 
 def daily_cron() -> tuple[str, int]:
@@ -167,15 +182,115 @@ def child_apscheduler(workers: int, window: float) -> dict[str, Any]:
     }
 
 
+def child_cluster(hosts: str, shards: int, window: float) -> dict[str, Any]:
+    """One cluster-mode instance owning ``shards`` daily shards, idle."""
+    from _cluster import cluster_worker, service_name, settled
+
+    from goworker_py import Context, DiscoveryConfig, Handler
+
+    class Daily(Handler):
+        def do(self, ctx: Context) -> None:
+            pass
+
+    log_path = quiet_logging("INFO")
+    cron, _ = daily_cron()
+    session_timeout = DiscoveryConfig().session_timeout  # the library's default
+    base_rss, base_threads = rss_mb(), proc_status("Threads")
+    started = time.perf_counter()
+    worker = cluster_worker(
+        hosts,
+        service_name("bench-idle"),
+        shards,
+        handler=Daily,
+        cron=cron,
+        session_timeout=session_timeout,
+        name="idle-cluster",
+    )
+    worker.run()
+    try:
+        ready_at, state = settled([worker], shards, timeout=30)
+        if ready_at is None:
+            raise RuntimeError(f"the instance did not claim its {shards} shards: {state.why}")
+        startup_s = ready_at - started
+        time.sleep(0.5)  # let every thread reach its wait
+        threads = proc_status("Threads")
+        idle = measure_window(window)
+        claims = len(worker.host.claims)
+        rss_idle = rss_mb()
+    finally:
+        stop_started = time.perf_counter()
+        worker.cancel()
+        reason = worker.wait(60).value
+        stop_s = time.perf_counter() - stop_started
+        remove_file(log_path)
+    return {
+        "kind": "cluster",
+        "shards": shards,
+        "claims_during_window": claims,
+        "cron": cron,
+        "session_timeout_s": session_timeout,
+        "startup_s": round(startup_s, 3),
+        "threads": threads,
+        "threads_before": base_threads,
+        "rss_mb_before": round(base_rss, 1),
+        "rss_mb_after_idle": round(rss_idle, 1),
+        "stop_s": round(stop_s, 3),
+        "stop_reason": reason,
+        **idle,
+    }
+
+
+def child_polling(pollers: int, window: float) -> dict[str, Any]:
+    """The anti-pattern: ``pollers`` threads, each ``time.sleep(0.01)`` then a due check."""
+    due = time.time() + 12 * 3600  # like the daily schedules: never due during the run
+    running, fired = [True], [0]
+
+    def poll() -> None:
+        while running[0]:
+            time.sleep(POLL_INTERVAL)
+            if time.time() >= due:
+                fired[0] += 1
+
+    threads = [threading.Thread(target=poll, name=f"poll{i}", daemon=True) for i in range(pollers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    count = proc_status("Threads")
+    idle = measure_window(window)
+    running[0] = False
+    for thread in threads:
+        thread.join(5)
+    return {
+        "kind": "polling",
+        "pollers": pollers,
+        "interval_s": POLL_INTERVAL,
+        "threads": count,
+        "fired": fired[0],
+        **idle,
+    }
+
+
 def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1000, help="idle workers (default 1000)")
     parser.add_argument("--window", type=float, default=None, help="goworker idle window, s")
-    parser.add_argument("--child", choices=("goworker", "apscheduler"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child",
+        choices=("goworker", "apscheduler", "cluster", "polling"),
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument("--hosts", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=16, help=argparse.SUPPRESS)
 
 
 def main() -> None:
     args = parse_args((__doc__ or "").splitlines()[0], _extra)
     window = args.window or (5.0 if args.quick else 30.0)
+    if args.child == "cluster":
+        print(json.dumps(child_cluster(args.hosts, args.count, window)), flush=True)
+        return
+    if args.child == "polling":
+        print(json.dumps(child_polling(args.count, window)), flush=True)
+        return
     if args.child:
         runner = child_goworker if args.child == "goworker" else child_apscheduler
         print(json.dumps(runner(args.workers, window)), flush=True)
@@ -211,7 +326,37 @@ def main() -> None:
     report.add(f"threads, {alabel}", aps["threads"], "threads")
     report.add(f"start-up time, {alabel}", aps["startup_s"], "s")
     report.add(f"clean stop time, {alabel}", aps["stop_s"], "s")
-    report.details = {"goworker": gw, "apscheduler": aps}
+
+    cluster_window = 2.5 if args.quick else 12.0
+    with zookeeper() as zk:
+        print(zk.describe(), flush=True)
+        print(
+            f"1 cluster-mode instance, {CLUSTER_SHARDS} daily shards, "
+            f"{cluster_window:g} s idle window ...",
+            flush=True,
+        )
+        cluster_args = ["--child", "cluster", "--hosts", zk.hosts, "--count", str(CLUSTER_SHARDS)]
+        cluster = run_child(
+            __file__, [*cluster_args, "--window", str(cluster_window)], timeout=cluster_window + 90
+        )
+    poll_window = 1.5 if args.quick else 5.0
+    print(
+        f"{POLLERS} threads polling every {POLL_INTERVAL * 1e3:g} ms, {poll_window:g} s window ...",
+        flush=True,
+    )
+    poll = run_child(
+        __file__,
+        ["--child", "polling", "--count", str(POLLERS), "--window", str(poll_window)],
+        timeout=poll_window + 60,
+    )
+    clabel = f"1 idle cluster-mode goworker-py instance, {CLUSTER_SHARDS} shards"
+    report.add(f"idle CPU, {clabel}", cluster["cpu_percent"], "% of a core", CPU_TARGET_PERCENT)
+    report.add(f"context switches, {clabel}", cluster["context_switches_per_s"], "/s")
+    report.add(f"threads, {clabel}", cluster["threads"], "threads")
+    plabel = f"{POLLERS} threads polling every {POLL_INTERVAL * 1e3:g} ms (anti-pattern)"
+    report.add(f"CPU, {plabel}", poll["cpu_percent"], "% of a core")
+    report.add(f"context switches, {plabel}", poll["context_switches_per_s"], "/s")
+    report.details = {"goworker": gw, "apscheduler": aps, "cluster": cluster, "polling": poll}
     report.emit()
 
 
