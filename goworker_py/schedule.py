@@ -28,6 +28,7 @@ An expression that can never fire (``0 0 30 2 *``) is rejected.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -187,6 +188,10 @@ def _fixed_offset(zone: tzinfo) -> timedelta | None:
     return None
 
 
+#: Answers of ``CronSchedule.next_after`` remembered per schedule.
+_MEMO_SIZE = 16
+
+
 @dataclass
 class CronSchedule:
     """A crontab expression (5 or 6 fields) in a time zone. See the module docstring."""
@@ -196,6 +201,9 @@ class CronSchedule:
     fields: tuple[str, str, str, str, str, str]
     _triggers: list[CronTrigger] = field(init=False, repr=False)
     _fixed_hour: bool = field(init=False, repr=False)
+    _memo: dict[object, datetime | None] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         _, _, hour, dom, _, dow = self.fields
@@ -288,10 +296,22 @@ class CronSchedule:
         return end_wall if (instant + offset).replace(tzinfo=None) < end_wall else None
 
     def next_after(self, after: datetime) -> datetime | None:
+        # Many shards (and workers) share one parsed schedule and ask for the fire time after
+        # the same instant: remember the last few answers.
+        key: object = (after, after.fold) if after.tzinfo is None else after.timestamp()
+        memo = self._memo
         try:
-            return self._next_after(after)
+            return memo[key]
+        except KeyError:
+            pass
+        try:
+            result = self._next_after(after)
         except OverflowError:  # the next fire time would lie past the year 9999
-            return None
+            result = None
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[key] = result
+        return result
 
     def _next_after(self, after: datetime) -> datetime | None:
         if after.tzinfo is None:
@@ -355,6 +375,16 @@ class IntervalSchedule:
             return instant.astimezone(after.tzinfo)
         except OverflowError:  # past the year 9999
             return None
+
+
+@functools.lru_cache(maxsize=256)
+def shared_schedule(expr: str, zone: tzinfo) -> Schedule:
+    """:func:`parse_schedule`, one object per (expression, zone) in the process.
+
+    Workers on the same schedule share it, and with it the answers it remembers: a thousand
+    workers firing together compute their next fire time once, not a thousand times.
+    """
+    return parse_schedule(expr, zone)
 
 
 def parse_schedule(expr: str, zone: str | tzinfo | None = None) -> Schedule:

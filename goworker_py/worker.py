@@ -35,7 +35,7 @@ from goworker_py.logging import configure_logging, route_stdlib_logging
 from goworker_py.params import check_params_fit, resolve_cluster_parameter
 from goworker_py.retry import DefaultRetryPolicy, RetryPolicy, validate_retry_policy
 from goworker_py.runner import RunControl, RunSettings, ShardHost, ShardRunner
-from goworker_py.schedule import _zone, parse_schedule
+from goworker_py.schedule import _zone, shared_schedule
 from goworker_py.signals import REGISTRY
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ class Worker:
         params_map = resolve_cluster_parameter(self.params)
         check_params_fit(params_map, total)
         zone = _zone(config.timezone)
-        schedule = parse_schedule(self.cron, zone) if self.cron else None
+        schedule = shared_schedule(self.cron, zone) if self.cron else None
         policy = (
             DefaultRetryPolicy()
             if self.retry_policy is None

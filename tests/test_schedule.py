@@ -926,3 +926,20 @@ def test_random_expressions_match_the_reference_across_transitions() -> None:
         end = transition + timedelta(hours=26)
         got = fires_until(parse_schedule(expr, zone), start.astimezone(zone), end)
         assert got == Reference.parse(expr).fires_between(zone, start, end, MINUTE), (expr, start)
+
+
+def test_workers_on_one_schedule_share_it_and_its_answers() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from goworker_py.schedule import shared_schedule
+
+    zone = ZoneInfo("Europe/Berlin")
+    shared = shared_schedule("*/7 * * * * *", zone)
+    assert shared is shared_schedule("*/7 * * * * *", zone)
+    assert shared is not shared_schedule("*/7 * * * * *", ZoneInfo("UTC"))
+    fresh = parse_schedule("*/7 * * * * *", zone)
+    start = datetime(2026, 10, 25, 0, 59, 50, tzinfo=timezone.utc)  # around a DST change
+    instants = [start + timedelta(seconds=3 * i) for i in range(400)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(shared.next_after, instants * 4))
+    assert answers == [fresh.next_after(t) for t in instants] * 4
