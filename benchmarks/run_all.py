@@ -12,8 +12,9 @@ other; new scripts (cluster benchmarks) are picked up by the glob. Written to
 
 - ``<name>.json`` — one script's report; ``<name>.log`` — its stdout and stderr;
 - ``results.json`` — every report, plus the machine and the total run time;
-- ``results.md`` — a Markdown table: benchmark, figure, value, target (with core count and
-  Python version).
+- ``results.md`` — side-by-side tables (goworker-py next to APScheduler, hand-rolled threads
+  and the machine's floor: ``_summary.py``), then every figure: benchmark, figure, value,
+  target (with core count and Python version).
 
 Targets are printed next to the values, never asserted: this exits non-zero only when a
 script fails or times out. ``--only`` and ``--quick`` runs overwrite ``results.*`` too (the
@@ -39,6 +40,7 @@ import time
 from typing import Any
 
 from _common import RESULTS_DIR, last_json_line, machine_info
+from _summary import render, tables
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -119,6 +121,11 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "Shared, noisy machine: compare figures only within one run, next to each benchmark's "
         "calibration line. Targets are printed, not asserted.",
+        "",
+        "## Side by side",
+        "",
+        *render(summary, tables()),
+        "## Every figure",
         "",
         "| Benchmark | Figure | Value | Target | Met |",
         "|---|---|---|---|---|",

@@ -1,0 +1,346 @@
+"""The side-by-side tables at the top of ``results.md``: goworker-py next to what a user would
+use instead (APScheduler 3, hand-rolled threads) and next to the machine's floor, from the
+figures of one ``run_all.py`` run.
+
+Each cell names the benchmark and the figure(s) it shows (several figures are joined with
+" / ", e.g. p50 / p99 / max). A figure missing from the run (a benchmark skipped with ``--only``,
+or failed) shows as "n/a"; a row with nothing to show is left out. The "target" column repeats
+the targets of the goworker-py figures of the row, with "✓" when met and "✗" when not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+APS = "APScheduler 3 BackgroundScheduler"
+FLOOR = "bare Event.wait threads (floor)"
+PCT = ("p50", "p99", "max")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Figures ``names`` of benchmark ``bench``, shown together."""
+
+    bench: str
+    names: tuple[str, ...]
+
+
+@dataclass
+class Table:
+    title: str
+    columns: Sequence[str]
+    rows: list[tuple[str, list[Cell | None]]] = field(default_factory=list)
+    #: Index of the column whose figures' targets fill the "target" column.
+    target_column: int = 0
+    note: str = ""
+
+
+def _figure(summary: dict[str, Any], bench: str, name: str) -> dict[str, Any] | None:
+    report = summary["benchmarks"].get(bench)
+    if not report:
+        return None
+    for fig in report.get("figures", []):
+        if fig["figure"] == name:
+            result: dict[str, Any] = fig
+            return result
+    return None
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "n/a"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+    if isinstance(value, int) and abs(value) >= 1000:
+        return f"{value:,}"
+    return str(value)
+
+
+def _cell_text(summary: dict[str, Any], cell: Cell | None) -> tuple[str, bool]:
+    """The cell's text and whether any of its figures was found."""
+    if cell is None:
+        return "", False
+    figs = [_figure(summary, cell.bench, name) for name in cell.names]
+    found = [f for f in figs if f is not None]
+    if not found:
+        return "n/a", False
+    values = " / ".join(_number(f["value"]) if f else "n/a" for f in figs)
+    return f"{values} {found[0]['unit']}".strip(), True
+
+
+def _target_text(summary: dict[str, Any], cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    parts = []
+    for name in cell.names:
+        fig = _figure(summary, cell.bench, name)
+        if fig and fig.get("target"):
+            mark = {True: " ✓", False: " ✗", None: ""}[fig.get("met")]
+            parts.append(f"{fig['target']}{mark}")
+    return "; ".join(parts)
+
+
+def render(summary: dict[str, Any], tables: Sequence[Table]) -> list[str]:
+    """Markdown lines for ``tables`` (tables without any figure are left out)."""
+    out: list[str] = []
+    for table in tables:
+        lines = []
+        for label, cells in table.rows:
+            texts = [_cell_text(summary, cell) for cell in cells]
+            if not any(found for _, found in texts):
+                continue
+            target = _target_text(summary, cells[table.target_column])
+            lines.append(f"| {label} | " + " | ".join(text for text, _ in texts) + f" | {target} |")
+        if not lines:
+            continue
+        out += [f"### {table.title}", ""]
+        if table.note:
+            out += [table.note, ""]
+        out.append("| | " + " | ".join(table.columns) + " | target |")
+        out.append("|---|" + "---|" * (len(table.columns) + 1))
+        out += [*lines, ""]
+    return out
+
+
+def _lateness(bench: str, what: str, contender: str) -> Cell:
+    return Cell(bench, tuple(f"lateness {p}, {what}, {contender}" for p in PCT))
+
+
+def tables() -> list[Table]:
+    """The side-by-side tables of issue #5."""
+    lateness = Table(
+        "Lateness behind the fire time (p50 / p99 / max), jobs firing every second",
+        ["goworker-py", "APScheduler 3", "bare `Event.wait` threads (floor)"],
+        note="Fire second → handler entry, each contender in a fresh interpreter, same minute.",
+    )
+    for count in (1, 100, 1000):
+        bench, what = f"bench_cron_compare_{count}", f"{count} job(s)"
+        lateness.rows.append(
+            (
+                f"{count:,} job{'s' if count > 1 else ''}",
+                [_lateness(bench, what, c) for c in ("goworker-py", APS, FLOOR)],
+            )
+        )
+    for condition in ("one GIL-busy thread", "2 CPU-hog processes"):
+        what = f"16 jobs, {condition}"
+        lateness.rows.append(
+            (what, [_lateness("bench_cron_load", what, c) for c in ("goworker-py", APS, FLOOR)])
+        )
+
+    throughput = Table(
+        'Most no-op runs per second, "run now" in a closed loop (B4)',
+        [
+            "goworker-py `trigger()`",
+            "APScheduler 3 `modify(next_run_time=now)`",
+            "bare `Event` threads (floor)",
+            "goworker-py cluster (2 ZooKeeper writes a run)",
+        ],
+    )
+    for n in (1, 4, 16):
+        throughput.rows.append(
+            (
+                f"{n} handler{'s' if n > 1 else ''}",
+                [
+                    Cell("bench_throughput", (f"no-op runs/s, {n} handler(s), {name}",))
+                    for name in (
+                        "goworker-py local",
+                        APS,
+                        "bare Event threads (floor)",
+                        "goworker-py cluster (2 ZK writes per run)",
+                    )
+                ],
+            )
+        )
+
+    overhead = Table(
+        "Framework cost of one run (B3)",
+        ["goworker-py", "calling the handler directly"],
+    )
+    overhead.rows += [
+        (
+            "no-op run, local mode (INFO log to a file)",
+            [
+                Cell(
+                    "bench_run_overhead",
+                    ("framework overhead per run, loguru INFO sink to a file",),
+                ),
+                Cell("bench_run_overhead", ("direct call of before+do+after (same handler)",)),
+            ],
+        ),
+        (
+            "no-op run, cluster mode (begin + end in ZooKeeper)",
+            [
+                Cell("bench_run_overhead", ("framework overhead per run, cluster mode",)),
+                Cell("bench_run_overhead", ("ZooKeeper floor: 2 sequential write round trips",)),
+            ],
+        ),
+        (
+            "ZooKeeper requests per run",
+            [Cell("bench_run_overhead", ("ZooKeeper requests per run, cluster mode",)), None],
+        ),
+    ]
+
+    idle = Table(
+        "Idle cost: 1,000 sleeping cron jobs in one process (B8, B11)",
+        [
+            "goworker-py, 1,000 workers",
+            "APScheduler 3, 1,000 jobs",
+            "16 threads polling every 10 ms (anti-pattern)",
+            "goworker-py cluster instance, 16 shards",
+        ],
+    )
+    goworker, aps = "1000 idle goworker-py workers", "APScheduler holding 1000 daily jobs"
+    cluster_idle = "1 idle cluster-mode goworker-py instance, 16 shards"
+    polling = "16 threads polling every 10 ms (anti-pattern)"
+    for label, key in (("CPU", "idle CPU"), ("context switches", "context switches")):
+        idle.rows.append(
+            (
+                label,
+                [
+                    Cell("bench_idle", (f"{key}, {goworker}",)),
+                    Cell("bench_idle", (f"{key}, {aps}",)),
+                    Cell("bench_idle", (f"{'CPU' if key == 'idle CPU' else key}, {polling}",)),
+                    Cell("bench_idle", (f"{key}, {cluster_idle}",)),
+                ],
+            )
+        )
+    idle.rows += [
+        (
+            "RSS",
+            [
+                Cell("bench_idle", (f"RSS, {goworker}",)),
+                Cell("bench_idle", (f"RSS, {aps}",)),
+                None,
+                Cell("bench_memory", ("RSS, 1 cluster-mode worker x 16 shards",)),
+            ],
+        ),
+        (
+            "threads",
+            [
+                Cell("bench_idle", (f"threads, {goworker}",)),
+                Cell("bench_idle", (f"threads, {aps}",)),
+                None,
+                Cell("bench_idle", (f"threads, {cluster_idle}",)),
+            ],
+        ),
+    ]
+
+    cluster = Table(
+        "Cluster mode on ZooKeeper (B5-B7, B9, B10)",
+        ["goworker-py", "floor / reference on this machine"],
+    )
+    rtt = ("sync exists round trip p50", "sync exists round trip p99")
+    cluster.rows += [
+        (
+            "ZooKeeper round trip (p50 / p99)",
+            [None, Cell("bench_zk_rtt", rtt)],
+        ),
+        (
+            "hand-over after a clean stop, in-process (p50 / p99)",
+            [
+                Cell(
+                    "bench_handover",
+                    tuple(
+                        f"hand-over, cancel() -> new owner claimed + shard thread waiting, {p}"
+                        for p in ("p50", "p99")
+                    ),
+                ),
+                Cell("bench_zk_rtt", ("ephemeral node gone after a clean stop() p50",)),
+            ],
+        ),
+        (
+            "hand-over after SIGTERM, across processes (p50 / p99)",
+            [
+                Cell(
+                    "bench_handover",
+                    tuple(
+                        "hand-over (processes), SIGTERM -> observer sees standby's claim, " + p
+                        for p in ("p50", "p99")
+                    ),
+                ),
+                None,
+            ],
+        ),
+    ]
+    for size in (20, 100):
+        cluster.rows += [
+            (
+                f"re-balance after a join, {size} instances x 1,000 shards",
+                [
+                    Cell(
+                        "bench_rebalance",
+                        (
+                            f"re-balance after instance {size + 1} joins, {size} instances x "
+                            "1,000 shards: convergence (max)",
+                        ),
+                    ),
+                    None,
+                ],
+            ),
+            (
+                f"ZooKeeper requests per join re-balance, {size} instances x 1,000 shards",
+                [
+                    Cell(
+                        "bench_rebalance",
+                        (
+                            "ZooKeeper requests per join re-balance, "
+                            f"{size} instances x 1,000 shards",
+                        ),
+                    ),
+                    None,
+                ],
+            ),
+            (
+                f"shards moved per join / minimal, {size} instances x 1,000 shards",
+                [
+                    Cell(
+                        "bench_rebalance",
+                        (f"shards moved per join / minimal, {size} instances x 1,000 shards",),
+                    ),
+                    None,
+                ],
+            ),
+        ]
+    for t in (1, 2, 4):
+        cluster.rows.append(
+            (
+                f"failover after kill -9, session timeout T = {t} s (max; observed - T max)",
+                [
+                    Cell(
+                        "bench_failover",
+                        (
+                            f"failover T={t} s: kill -> failover run start, max",
+                            f"failover T={t} s: observed - T, max",
+                        ),
+                    ),
+                    None,
+                ],
+            )
+        )
+    cluster.rows += [
+        (
+            "ZooKeeper requests per run (4 instances sharing 16 jobs/s)",
+            [Cell("bench_zk_load", ("ZK requests per run, 4 instances sharing 16 jobs/s",)), None],
+        ),
+        (
+            "idle ZooKeeper requests per instance, T = 10 s",
+            [Cell("bench_zk_load", ("idle ZK requests per instance, session T = 10 s",)), None],
+        ),
+        (
+            "SIGTERM → process exit, 16 runs in flight (max)",
+            [
+                Cell(
+                    "bench_shutdown",
+                    ("SIGTERM -> process exit, 16 in-flight cooperative runs, max",),
+                ),
+                None,
+            ],
+        ),
+    ]
+    return [lateness, throughput, overhead, idle, cluster]
