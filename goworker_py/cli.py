@@ -68,7 +68,19 @@ def _run(args: argparse.Namespace) -> int:
         sharding_total_count=args.shards,
         params=args.params,
     )
-    worker.run()
+    server = None
+    if args.metrics_port is not None:
+        try:
+            from goworker_py.metrics import MetricsServer
+        except ImportError as exc:
+            raise GoWorkerError(str(exc)) from None
+        server = MetricsServer(worker, port=args.metrics_port, host=args.metrics_host).start()
+    try:
+        worker.run()
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
     notifier = SystemdNotifier(worker).start()
     try:
         reason = worker.wait()
@@ -77,6 +89,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     finally:
         notifier.stop()
+        if server is not None:
+            server.stop()
     print(f"goworker-py: worker ended ({reason.value})", file=sys.stderr)
     return 0
 
@@ -148,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--service", help="service name (required with --cluster)")
     run.add_argument("--shards", type=int, default=1, help="sharding total count (default 1)")
     run.add_argument("--params", default="", help="shard params, e.g. 0=a,1=b")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics and /healthz on this port (needs goworker-py[metrics])",
+    )
+    run.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port")
     run.set_defaults(func=_run)
 
     check = commands.add_parser("validate-cron", help="check a schedule, print next fire times")

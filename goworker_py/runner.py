@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from goworker_py.errors import AttemptsExhausted, RunCancelled
 from goworker_py.handler import Context, Shard
+from goworker_py.hooks import OBSERVERS
 from goworker_py.instance import WatchInfo, WorkerInstance
 from goworker_py.retry import RetryPolicy, StepResult, StepRetrier
 from goworker_py.schedule import IntervalSchedule
@@ -299,6 +300,7 @@ class ShardRunner:
                 continue
             if self.settings.control.paused:
                 self.logger.info("paused: no run for {}", reached.isoformat())
+                self._misfired(1)
                 fire = schedule.next_after(reached)
                 continue
             if clock.time() - reached.timestamp() > grace:
@@ -419,9 +421,12 @@ class ShardRunner:
             upcoming = schedule.next_after(upcoming)
         if latest is not None and now - latest.timestamp() < grace:
             if missed:
+                self._misfired(missed)
                 self.logger.warning("skipped {} fire time(s) {}", missed, why)
             return latest
         if self.settings.misfire_policy == "run_once" and latest is not None:
+            if missed:
+                self._misfired(missed)
             self.logger.warning(
                 "missed {} fire time(s) {}; running once now for {}",
                 missed + 1,
@@ -429,6 +434,7 @@ class ShardRunner:
                 latest.isoformat(),
             )
             return latest
+        self._misfired(missed + 1)
         self.logger.warning(
             "skipped {} fire time(s) {}, up to {}; next at {}",
             missed + 1,
@@ -468,6 +474,7 @@ class ShardRunner:
             is_triggered=triggered,
         )
         result = RunResult(run_id=run_id, ok=False)
+        started = settings.clock.time()
         try:
             result = self._perform(ctx)
         finally:
@@ -475,6 +482,10 @@ class ShardRunner:
                 self._run_event = None
             self.runs += 1
             self.host.end_run(self, ctx, result)
+            for observer in OBSERVERS:
+                observer.run_finished(
+                    settings.worker_name, ctx, result, started, settings.clock.time()
+                )
         if result.ok:
             for listener in settings.listeners:
                 try:
@@ -517,7 +528,7 @@ class ShardRunner:
                         policy=settings.retry_policy,
                         call=functools.partial(method, ctx),
                         report=lambda err: self._report(handler, ctx, err),
-                        set_attempt=lambda attempt: setattr(ctx, "attempt", attempt),
+                        set_attempt=functools.partial(self._set_attempt, ctx),
                         cancelled=ctx.event.is_set,
                         sleep=ctx.wait,
                     ).continue_after(first_error)
@@ -551,6 +562,16 @@ class ShardRunner:
             return RunResult(ctx.run_id, ok=False, cancelled=True)
         ctx.logger.debug("run finished")
         return RunResult(ctx.run_id, ok=True)
+
+    def _set_attempt(self, ctx: Context, attempt: int) -> None:
+        ctx.attempt = attempt
+        if attempt > 1:
+            for observer in OBSERVERS:
+                observer.retried(self.settings.worker_name, ctx.step)
+
+    def _misfired(self, count: int) -> None:
+        for observer in OBSERVERS:
+            observer.misfired(self.settings.worker_name, count)
 
     def _call_watch(self, handler: Any, ctx: Context) -> None:
         info = WatchInfo(ctx.instance, self.shard.param, self.host.members())
