@@ -483,9 +483,12 @@ class ShardRunner:
             self.runs += 1
             self.host.end_run(self, ctx, result)
             for observer in OBSERVERS:
-                observer.run_finished(
-                    settings.worker_name, ctx, result, started, settings.clock.time()
-                )
+                try:
+                    observer.run_finished(
+                        settings.worker_name, ctx, result, started, settings.clock.time()
+                    )
+                except Exception as exc:  # noqa: BLE001 - an observer must not break the shard
+                    self.logger.opt(exception=exc).error("run observer raised {!r}", exc)
         if result.ok:
             for listener in settings.listeners:
                 try:
