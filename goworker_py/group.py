@@ -19,6 +19,11 @@ run holds its downstream runs of that fire time back; the next fire time starts 
 may be added after their downstreams; a cycle is rejected at :meth:`WorkerGroup.add`. When all
 upstreams have ended (run-once workers), the downstream finishes what it was given and ends too.
 
+In cluster mode (upstream and downstream both cluster-mode workers, every instance running the
+same group) the upstream shard and the downstream shard may be owned by different instances:
+the downstream shard's owner follows its upstream shards' run markers in ZooKeeper
+(:mod:`goworker_py.cluster.upstream`).
+
 **Signals.** The group handles SIGINT/SIGTERM for all its workers (a first signal stops them
 gracefully, a second fast); the workers' own ``handle_signals`` is turned off.
 """
@@ -66,6 +71,11 @@ class UpstreamFeed:
         if wake is not None:
             wake.set()
 
+    def reset(self, shard: int) -> None:
+        """Forget what is queued for ``shard`` (it starts again on a new owner)."""
+        with self._lock:
+            self._queues[shard] = deque()
+
     def pop(self, shard: int) -> datetime | None:
         """The next fire time for ``shard``, or None if none is waiting."""
         with self._lock:
@@ -91,7 +101,9 @@ class _Node:
     def __init__(self, worker: Worker, upstreams: tuple[str, ...]) -> None:
         self.worker = worker
         self.upstreams = upstreams
-        self.feed = UpstreamFeed(worker.sharding_total_count) if upstreams else None
+        # A local downstream is fed here, in the process; a cluster downstream from ZooKeeper.
+        local = Model(worker.model) is Model.LOCAL
+        self.feed = UpstreamFeed(worker.sharding_total_count) if upstreams and local else None
         #: ``{downstream shard: {fire timestamp: {(upstream, upstream shard) done}}}``
         self.pending: dict[int, dict[float, set[tuple[str, int]]]] = {}
 
@@ -166,6 +178,11 @@ class WorkerGroup:
             worker._end_listeners.append(functools.partial(self._worker_ended, name))
             self._nodes[name] = node
             if self._running:
+                try:
+                    self._prepare_start(node)
+                except ConfigError:
+                    del self._nodes[name]
+                    raise
                 worker._anchor = self._anchor
                 worker.run()
         return worker
@@ -215,6 +232,7 @@ class WorkerGroup:
                 )
             for node in self._nodes.values():
                 node.worker.validate()
+                self._prepare_start(node)
             if self.handle_signals:
                 self._signals_installed = REGISTRY.register(self)
             self._running = True
@@ -286,19 +304,34 @@ class WorkerGroup:
                 f"worker {worker.name!r} has depends_on and a schedule ({worker.cron!r}): a "
                 "downstream runs when its upstreams' runs succeed; give it no cron"
             )
-        if Model(worker.model) is Model.CLUSTER:
-            raise ConfigError(
-                f"worker {worker.name!r}: depends_on links workers of one process; run a "
-                "cluster-mode downstream's logic in its upstream's after() instead"
-            )
 
     @staticmethod
     def _check_upstream_fits(downstream: Worker, upstream: Worker) -> None:
-        if Model(upstream.model) is Model.CLUSTER:
+        if Model(upstream.model) is not Model(downstream.model):
             raise ConfigError(
-                f"worker {downstream.name!r} depends on {upstream.name!r}, a cluster-mode worker "
-                "whose shards may run on other machines: depends_on links local-mode workers"
+                f"worker {downstream.name!r} ({Model(downstream.model).name.lower()} mode) "
+                f"depends on {upstream.name!r} ({Model(upstream.model).name.lower()} mode): "
+                "both must be local-mode workers or both cluster-mode workers"
             )
+
+    def _prepare_start(self, node: _Node) -> None:
+        """Before a worker starts: a cluster downstream learns its upstream services."""
+        worker = node.worker
+        if not node.upstreams or Model(worker.model) is not Model.CLUSTER:
+            return
+        missing = [name for name in node.upstreams if name not in self._nodes]
+        if missing:
+            raise ConfigError(
+                f"worker {worker.name!r} depends on {', '.join(map(repr, missing))}, not in "
+                "the group: add the upstreams of a cluster-mode worker first"
+            )
+        worker._cluster_upstreams = tuple(
+            (
+                self._nodes[name].worker.service_name or self._nodes[name].worker.name,
+                self._nodes[name].worker.sharding_total_count,
+            )
+            for name in node.upstreams
+        )
 
     def _check_cycle(self, name: str, upstreams: Iterable[str]) -> None:
         graph = {n: node.upstreams for n, node in self._nodes.items()}

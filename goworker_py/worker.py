@@ -168,6 +168,8 @@ class Worker:
         # Set by a WorkerGroup: where a downstream's fire times come from, and who is told
         # of each successful run (shard, fire time) and of the worker's end.
         self._feed: UpstreamFeed | None = None
+        #: Cluster mode: the upstream services (and their shard counts) of a group downstream.
+        self._cluster_upstreams: tuple[tuple[str, int], ...] = ()
         self._run_listeners: list[Callable[[int, datetime], None]] = []
         self._end_listeners: list[Callable[[], None]] = []
         #: ``@every`` fire times count from this instant (a group's start); None: run() time.
@@ -301,6 +303,7 @@ class Worker:
             overwrite=self.overwrite,
             cron=self.cron,
             shard_grace=config.shutdown_timeout,
+            upstreams=self._cluster_upstreams,
         )
 
     def run(self) -> None:
@@ -418,7 +421,7 @@ class Worker:
         """
         if self._state is not WorkerState.RUNNING or self._stop_reason is not None:
             raise GoWorkerError(f"worker {self.name!r} is not running: cannot trigger a run")
-        if self.cron is None and self._feed is None:
+        if self.cron is None and self._feed is None and not self._cluster_upstreams:
             raise GoWorkerError(
                 f"worker {self.name!r} has no schedule: trigger() adds a run to a scheduled worker"
             )

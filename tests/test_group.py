@@ -256,7 +256,7 @@ def test_cycles_and_bad_dependencies_are_rejected_at_add(group: WorkerGroup) -> 
         service_name="f",
         handle_signals=False,
     )
-    with pytest.raises(ConfigError, match="links workers of one process"):
+    with pytest.raises(ConfigError, match="both must be local-mode workers or both cluster"):
         group.add(cluster, depends_on=["a"])
     with pytest.raises(ConfigError, match="names worker\\(s\\) not in the group: 'c'"):
         group.run()

@@ -69,6 +69,8 @@ class WorkerDiscovery(Protocol):
 
     def read_control(self) -> dict[str, Any] | None: ...
 
+    def watch_marker(self, service: str, shard: int, callback: Callable[[Any], bool]) -> None: ...
+
 
 DiscoveryFactory = Callable[[DiscoveryConfig, str], WorkerDiscovery]
 

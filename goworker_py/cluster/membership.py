@@ -62,7 +62,15 @@ class ClusterHost:
         overwrite: bool = False,
         cron: str | None = None,
         shard_grace: float = 30.0,
+        upstreams: tuple[tuple[str, int], ...] = (),
     ) -> None:
+        #: WorkerGroup dependencies: ``(upstream service, its shard count)``; a downstream's
+        #: shards run the fire times their upstream shards completed (see cluster.upstream).
+        self.upstreams = upstreams
+        if upstreams:
+            from goworker_py.group import UpstreamFeed
+
+            settings = replace(settings, feed=UpstreamFeed(settings.total))
         self.settings = settings
         self.zk = discovery
         self.strategy: ShardingStrategy = strategy or StickyStrategy()
@@ -496,6 +504,10 @@ class ClusterHost:
         )
         runner.claim = claim
         self.runners[shard] = runner
+        if self.upstreams and self.settings.feed is not None:
+            from goworker_py.cluster.upstream import UpstreamWatch
+
+            UpstreamWatch(self.zk, runner, self.settings.feed, self.upstreams, self.logger)
         runner.start()
 
     # -- ShardHost --------------------------------------------------------------------------------
@@ -544,7 +556,12 @@ class ClusterHost:
             runner.logger.warning("not starting the run: this instance no longer holds the claim")
             return None
         late = self.settings.clock.time() - fire_time.timestamp()
-        skip = self.settings.misfire_policy == "skip" and not runner.failover_pending
+        # A downstream's run starts when its upstreams are done, long after their fire time.
+        skip = (
+            self.settings.misfire_policy == "skip"
+            and not runner.failover_pending
+            and self.settings.feed is None
+        )
         if skip and late >= self.settings.misfire_grace:
             # Beginning took too long (a reply lost in an outage): by now this fire is a misfire.
             runner.logger.warning(

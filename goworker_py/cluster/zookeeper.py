@@ -100,6 +100,23 @@ class RunMarker:
     state: str = RUNNING
     version: int = -1
 
+    @classmethod
+    def parse(cls, shard: int, raw: bytes, version: int = -1) -> RunMarker:
+        """A marker from its node's data (raises ``ValueError`` if it is not one)."""
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"run marker of shard {shard} is not a JSON object")
+        return cls(
+            shard=shard,
+            owner=str(data.get("owner", "")),
+            session=int(data.get("session", 0)),
+            run_id=str(data.get("run_id", "")),
+            fire_time=float(data.get("fire_time", 0.0)),
+            token=int(data.get("token", 0)),
+            state=str(data.get("state", RUNNING)),
+            version=version,
+        )
+
     def to_json(self) -> bytes:
         return json.dumps(
             {
@@ -464,17 +481,26 @@ class ZooKeeperDiscovery:
             raw, stat = self.client.get_async(f"{self.running_path}/{shard}").get(timeout=timeout)
         except NoNodeError:
             return None
-        data = json.loads(raw)
-        return RunMarker(
-            shard=shard,
-            owner=str(data.get("owner", "")),
-            session=int(data.get("session", 0)),
-            run_id=str(data.get("run_id", "")),
-            fire_time=float(data.get("fire_time", 0.0)),
-            token=int(data.get("token", 0)),
-            state=str(data.get("state", RUNNING)),
-            version=int(stat.version),
-        )
+        return RunMarker.parse(shard, raw, int(stat.version))
+
+    def watch_marker(
+        self, service: str, shard: int, callback: Callable[[RunMarker | None], bool]
+    ) -> None:
+        """Call ``callback`` with ``service``'s run marker of ``shard`` now and at each change.
+
+        ``service`` is another service of the same namespace (a WorkerGroup upstream). The
+        callback runs on kazoo's thread; returning False stops the watch.
+        """
+        path = f"{service_root(self.config.namespace, service)}/running/{shard}"
+
+        def on_data(raw: bytes | None, stat: Any, *_event: Any) -> bool:
+            try:
+                marker = None if raw is None else RunMarker.parse(shard, raw, int(stat.version))
+            except (ValueError, TypeError, AttributeError):
+                marker = None
+            return callback(marker)
+
+        self.client.DataWatch(path, on_data)
 
     def adopt_marker(self, shard: int, marker: RunMarker | None) -> None:
         """Take over the marker found when claiming ``shard``: our runs replace it from now on."""
