@@ -4,14 +4,16 @@
   :class:`~goworker_py.testing.ZooKeeperServer` (tick 100 ms by default), or the server that
   ``ZK_HOSTS`` names (each benchmark then works under a service name of its own);
 - :class:`PacketCounter`: ZooKeeper requests from ``mntr`` ``zk_packets_received`` deltas,
-  corrected for the ``mntr`` queries themselves (each counts as one packet);
+  corrected for the ``mntr`` queries themselves (each counts as one packet), and the server's
+  write and read counts;
 - in-process cluster workers: :func:`cluster_worker`, :class:`WorkerPool` (every worker is
   cancelled and waited for on exit, even on failure), :class:`WaitClock` (records the instant a
   shard thread starts waiting for its next fire time), :func:`cluster_state` and
   :func:`settled` (has a re-balance converged?);
 - :class:`Observer`: an independent kazoo client reading and watching the claim nodes;
 - worker *processes*: ``python benchmarks/_cluster.py worker ...`` runs one cluster worker
-  whose handler appends JSON lines (``ready``, ``start``, ``end``, ``exit``) to an events file;
+  whose handler appends JSON lines (``ready``, ``start``, ``end``, ``exit``; ``publish`` and
+  ``armed`` on request) to an events file, optionally starting only once a file exists;
   :class:`ProcessPool` starts them (killed with the parent: ``PR_SET_PDEATHSIG``) and kills
   whatever is left on exit; :class:`EventLog` reads the events file.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import json
 import os
 import shutil
@@ -96,9 +99,21 @@ class PacketCounter:
         self._queries = 0
 
     def read(self) -> int:
-        value = int(self.zk.mntr()["zk_packets_received"])
+        return self.snapshot()["requests"]
+
+    def snapshot(self) -> dict[str, int]:
+        """One ``mntr`` query: ``requests`` (as :meth:`read`), ``writes`` and ``reads``.
+
+        ``writes`` and ``reads`` are the server's counts of update and read requests
+        (``zk_cnt_updatelatency``, ``zk_cnt_readlatency``): pings and ``mntr`` are neither.
+        """
+        mntr = self.zk.mntr()
         self._queries += 1
-        return value - self._queries
+        return {
+            "requests": int(mntr["zk_packets_received"]) - self._queries,
+            "writes": int(mntr.get("zk_cnt_updatelatency", 0)),
+            "reads": int(mntr.get("zk_cnt_readlatency", 0)),
+        }
 
 
 def service_name(prefix: str) -> str:
@@ -462,8 +477,15 @@ class ProcessPool:
         cooperative: bool = True,
         shutdown_timeout: float = 5.0,
         publish_events: bool = False,
+        start_when: str = "",
+        failover_sleep: float | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``_cluster.py worker`` (a cluster worker that handles SIGTERM itself)."""
+        """Start ``_cluster.py worker`` (a cluster worker that handles SIGTERM itself).
+
+        ``start_when``: a path; the worker imports everything, appends an ``armed`` event,
+        then waits for that file to exist before it connects (a start barrier).
+        ``failover_sleep``: seconds in ``do`` of a failover run (default: ``sleep``).
+        """
         self._count += 1
         log = self.path(f"worker-{self._count}.log")
         args = [
@@ -494,6 +516,10 @@ class ProcessPool:
             args.append("--blocking")
         if publish_events:
             args.append("--publish-events")
+        if start_when:
+            args += ["--start-when", start_when]
+        if failover_sleep is not None:
+            args += ["--failover-sleep", str(failover_sleep)]
         with open(log + ".stderr", "wb") as err:
             proc = subprocess.Popen(
                 args,
@@ -634,17 +660,22 @@ def worker_main(argv: Sequence[str]) -> int:
     parser.add_argument("--session-timeout", type=float, default=4.0)
     parser.add_argument("--cron", default=DAILY)
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds in do (0: no-op)")
+    parser.add_argument(
+        "--failover-sleep", type=float, default=None, help="seconds in do of a failover run"
+    )
     parser.add_argument("--blocking", action="store_true", help="time.sleep, not ctx.wait")
     parser.add_argument("--shutdown-timeout", type=float, default=5.0)
     parser.add_argument("--log", default="")
     parser.add_argument("--publish-events", action="store_true", help="log every publish")
+    parser.add_argument("--start-when", default="", help="wait for this file before starting")
     args = parser.parse_args(argv)
 
     from goworker_py import Context, Handler, LoggerConfig, configure_logging
 
     if args.log:
         configure_logging(LoggerConfig(level="INFO", sink=args.log))
-    events, pid, pause = args.events, os.getpid(), args.sleep
+    events, pid, regular_pause = args.events, os.getpid(), args.sleep
+    failover_pause = regular_pause if args.failover_sleep is None else args.failover_sleep
     blocking = args.blocking
 
     class Recorder(Handler):
@@ -663,6 +694,7 @@ def worker_main(argv: Sequence[str]) -> int:
                 },
             )
             cancelled = False
+            pause = failover_pause if ctx.is_failover else regular_pause
             if pause > 0:
                 if blocking:
                     time.sleep(pause)
@@ -681,6 +713,13 @@ def worker_main(argv: Sequence[str]) -> int:
 
     if args.publish_events:
         _log_publishes(events, pid)
+    if args.start_when:
+        # Everything run() needs is imported before the barrier.
+        importlib.import_module("goworker_py.cluster.membership")
+
+        _append(events, {"event": "armed", "pid": pid, "t": time.time()})
+        while not os.path.exists(args.start_when):
+            time.sleep(0.01)
     started = time.time()
     worker = cluster_worker(
         args.hosts,

@@ -17,18 +17,38 @@ leave), ZooKeeper requests (``mntr`` ``zk_packets_received`` delta until 0.3 s a
 convergence, minus the idle ping rate), supervisor passes, and CPU seconds of the process.
 
 Figures: 20 instances x 1,000 shards, instance 21 joins (issue #3: ≤ 2 s) and one leaves;
-the B6 grid 3/5/10 instances x 16/64/256 shards. ``--large`` also tries 100 instances x
-1,000 shards in one process (gives up after 5 minutes of start-up, saying how far it got). All
-these instances share one process and one GIL, on 2 cores: their work is serialised, so the
-figures are pessimistic compared with one process per instance.
+the B6 grid 3/5/10 instances x 16/64/256 shards (2 x (join, leave) per cell). All these
+instances share one process and one GIL, on 2 cores: their work is serialised, so the figures
+are pessimistic compared with one process per instance.
 
 Worker-process variant (``--no-processes`` skips it): 20 ``_cluster.py worker`` processes x
 1,000 shards settle, a 21st joins, then rank 0 leaves (``SIGTERM``). Each process logs every
 publish of its shards; convergence is replayed from those events (the first instant the live
 instances' published shards are a sticky fixed point), timed from the joiner's instance-node
-creation (its ``ctime``) or from the ``SIGTERM``. About 80 s (``--quick`` about 25 s).
+creation (its ``ctime``) or from the ``SIGTERM``. The processes start behind a barrier: each
+imports everything, then all connect at once.
 
-Run: ``.venv/bin/python benchmarks/bench_rebalance.py [--quick] [--reps N] [--large]``
+**100 instances x 1,000 shards** (issue #5; ``--no-large`` skips it) run as 100 worker
+processes, the same way, with 2 x (a 101st joins, then rank 0 leaves) and the default session
+timeout, 10 s: with 4 s, on a machine busy with other work too, worker processes died while
+100 of them started (their own instance node gone: ``NoNodeError`` from ``publish`` in
+``run()``). A worker process that dies ends the scenario at once (reported as not measured).
+Not in-process: 100 in-process instances (about 1,300 threads on one GIL) took about 250 s to
+start one by one, a join about 8 s to converge, and some supervisors died of a
+``KazooTimeoutError`` under that load. Reported: join and clean-leave convergence (max),
+shards moved against the minimal count (``T // (N+1)`` for a join, the leaver's shards for a
+leave; owners from the publishes before the event and at convergence), ZooKeeper requests per
+join and per leave (packets minus kazoo's idle ping rate, at least the ``mntr`` write + read
+counts, which are reported too), the publishes per join (and how many repeated an instance's
+shards unchanged), the CPU seconds of all worker processes per join (``/proc/<pid>/stat``: 100
+instances share this machine's 2 cores, so convergence here is bounded by CPU, not by
+ZooKeeper) and the joiner's ``run()``.
+Each process holds about 33 MiB resident (3.3 GiB in all). ``--quick``: 30 processes.
+
+About 75 s (``--quick`` about 30 s).
+
+Run: ``.venv/bin/python benchmarks/bench_rebalance.py [--quick] [--reps N] [--big-reps N]
+[--large-reps N] [--no-grid] [--no-processes] [--no-large]``
 """
 
 from __future__ import annotations
@@ -49,6 +69,7 @@ from _cluster import (
     ZkTarget,
     cluster_state,
     cluster_worker,
+    expected_ping_rate,
     member_sequence,
     service_name,
     settled,
@@ -68,6 +89,9 @@ from _common import (
 
 TARGET_S = 2.0
 SESSION_TIMEOUT = 4.0
+#: 100 processes on 2 cores (plus whatever else runs there) can starve a client or the server
+#: for seconds: the 100-process scenario uses the production default session timeout.
+LARGE_SESSION_TIMEOUT = 10.0
 SETTLE_S = 0.3
 
 
@@ -322,26 +346,126 @@ def converged_from_events(
     return result
 
 
-def process_scenario(zk: ZkTarget, instances: int, total: int, timeout: float) -> dict[str, Any]:
-    """Worker processes: ``instances`` settle, one more joins, then rank 0 leaves (SIGTERM)."""
+def published_owners(
+    log: EventLog, live: dict[str, str], until: float
+) -> tuple[dict[int, str], dict[str, set[int]]]:
+    """``({shard: owner}, {instance: shards})`` from the last publish of each ``live``
+    instance at or before ``until``."""
+    owned: dict[str, set[int]] = {}
+    for event in sorted((e for e in log.events if e["event"] == "publish"), key=lambda e: e["t"]):
+        if event["t"] > until:
+            break
+        if event["instance"] in live:
+            owned[event["instance"]] = set(event["shards"])
+    owners = {shard: iid for iid, shards in owned.items() for shard in shards}
+    return owners, owned
+
+
+def publishes_between(log: EventLog, start: float, end: float) -> tuple[int, int]:
+    """(publishes in ``[start, end]``, how many of them repeated the instance's shards)."""
+    last: dict[str, list[int]] = {}
+    count = same = 0
+    for event in sorted((e for e in log.events if e["event"] == "publish"), key=lambda e: e["t"]):
+        shards = sorted(event["shards"])
+        if start <= event["t"] <= end:
+            count += 1
+            same += int(last.get(event["instance"]) == shards)
+        last[event["instance"]] = shards
+    return count, same
+
+
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """``{pid: user + system CPU seconds}`` from ``/proc/<pid>/stat`` (gone: left out)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[int, float] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return cpu
+
+
+def process_rss_mib(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two :func:`process_cpu` readings (a process gone: 0)."""
+    return sum(after.get(pid, used) - before.get(pid, 0.0) for pid, used in after.items())
+
+
+def process_scenario(
+    zk: ZkTarget,
+    instances: int,
+    total: int,
+    timeout: float,
+    reps: int = 1,
+    session_timeout: float = SESSION_TIMEOUT,
+) -> dict[str, Any]:
+    """Worker processes: ``instances`` settle; ``reps`` x (one more joins, then rank 0 leaves).
+
+    Each event records its convergence time (replayed from the ``publish`` events), the shards
+    moved (owners published before the event vs at convergence) against the minimal count,
+    the ZooKeeper requests until ``SETTLE_S`` after convergence (the ``mntr`` packet delta
+    minus kazoo's idle ping rate, but never less than the server's write + read count; writes
+    and reads also apart), the publishes meanwhile (and how many repeated the instance's
+    shards unchanged), and the CPU seconds of all worker processes.
+    """
     service = service_name(f"rbp{instances}x{total}")
     counter = PacketCounter(zk)
     with ProcessPool() as procs, Observer(zk.hosts, service) as observer:
         log = EventLog(procs.path("events.jsonl"))
 
-        def spawn() -> Any:
+        go = procs.path("go")
+
+        def spawn(barrier: bool = False) -> Any:
             return procs.spawn_worker(
                 zk.hosts,
                 service,
                 total,
                 log.path,
-                session_timeout=SESSION_TIMEOUT,
+                session_timeout=session_timeout,
                 publish_events=True,
+                start_when=go if barrier else "",
             )
+
+        members: dict[str, dict[str, Any]] = {}
+
+        def check_alive(count: int = 0) -> None:
+            """Raise if a member process (or, with ``count``, any of them) has died."""
+            pids = {e["pid"] for e in members.values()}
+            for proc in procs.procs:
+                if (count or proc.pid in pids) and proc.poll() is not None:
+                    raise RuntimeError(
+                        f"worker process {proc.pid} exited ({proc.returncode}):\n"
+                        + procs.stderr_tail(8)
+                    )
+
+        def wait_events(kind: str, count: int) -> list[dict[str, Any]]:
+            deadline = time.monotonic() + timeout
+            while True:
+                found = log.wait_count(lambda e: e["event"] == kind, count, 0.2)
+                if len(found) >= count:
+                    return found
+                check_alive(count)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker processes not {kind}:\n" + procs.stderr_tail())
 
         def wait_converged(live: dict[str, str], since: float) -> float | None:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
+                check_alive()
                 log.poll()
                 at = converged_from_events(log, live, total, since)
                 if at is not None:
@@ -349,55 +473,118 @@ def process_scenario(zk: ZkTarget, instances: int, total: int, timeout: float) -
                 time.sleep(0.05)
             return None
 
+        # Start-up: every process imports first, then all connect at once (a barrier): each
+        # instance then sees a few membership changes instead of one per instance.
+        spawned = time.time()
+        for _ in range(instances):
+            spawn(barrier=True)
+        wait_events("armed", instances)
+        imports_s = time.time() - spawned
         began = time.time()
-        pids = [spawn().pid for _ in range(instances)]
-        ready = log.wait_count(lambda e: e["event"] == "ready", instances, timeout)
-        if len(ready) < instances:
-            raise RuntimeError("worker processes not ready:\n" + procs.stderr_tail())
-        live = {e["instance"]: e["node"] for e in ready}
+        open(go, "wb").close()
+        ready = wait_events("ready", instances)
+        members.update((e["instance"], e) for e in ready)
+        live = {iid: e["node"] for iid, e in members.items()}
         if wait_converged(live, began) is None:
             raise RuntimeError(f"{instances} worker processes never converged")
         setup_s = time.time() - began
+        rss = [process_rss_mib(e["pid"]) for e in members.values()]
         time.sleep(1.0)
-        p0, t0 = counter.read(), time.perf_counter()
-        time.sleep(2.0)
-        ping_rate = (counter.read() - p0) / (time.perf_counter() - t0)
+        # The idle pings of one instance (kazoo's rate; measuring it needs several periods:
+        # instances started together ping in step).
+        ping_rate = expected_ping_rate(session_timeout)
 
-        # join
-        p0, t0 = counter.read(), time.perf_counter()
-        spawned = time.time()
-        proc = spawn()
-        new = log.wait_for(lambda e: e["event"] == "ready" and e["pid"] == proc.pid, timeout)
-        if new is None:
-            raise RuntimeError("the joining worker process never got ready")
-        stat = observer.client.exists(f"{observer.instances_path}/{new['node']}")
-        registered = stat.ctime / 1000.0 if stat is not None else new["t"]
-        live[new["instance"]] = new["node"]
-        joined = wait_converged(live, registered)
-        time.sleep(SETTLE_S)
-        join_requests = counter.read() - p0 - ping_rate * (time.perf_counter() - t0)
+        def measure(kind: str, since: float, minimal: int, act: Any) -> dict[str, Any]:
+            """Counters around ``act()`` (which returns the instant to time from)."""
+            before_live = dict(live)
+            pids = [e["pid"] for e in members.values()]
+            z0, t0, cpu0 = counter.snapshot(), time.perf_counter(), process_cpu(pids)
+            start = act()
+            at = wait_converged(live, start)
+            time.sleep(SETTLE_S)
+            pids = sorted(set(pids) | {e["pid"] for e in members.values()})
+            cpu = cpu_delta(cpu0, process_cpu(pids))
+            z1, elapsed = counter.snapshot(), time.perf_counter() - t0
+            requests = z1["requests"] - z0["requests"]
+            writes, reads = z1["writes"] - z0["writes"], z1["reads"] - z0["reads"]
+            pings = ping_rate * elapsed * (len(before_live) + len(live)) / 2
+            log.poll()
+            end = (at if at is not None else time.time()) + SETTLE_S
+            owners_before, _ = published_owners(log, before_live, since)
+            owners_after, _ = published_owners(log, live, end)
+            publishes, repeated = publishes_between(log, since, end)
+            return {
+                "kind": kind,
+                "instances_before": len(before_live),
+                "instances_after": len(live),
+                "converged_s": None if at is None else round(at - start, 4),
+                "converged_at": at,
+                "moved": sum(1 for s, o in owners_before.items() if owners_after.get(s) != o),
+                "minimal": minimal,
+                "zk_requests": round(max(requests - pings, writes + reads)),
+                "zk_writes": writes,
+                "zk_reads": reads,
+                "publishes": publishes,
+                "publishes_unchanged": repeated,
+                "cpu_s": round(cpu, 3),
+            }
 
-        # clean leave of rank 0
-        leaver = min(ready, key=lambda e: _rank(e["node"]))
-        del live[leaver["instance"]]
-        p0, t0 = counter.read(), time.perf_counter()
-        signalled = time.time()
-        os.kill(leaver["pid"], signal.SIGTERM)
-        left = wait_converged(live, signalled)
-        time.sleep(SETTLE_S)
-        leave_requests = counter.read() - p0 - ping_rate * (time.perf_counter() - t0)
-        del pids
+        joined: list[dict[str, Any]] = []
+
+        def join() -> float:
+            """Start one more process; return when its instance node was created."""
+            proc = spawn()
+            deadline = time.monotonic() + timeout
+            while True:
+                new = log.wait_for(lambda e: e["event"] == "ready" and e["pid"] == proc.pid, 0.2)
+                if new is not None:
+                    break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "the joining worker process never got ready:\n" + procs.stderr_tail(8)
+                    )
+            stat = observer.client.exists(f"{observer.instances_path}/{new['node']}")
+            joined.append(new)
+            members[new["instance"]] = new
+            live[new["instance"]] = new["node"]
+            return stat.ctime / 1000.0 if stat is not None else float(new["t"])
+
+        def leave() -> float:
+            """SIGTERM to rank 0; return when it was sent."""
+            leaver = min(members.values(), key=lambda e: _rank(e["node"]))
+            del live[leaver["instance"]]
+            del members[leaver["instance"]]
+            signalled = time.time()
+            os.kill(leaver["pid"], signal.SIGTERM)
+            return signalled
+
+        events: list[dict[str, Any]] = []
+        for _ in range(reps):
+            spawned = time.time()
+            event = measure("join", spawned, total // (len(live) + 1), join)
+            at = event["converged_at"]
+            event["from_spawn_s"] = None if at is None else round(at - spawned, 4)
+            event["startup_s"] = round(joined[-1]["startup_s"], 3)
+            events.append(event)
+            log.poll()
+            rank0 = min(members.values(), key=lambda e: _rank(e["node"]))
+            _, owned = published_owners(log, live, time.time())
+            minimal = len(owned.get(rank0["instance"], set()))
+            events.append(measure("leave", time.time(), minimal, leave))
+    joins = [e for e in events if e["kind"] == "join"]
+    leaves = [e for e in events if e["kind"] == "leave"]
     return {
         "instances": instances,
         "shards": total,
+        "session_timeout_s": session_timeout,
+        "imports_s": round(imports_s, 2),
+        "rss_mib_per_process": round(sum(rss) / max(len(rss), 1), 1),
         "setup_s": round(setup_s, 2),
-        "idle_ping_rate_per_s": round(ping_rate, 2),
-        "join_from_registration_s": None if joined is None else round(joined - registered, 4),
-        "join_from_spawn_s": None if joined is None else round(joined - spawned, 4),
-        "join_startup_s": round(new["startup_s"], 3),
-        "join_zk_requests": round(join_requests),
-        "leave_s": None if left is None else round(left - signalled, 4),
-        "leave_zk_requests": round(leave_requests),
+        "idle_pings_per_s": round(ping_rate * instances, 2),
+        "join_s": stats([e["converged_s"] for e in joins if e["converged_s"] is not None]),
+        "leave_s": stats([e["converged_s"] for e in leaves if e["converged_s"] is not None]),
+        "unconverged": sum(1 for e in events if e["converged_s"] is None),
+        "events": events,
     }
 
 
@@ -418,10 +605,112 @@ def summarize(label: str, result: dict[str, Any]) -> str:
     )
 
 
+def summarize_processes(label: str, result: dict[str, Any]) -> str:
+    lines = [
+        f"  {label} processes: start-up {result['imports_s']} s, then settled in "
+        f"{result['setup_s']} s; {result['rss_mib_per_process']} MiB each; idle pings "
+        f"{result['idle_pings_per_s']}/s (kazoo's rate)"
+    ]
+    for e in result["events"]:
+        extra = ""
+        if e["kind"] == "join":
+            extra = f", {e['from_spawn_s']} s from spawn (its run() {e['startup_s']} s)"
+        lines.append(
+            f"    {e['kind']} {e['instances_before']} -> {e['instances_after']}: converged "
+            f"{e['converged_s']} s{extra}; moved {e['moved']} (minimal {e['minimal']}); ZK "
+            f"requests {e['zk_requests']} (writes {e['zk_writes']}, reads {e['zk_reads']}); "
+            f"publishes {e['publishes']} ({e['publishes_unchanged']} unchanged); worker CPU "
+            f"{e['cpu_s']} s"
+        )
+    return "\n".join(lines)
+
+
+def report_processes(report: Report, result: dict[str, Any], big: bool) -> None:
+    """Figures of one :func:`process_scenario`; ``big`` adds moves, publishes and CPU."""
+    n, t = result["instances"], result["shards"]
+    label = f"{n} worker processes x {t:,} shards"
+    joins = [e for e in result["events"] if e["kind"] == "join"]
+    leaves = [e for e in result["events"] if e["kind"] == "leave"]
+    suffix = f" (max of {len(joins)})" if len(joins) > 1 else ""
+
+    def mean(items: list[dict[str, Any]], key: str) -> float | None:
+        values = [e[key] for e in items if e[key] is not None]
+        return round(sum(values) / len(values), 3) if values else None
+
+    def worst(items: list[dict[str, Any]], key: str) -> float | None:
+        values = [e[key] for e in items if e[key] is not None]
+        return max(values) if len(values) == len(items) and values else None
+
+    report.add(
+        f"re-balance after process {n + 1} joins, {label}: convergence{suffix}",
+        worst(joins, "converged_s"),
+        "s",
+        TARGET_S,
+        note="from its instance node's creation; "
+        f"{worst(joins, 'from_spawn_s')} s from the process spawn",
+    )
+    report.add(
+        f"re-balance after a clean leave (SIGTERM), {label}: convergence{suffix}",
+        worst(leaves, "converged_s"),
+        "s",
+        TARGET_S,
+    )
+    report.add(
+        f"ZooKeeper requests per join re-balance, {label}",
+        mean(joins, "zk_requests"),
+        "requests",
+        note=f"writes {mean(joins, 'zk_writes')}, reads {mean(joins, 'zk_reads')}",
+    )
+    if not big:
+        return
+    report.add(
+        f"ZooKeeper requests per leave re-balance, {label}",
+        mean(leaves, "zk_requests"),
+        "requests",
+        note=f"writes {mean(leaves, 'zk_writes')}, reads {mean(leaves, 'zk_reads')}",
+    )
+    moved = sum(e["moved"] for e in joins)
+    report.add(
+        f"shards moved per join / minimal, {label}",
+        round(moved / max(sum(e["minimal"] for e in joins), 1), 3),
+        "x minimal",
+        1.0,
+        note=f"{moved} moved in {len(joins)} join(s)",
+    )
+    moved = sum(e["moved"] for e in leaves)
+    report.add(
+        f"shards moved per clean leave / minimal, {label}",
+        round(moved / max(sum(e["minimal"] for e in leaves), 1), 3),
+        "x minimal",
+        1.0,
+        note=f"{moved} moved in {len(leaves)} leave(s)",
+    )
+    report.add(
+        f"instance publishes per join re-balance, {label}",
+        mean(joins, "publishes"),
+        "publishes",
+        note=f"{mean(joins, 'publishes_unchanged')} of them with the instance's shards unchanged",
+    )
+    report.add(
+        f"CPU of all worker processes per join re-balance, {label}",
+        mean(joins, "cpu_s"),
+        "s",
+        note="incl. the joiner's start-up; 2 cores shared by all instances",
+    )
+    report.add(
+        f"joining process's run() (connect + register + first pass), {label}, max",
+        worst(joins, "startup_s"),
+        "s",
+    )
+
+
 def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=int, default=None, help="join+leave reps per grid cell")
     parser.add_argument("--big-reps", type=int, default=None, help="reps of 20 x 1,000")
-    parser.add_argument("--large", action="store_true", help="also 100 instances x 1,000 shards")
+    parser.add_argument("--large-reps", type=int, default=None, help="reps of 100 x 1,000")
+    parser.add_argument(
+        "--no-large", action="store_true", help="skip 100 worker processes x 1,000 shards"
+    )
     parser.add_argument("--no-grid", action="store_true", help="skip the B6 grid")
     parser.add_argument(
         "--no-processes", action="store_true", help="skip the worker-process variant"
@@ -430,8 +719,9 @@ def _extra(parser: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     args = parse_args((__doc__ or "").splitlines()[0], _extra)
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 2)
     big_reps = args.big_reps or (1 if args.quick else 2)
+    large_reps = args.large_reps or (1 if args.quick else 2)
     report = Report("bench_rebalance", "B6", args.quick)
     log_path = quiet_logging("INFO")
     details: dict[str, Any] = {}
@@ -510,27 +800,8 @@ def main() -> None:
                 )
                 proc = process_scenario(zk, pn, pt, 60)
                 details[f"processes_{pn}x{pt}"] = proc
-                print(f"    {proc}", flush=True)
-                plabel = f"{pn} worker processes x {pt:,} shards"
-                report.add(
-                    f"re-balance after process {pn + 1} joins, {plabel}: convergence",
-                    proc["join_from_registration_s"],
-                    "s",
-                    TARGET_S,
-                    note="from its instance node's creation; "
-                    f"{proc['join_from_spawn_s']} s from the process spawn",
-                )
-                report.add(
-                    f"re-balance after a clean leave (SIGTERM), {plabel}: convergence",
-                    proc["leave_s"],
-                    "s",
-                    TARGET_S,
-                )
-                report.add(
-                    f"ZooKeeper requests per join re-balance, {plabel}",
-                    proc["join_zk_requests"],
-                    "requests",
-                )
+                print(summarize_processes(f"{pn} x {pt}", proc), flush=True)
+                report_processes(report, proc, big=False)
             if not args.no_grid:
                 grid_n = (3, 5) if args.quick else (3, 5, 10)
                 grid_t = (16, 256) if args.quick else (16, 64, 256)
@@ -572,35 +843,33 @@ def main() -> None:
                     report.add(
                         f"B6 grid {key}: leave convergence p50", cell["leave_s"].get("p50"), "s"
                     )
-            if args.large:
-                print("100 instances x 1,000 shards, 1 x (join, leave) ...", flush=True)
+            if not args.no_large:
+                ln, lt = (30, 1000) if args.quick else (100, 1000)
+                print(
+                    f"worker processes: {ln} x {lt:,} shards (session timeout "
+                    f"{LARGE_SESSION_TIMEOUT:g} s), {large_reps} x (one joins, then rank 0 "
+                    "leaves) ...",
+                    flush=True,
+                )
                 try:
-                    large = run_scenario(zk, 100, 1000, 1, 120, limit=300)
+                    large = process_scenario(
+                        zk, ln, lt, 60, large_reps, session_timeout=LARGE_SESSION_TIMEOUT
+                    )
                 except RuntimeError as exc:
-                    print(f"  100 x 1000 not feasible: {exc}", flush=True)
-                    details["100x1000"] = {"error": str(exc)}
+                    print(f"  {ln} x {lt} processes not measured: {exc}", flush=True)
+                    details[f"processes_{ln}x{lt}"] = {"error": str(exc)}
                     report.add(
-                        "re-balance after instance 101 joins, 100 x 1,000: convergence",
+                        f"re-balance after process {ln + 1} joins, {ln} worker processes x "
+                        f"{lt:,} shards: convergence",
                         None,
                         "s",
                         TARGET_S,
-                        note=f"not measured: {exc}",
+                        note=f"not measured: {str(exc).splitlines()[0]}",
                     )
                 else:
-                    print(summarize("100 x 1000", large), flush=True)
-                    details["100x1000"] = large
-                    report.add(
-                        "re-balance after instance 101 joins, 100 x 1,000: convergence",
-                        large["join_s"].get("max"),
-                        "s",
-                        TARGET_S,
-                    )
-                    report.add(
-                        "re-balance after a clean leave, 100 x 1,000: convergence",
-                        large["leave_s"].get("max"),
-                        "s",
-                        TARGET_S,
-                    )
+                    details[f"processes_{ln}x{lt}"] = large
+                    print(summarize_processes(f"{ln} x {lt}", large), flush=True)
+                    report_processes(report, large, big=True)
             report.details = details
     finally:
         remove_file(log_path)

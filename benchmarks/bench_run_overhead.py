@@ -3,9 +3,9 @@
 A no-op handler (``before``/``do``/``after`` do nothing, no retries) runs 10,000 times through
 ``ShardRunner(settings, 0, host).execute(fire_time)`` - the code path every scheduled or
 manual run takes - with ``settings = Worker(...).validate()`` and the package's local-mode
-``ShardHost`` (``goworker_py.local.LocalHost``; a minimal equivalent if it is absent). The
-cost of calling the three methods directly is subtracted. Repeated 5 times; the median
-repetition is reported (the fastest is in the JSON). About 15 s (``--quick``: 3 s).
+``ShardHost`` (``goworker_py.local.LocalHost``). The cost of calling the three methods
+directly is subtracted. Repeated 5 times; the median repetition is reported (the fastest is
+in the JSON).
 
 Logging set-ups compared:
 
@@ -18,13 +18,41 @@ Also: the split of the overhead before ``do`` and after it, the cost of each pie
 per-run path (micro-benchmarks), the next-fire-time computation a scheduled run adds, and a
 cProfile of the per-run path (top functions by own time).
 
-Target (printed, not asserted): ≤ 50 µs per run.
+**Cluster mode** (B3's "standalone vs cluster"): a real cluster-mode ``Worker`` (one shard, a
+daily schedule that never fires meanwhile, session timeout 10 s) against a private ZooKeeper
+(``_cluster.zookeeper()``, tick 100 ms, no fsync) claims its shard; its shard runner's
+``execute(fire_time)`` is then called directly, as above — with ``ClusterHost`` behind it, a
+run writes ZooKeeper twice: ``begin_run`` (a multi: check the claim, check the member node,
+write the run marker) before ``before``, ``end_run`` (the marker's end state) after ``after``.
+The fire time is an hour ahead, so that ``begin_run``'s misfire check (a fire time more than
+``misfire_grace`` in the past is skipped) never trips over the seconds this takes; every run
+is checked to have completed. INFO sink. Measured:
+
+- the floor: a separate kazoo client on the same server times ``exists`` and what a run sends
+  (the same three-op multi, then a ``set``), 1,000 times, and the CPU that costs;
+- 2,000 runs x 3 repetitions timed as in local mode (median repetition, minus the direct
+  call): the overhead per run, the process CPU per run (the run's thread and kazoo's), and
+  the ZooKeeper requests per run from ``mntr`` deltas over all of them — every packet
+  (``zk_packets_received``, pings included, ``mntr`` queries excluded), writes
+  (``zk_cnt_updatelatency``) and reads (``zk_cnt_readlatency``);
+- 1,000 alternations of one floor multi + set and one run, each timed: run minus floor with
+  both sampled in the same instants (the machine's drift cancels);
+- the split: ``execute()`` call → ``do`` entry (includes the begin multi), ``do`` return →
+  ``execute()`` returns (includes the end write).
+
+About 10 s of the total.
+
+Target (printed, not asserted): ≤ 50 µs per run (standalone); cluster mode ≤ 2 ZooKeeper
+writes per run.
+
+About 25 s (``--quick``: 6 s).
 
 Run: ``.venv/bin/python benchmarks/bench_run_overhead.py [--quick]``
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import functools
 import io
@@ -36,10 +64,13 @@ import time
 import timeit
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from _common import Report, calibrate, fmt_stats, parse_args, remove_file, stats
+from _cluster import DAILY, PacketCounter, WorkerPool, ZkTarget, cluster_worker, service_name
+from _cluster import zookeeper as private_zookeeper
+from _common import Report, calibrate, cpu_seconds, fmt_stats, parse_args, remove_file, stats
 from loguru import logger
 
 from goworker_py import Context, Handler, LoggerConfig, Worker, configure_logging
@@ -49,6 +80,8 @@ from goworker_py.runner import RunSettings, ShardRunner
 from goworker_py.schedule import parse_schedule
 
 TARGET_US = 50.0
+#: ZooKeeper writes per cluster-mode run: the run marker's begin (a multi) and its end.
+TARGET_ZK_WRITES = 2.0
 
 
 class Noop(Handler):
@@ -273,6 +306,232 @@ def profile_path(runs: int, top: int = 15) -> tuple[str, list[dict[str, Any]]]:
     return out.getvalue(), rows
 
 
+# -- cluster mode -------------------------------------------------------------------------------
+
+
+class FloorClient:
+    """A separate kazoo client on the same server: the round trips a cluster run cannot beat.
+
+    :meth:`pair` sends what a run sends, one after the other: the multi ``begin_run`` sends
+    (check a node, check another, set a third) and a ``set``; each timed.
+    """
+
+    def __init__(self, zk: ZkTarget) -> None:
+        from kazoo.client import KazooClient
+
+        self.client = KazooClient(hosts=zk.hosts, timeout=10.0)
+        self.client.start(timeout=10.0)
+        self.base = f"/bench-floor-{uuid.uuid4().hex[:8]}"
+        for name in ("claim", "member", "marker"):
+            self.client.ensure_path(f"{self.base}/{name}")
+        self.marker = f"{self.base}/marker"
+        self.payload = b"m" * 160  # about the size of a run marker's JSON
+
+    def exists(self) -> float:
+        start = time.perf_counter()
+        self.client.exists(self.marker)
+        return time.perf_counter() - start
+
+    def pair(self) -> tuple[float, float]:
+        """Seconds of (the multi, the set)."""
+        start = time.perf_counter()
+        transaction = self.client.transaction()
+        transaction.check(f"{self.base}/claim", 0)
+        transaction.check(f"{self.base}/member", -1)
+        transaction.set_data(self.marker, self.payload)
+        transaction.commit()
+        middle = time.perf_counter()
+        self.client.set(self.marker, self.payload)
+        return middle - start, time.perf_counter() - middle
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.delete(self.base, recursive=True)
+        self.client.stop()
+        self.client.close()
+
+
+def cluster_costs(runs: int, reps: int, floor_n: int) -> dict[str, Any]:
+    """The cluster-mode run path against a private ZooKeeper (see the module docstring)."""
+    out: dict[str, Any] = {"runs": runs, "reps": reps, "floor_samples": floor_n}
+    with private_zookeeper(tick_time=100) as zk, WorkerPool() as pool:
+        out["server"] = zk.describe()
+        print(f"  cluster mode: {zk.describe()}", flush=True)
+        floor = FloorClient(zk)
+        try:
+            worker = cluster_worker(
+                zk.hosts,
+                service_name("overhead"),
+                1,
+                handler=Noop,
+                cron=DAILY,
+                session_timeout=10.0,
+                name="bench-cluster",
+            )
+            pool.start(worker)
+            host = worker.host
+            deadline = time.monotonic() + 10
+            while not (0 in host.claims and 0 in host.runners and host.runners[0].alive):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster worker never claimed its shard")
+                time.sleep(0.01)
+            runner = host.runners[0]
+            out["host"] = f"{type(host).__module__}.{type(host).__qualname__}"
+            # An hour ahead: begin_run skips a fire time more than misfire_grace in the past.
+            fire = datetime.now(runner.settings.zone) + timedelta(hours=1)
+            for _ in range(200):
+                runner.execute(fire)
+                floor.pair()
+            last = runner.execute(fire)
+            if not last.ok:
+                raise RuntimeError(f"a cluster-mode run did not complete: {last}")
+
+            # The floor alone: round trips, and the CPU a multi + set costs this process.
+            exists = [floor.exists() for _ in range(floor_n)]
+            cpu0 = cpu_seconds()
+            pairs = [floor.pair() for _ in range(floor_n)]
+            floor_cpu = (cpu_seconds() - cpu0) / floor_n
+            out["floor_ms"] = {
+                "exists": stats(exists, 1e3),
+                "multi": stats([m for m, _ in pairs], 1e3),
+                "set": stats([s for _, s in pairs], 1e3),
+                "multi+set": stats([m + s for m, s in pairs], 1e3),
+            }
+            out["floor_cpu_us_per_pair"] = round(floor_cpu * 1e6, 2)
+
+            # Runs, timed as in local mode; requests counted on the server meanwhile.
+            counter = PacketCounter(zk)
+            before, runs0, cpu0 = counter.snapshot(), runner.runs, cpu_seconds()
+            total, fastest = per_call_us(functools.partial(runner.execute, fire), runs, reps)
+            cpu = cpu_seconds() - cpu0
+            after = counter.snapshot()
+            count = runner.runs - runs0
+            if count != runs * reps + 1:  # per_call_us calls once before timing
+                raise RuntimeError(f"{runs * reps + 1} runs expected, {count} completed")
+            out["execute_us_median"] = round(total, 3)
+            out["execute_us_min"] = round(fastest, 3)
+            out["cpu_us_per_run"] = round(cpu / count * 1e6, 2)
+            out["completed_runs"] = count
+            out["zk_per_run"] = {k: round((after[k] - before[k]) / count, 4) for k in after}
+            out["zk_totals"] = {k: after[k] - before[k] for k in after}
+
+            # Interleaved: a floor pair, then a run, each timed; the machine's drift cancels.
+            run_s, pair_s = [], []
+            execute = runner.execute
+            for _ in range(floor_n):
+                multi, setter = floor.pair()
+                pair_s.append(multi + setter)
+                start = time.perf_counter()
+                execute(fire)
+                run_s.append(time.perf_counter() - start)
+            out["interleaved_us"] = {
+                "run": stats(run_s, 1e6, 1),
+                "floor_pair": stats(pair_s, 1e6, 1),
+                "run_minus_pair": stats(
+                    [r - p for r, p in zip(run_s, pair_s, strict=True)], 1e6, 1
+                ),
+            }
+
+            # call -> do entry, do return -> execute() returns: a Probe runner, same claim.
+            probe = ShardRunner(replace(runner.settings, handler_factory=Probe), 0, host)
+            probe.claim = runner.claim
+            Probe.marks = []
+            before_do, after_do = [], []
+            for _ in range(floor_n):
+                start = time.perf_counter()
+                probe.execute(fire)
+                end = time.perf_counter()
+                entry, exit_ = Probe.marks[-1]
+                before_do.append(entry - start)
+                after_do.append(end - exit_)
+            out["split"] = {
+                "call_to_do_entry_us": stats(before_do, 1e6, 1),
+                "do_exit_to_return_us": stats(after_do, 1e6, 1),
+            }
+        finally:
+            floor.close()
+    return out
+
+
+def report_cluster(report: Report, cluster: dict[str, Any], direct: float) -> None:
+    """Print and record the cluster-mode figures of :func:`cluster_costs`."""
+    floor = cluster["floor_ms"]
+    for name, s in floor.items():
+        print(f"    ZK {name} round trip: {fmt_stats(s, 'ms')}")
+    report.add("ZooKeeper round trip (exists) p50", floor["exists"]["p50"] * 1e3, "µs")
+    report.add(
+        "floor of a cluster run: multi + set round trips, p50",
+        floor["multi+set"]["p50"] * 1e3,
+        "µs",
+        note=f"mean {floor['multi+set']['mean'] * 1e3:.0f} µs; multi p50 "
+        f"{floor['multi']['p50'] * 1e3:.0f} µs, set p50 {floor['set']['p50'] * 1e3:.0f} µs",
+    )
+    overhead = cluster["execute_us_median"] - direct
+    print(
+        f"    cluster execute() {cluster['execute_us_median']:.1f} µs per run "
+        f"(fastest rep {cluster['execute_us_min']:.1f}); {cluster['completed_runs']} runs",
+        flush=True,
+    )
+    report.add(
+        "cluster mode: framework overhead per run, incl. its 2 ZooKeeper writes (INFO sink)",
+        overhead,
+        "µs",
+        note=f"mean of {cluster['completed_runs']} runs; standalone figure above + 2 round trips",
+    )
+    inter = cluster["interleaved_us"]
+    print(
+        f"    interleaved: run {fmt_stats(inter['run'], 'µs')}; floor pair "
+        f"{fmt_stats(inter['floor_pair'], 'µs')}",
+        flush=True,
+    )
+    report.add(
+        "cluster mode: run minus the floor (multi + set), interleaved, p50",
+        inter["run_minus_pair"]["p50"],
+        "µs",
+        note=f"run p50 {inter['run']['p50']:.0f} µs vs floor p50 {inter['floor_pair']['p50']:.0f} "
+        "µs, sampled alternately",
+    )
+    report.add(
+        "cluster mode: process CPU per run (run thread + kazoo)",
+        cluster["cpu_us_per_run"],
+        "µs",
+        note=f"a bare multi + set costs {cluster['floor_cpu_us_per_pair']:.0f} µs of CPU",
+    )
+    report.add(
+        "cluster mode: process CPU per run above a bare multi + set",
+        round(cluster["cpu_us_per_run"] - cluster["floor_cpu_us_per_pair"], 2),
+        "µs",
+    )
+    per_run = cluster["zk_per_run"]
+    report.add(
+        "cluster mode: ZooKeeper writes per run (mntr zk_cnt_updatelatency)",
+        per_run["writes"],
+        "writes",
+        TARGET_ZK_WRITES,
+    )
+    report.add(
+        "cluster mode: ZooKeeper requests per run (mntr zk_packets_received)",
+        per_run["requests"],
+        "requests",
+        note=f"reads {per_run['reads']}/run; pings included",
+    )
+    split = cluster["split"]
+    print(
+        f"    cluster execute() call → do entry: {fmt_stats(split['call_to_do_entry_us'], 'µs')}"
+        f"; do return → execute() returns: {fmt_stats(split['do_exit_to_return_us'], 'µs')}"
+    )
+    report.add(
+        "cluster mode: execute() call → do entry p50 (incl. the begin multi)",
+        split["call_to_do_entry_us"]["p50"],
+        "µs",
+    )
+    report.add(
+        "cluster mode: do return → execute() returns p50 (incl. the end write)",
+        split["do_exit_to_return_us"]["p50"],
+        "µs",
+    )
+
+
 def main() -> None:
     args = parse_args((__doc__ or "").splitlines()[0])
     runs, reps = (2_000, 3) if args.quick else (10_000, 5)
@@ -354,6 +613,11 @@ def main() -> None:
             "µs",
             note="added to every scheduled run, outside execute()",
         )
+
+        cluster_runs, cluster_reps = (300, 2) if args.quick else (2_000, 3)
+        cluster = cluster_costs(cluster_runs, cluster_reps, 200 if args.quick else 1_000)
+        details["cluster"] = cluster
+        report_cluster(report, cluster, direct)
 
         table, rows = profile_path(runs)
         details["profile_top"] = rows

@@ -3,20 +3,25 @@
 Worker processes (``_cluster.py worker``) against the benchmark's own ZooKeeper server:
 
 - **idle**: 4 instances share 16 shards on a daily schedule — two with session timeout
-  4 s, two with 10 s (the default). Once settled, requests are counted over a window: the
-  server's ``mntr`` ``zk_packets_received`` delta (all clients), and per instance from the
+  4 s, two with 10 s (the default). Once settled, requests are counted over a 15 s window:
+  the server's ``mntr`` ``zk_packets_received`` delta (all clients), and per instance from the
   ``cons`` per-connection ``recved`` counters. Goal: pings only, i.e. kazoo's ping rate
-  ``1 / (T/3 - jitter)`` ≈ 3/T (no polling).
+  ``1 / (T/3 - jitter)`` ≈ 3/T (no polling). A window holds about 4.5 pings of a T = 10 s
+  instance (13 of a T = 4 s one): one ping more or less is within the +25 % margin of the
+  target, a poll of even one request every 5 s is not.
 - **running**: 16 shards on an every-second schedule (no-op handler), i.e. 16 runs/s — held
-  by one instance, then by 4 instances; requests per instance per second and per run.
+  by one instance, then by 4 instances; requests per instance per second and per run over a
+  5 s window (80 runs) that starts and ends half-way between two fire times, so that every
+  run in it is counted whole.
 
-About 50 s (``--quick`` about 25 s).
+About 33 s (``--quick`` about 22 s).
 
 Run: ``.venv/bin/python benchmarks/bench_zk_load.py [--quick]``
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
@@ -84,10 +89,17 @@ def start_cluster(
 
 
 def window(
-    zk: ZkTarget, log: EventLog, ready: list[dict[str, Any]], seconds: float
+    zk: ZkTarget, log: EventLog, ready: list[dict[str, Any]], seconds: float, align: bool = False
 ) -> dict[str, Any]:
-    """Requests over ``seconds``: total (mntr), per instance (cons) and runs started (events)."""
+    """Requests over ``seconds``: total (mntr), per instance (cons) and runs started (events).
+
+    ``align``: start half-way between two whole seconds (and last whole seconds), so that no
+    every-second run straddles the window's edges (its two writes counted, its start not).
+    """
     counter = PacketCounter(zk)
+    if align:
+        now = time.time()
+        time.sleep((math.floor(now) + 0.5 - now) % 1.0)
     cons0 = per_session_received(zk)
     total0, t0, wall0 = counter.read(), time.perf_counter(), time.time()
     time.sleep(seconds)
@@ -121,8 +133,8 @@ def window(
 
 def main() -> None:
     args = parse_args((__doc__ or "").splitlines()[0])
-    idle_s = 6.0 if args.quick else 20.0
-    busy_s = 4.0 if args.quick else 10.0
+    idle_s = 6.0 if args.quick else 15.0
+    busy_s = 4.0 if args.quick else 5.0
     report = Report("bench_zk_load", "B9", args.quick)
     details: dict[str, Any] = {}
     with zookeeper(tick_time=100) as zk:
@@ -159,9 +171,9 @@ def main() -> None:
             print(f"running: {label} x {SHARDS} shards every second ...", flush=True)
             with ProcessPool() as procs:
                 log = EventLog(procs.path("events.jsonl"))
+                # Runs are going by now (start_cluster waits 1 s after settling).
                 _, ready = start_cluster(zk, procs, log, [4.0] * count, EVERY_SECOND)
-                time.sleep(1.0)
-                busy = window(zk, log, ready, busy_s)
+                busy = window(zk, log, ready, busy_s, align=True)
             details[f"running_{count}"] = busy
             per_instance = sum(i["per_s"] for i in busy["instances"]) / count
             per_run = sum(i["requests"] for i in busy["instances"]) / max(busy["runs"], 1)
