@@ -43,6 +43,10 @@ if TYPE_CHECKING:
     from goworker_py.group import UpstreamFeed
 
 
+#: Seconds before the supervisor tries again after a pass failed on an unexpected error.
+_RETRY_PAUSE = 1.0
+
+
 class _Host(ShardHost, Protocol):
     """What the worker's supervisor drives: ``LocalHost`` or ``ClusterHost``."""
 
@@ -485,7 +489,15 @@ class Worker:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return ExitReason.TIMED_OUT
-            host.step()
+            try:
+                host.step()
+            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive one bad pass
+                self._logger.opt(exception=exc).error(
+                    "supervisor pass failed: {!r}; trying again in {} s", exc, _RETRY_PAUSE
+                )
+                self._wake.wait(_RETRY_PAUSE)
+                self._wake.clear()
+                continue
             pause = host.next_timeout()
             if pause is None or (remaining is not None and remaining < pause):
                 pause = remaining

@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from kazoo.client import KazooState
-from kazoo.exceptions import ConnectionLoss, KazooException, SessionExpiredError
+from kazoo.exceptions import ConnectionLoss, KazooException, NoNodeError, SessionExpiredError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from goworker_py.cluster.discovery import WorkerDiscovery
 from goworker_py.cluster.sharding import ShardingStrategy, StickyStrategy, moved_shards
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 #: leaves a margin of at least 0.3 T. (kazoo's SUSPENDED is no clock for this: it counts from
 #: the client's last send, and requests sent into a partition keep postponing it.)
 FENCE_AFTER = 0.7
+#: Seconds before a supervisor pass that failed on a ZooKeeper error is tried again.
+RETRY_PAUSE = 0.5
 
 
 class ClusterHost:
@@ -99,6 +102,10 @@ class ClusterHost:
         self._fenced = False
         self._session = 0
         self._refused_config: dict[str, Any] | None = None
+        #: When a pass that failed on a ZooKeeper error is tried again (monotonic).
+        self._retry_at: float | None = None
+        #: What our instance node holds (see _publish).
+        self._published: WorkerInstance | None = None
         #: The control node's request counters last acted on (None: not read yet).
         self._control_seen: dict[str, int] | None = None
         discovery.on_change = wake.set
@@ -154,6 +161,7 @@ class ClusterHost:
             WorkerInstance.create(self.settings.service), shards=(), health=HealthStatus.GREEN
         )
         node = self.zk.register(self.instance)
+        self._published = self.instance
         # The config and control watches belonged to the old session.
         self.zk.config_dirty = True
         self.zk.control_dirty = True
@@ -233,12 +241,15 @@ class ClusterHost:
     def next_timeout(self) -> float | None:
         """Seconds until the supervisor must look again without being woken (the fence timer)."""
         pauses = [0.5] if self._releasing else []
+        if self._retry_at is not None:
+            pauses.append(max(self._retry_at - time.monotonic(), 0.0))
         if not self._fenced:
             pauses.append(max(self._fence_deadline() - time.monotonic(), 0.0))
         return min(pauses) if pauses else None
 
     def step(self) -> None:
         """One supervisor pass: follow the connection state, then re-balance."""
+        self._retry_at = None
         if self._session_lost:
             self._lose_session()
         silent = time.monotonic() >= self._fence_deadline()
@@ -258,8 +269,15 @@ class ClusterHost:
             self._follow_service_config()
             self._follow_control()
             self.rebalance()
-        except (ConnectionLoss, SessionExpiredError) as exc:
+        except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
             self.logger.info("ZooKeeper unavailable during re-balance: {!r}", exc)
+        except NoNodeError as exc:
+            # Our own instance node is gone (deleted, or its session expired server-side
+            # before we heard).
+            self._node_vanished(repr(exc))
+        except KazooException as exc:
+            self.logger.opt(exception=exc).error("ZooKeeper error during re-balance: {!r}", exc)
+            self._retry_at = time.monotonic() + RETRY_PAUSE
 
     def _set_health(self, health: HealthStatus) -> None:
         if health is not self.health:
@@ -382,6 +400,8 @@ class ClusterHost:
         members = self.zk.members()
         ids = [member.instance.id for member in members]
         if self.instance.id not in ids:
+            if self.zk.node is not None and not self.zk.node_exists():
+                self._node_vanished("deleted from ZooKeeper")
             return  # not registered yet (or re-registering): nothing to own
         claims: dict[int, str] = {}
         for member in members:
@@ -434,6 +454,18 @@ class ClusterHost:
                 len(ids),
             )
 
+    def _node_vanished(self, why: str) -> None:
+        """Our instance node is gone while the session lives: give every shard up cleanly
+        (each claim is released once its thread has ended) and register again."""
+        self.logger.warning(
+            "this instance's node vanished ({}): releasing its shards and registering again", why
+        )
+        for shard in sorted(self.claims):
+            if shard not in self._releasing:
+                self._release(shard)
+        self.zk.node = None
+        self._retry_at = time.monotonic() + RETRY_PAUSE
+
     def _release(self, shard: int) -> None:
         runner = self.runners.get(shard)
         self._releasing[shard] = time.monotonic()
@@ -467,10 +499,14 @@ class ClusterHost:
         return done
 
     def _publish(self) -> None:
-        self.instance = replace(
-            self.instance, shards=tuple(sorted(self.claims)), health=self.health
-        )
-        self.zk.publish(self.instance)
+        """Write our shards and health to our node — only when they changed (every member
+        reads a node written: republishing unchanged data costs the cluster N reads)."""
+        instance = replace(self.instance, shards=tuple(sorted(self.claims)), health=self.health)
+        if instance == self._published:
+            return
+        self.instance = instance
+        self.zk.publish(instance)
+        self._published = instance
 
     def _start_runner(self, shard: int, claim: Claim) -> None:
         """Start the shard's thread, continuing from where its previous owner left it."""

@@ -358,6 +358,12 @@ class ZooKeeperDiscovery:
             self.client.delete(f"{self.instances_path}/{self.node}")
         self.node = None
 
+    def node_exists(self) -> bool:
+        """True while this instance's node exists (False when it was deleted under us)."""
+        if self.node is None:
+            return False
+        return self.client.exists(f"{self.instances_path}/{self.node}") is not None
+
     def publish(self, instance: WorkerInstance) -> None:
         """Write this instance's data (its shards and health) to its node."""
         if self.node is None:
