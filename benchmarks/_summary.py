@@ -160,7 +160,7 @@ def tables() -> list[Table]:
 
     overhead = Table(
         "Framework cost of one run (B3)",
-        ["goworker-py", "calling the handler directly"],
+        ["goworker-py", "floor: the handler called directly / a bare ZooKeeper multi + set"],
     )
     overhead.rows += [
         (
@@ -176,13 +176,30 @@ def tables() -> list[Table]:
         (
             "no-op run, cluster mode (begin + end in ZooKeeper)",
             [
-                Cell("bench_run_overhead", ("framework overhead per run, cluster mode",)),
-                Cell("bench_run_overhead", ("ZooKeeper floor: 2 sequential write round trips",)),
+                Cell(
+                    "bench_run_overhead",
+                    (
+                        "cluster mode: framework overhead per run, incl. its 2 ZooKeeper writes "
+                        "(INFO sink)",
+                    ),
+                ),
+                Cell(
+                    "bench_run_overhead", ("floor of a cluster run: multi + set round trips, p50",)
+                ),
             ],
         ),
         (
-            "ZooKeeper requests per run",
-            [Cell("bench_run_overhead", ("ZooKeeper requests per run, cluster mode",)), None],
+            "ZooKeeper writes / requests per run (cluster mode)",
+            [
+                Cell(
+                    "bench_run_overhead",
+                    (
+                        "cluster mode: ZooKeeper writes per run (mntr zk_cnt_updatelatency)",
+                        "cluster mode: ZooKeeper requests per run (mntr zk_packets_received)",
+                    ),
+                ),
+                None,
+            ],
         ),
     ]
 
@@ -268,43 +285,31 @@ def tables() -> list[Table]:
             ],
         ),
     ]
-    for size in (20, 100):
+    for size, kind in ((20, "instances"), (100, "worker processes")):
+        joins = "instance" if kind == "instances" else "process"
+        scale = f"{size} {kind} x 1,000 shards"
+        maximum = ": convergence (max)" if size == 20 else ": convergence (max of 2)"
         cluster.rows += [
             (
-                f"re-balance after a join, {size} instances x 1,000 shards",
+                f"re-balance after a join, {scale}",
                 [
                     Cell(
                         "bench_rebalance",
-                        (
-                            f"re-balance after instance {size + 1} joins, {size} instances x "
-                            "1,000 shards: convergence (max)",
-                        ),
+                        (f"re-balance after {joins} {size + 1} joins, {scale}{maximum}",),
                     ),
                     None,
                 ],
             ),
             (
-                f"ZooKeeper requests per join re-balance, {size} instances x 1,000 shards",
+                f"ZooKeeper requests per join re-balance, {scale}",
                 [
-                    Cell(
-                        "bench_rebalance",
-                        (
-                            "ZooKeeper requests per join re-balance, "
-                            f"{size} instances x 1,000 shards",
-                        ),
-                    ),
+                    Cell("bench_rebalance", (f"ZooKeeper requests per join re-balance, {scale}",)),
                     None,
                 ],
             ),
             (
-                f"shards moved per join / minimal, {size} instances x 1,000 shards",
-                [
-                    Cell(
-                        "bench_rebalance",
-                        (f"shards moved per join / minimal, {size} instances x 1,000 shards",),
-                    ),
-                    None,
-                ],
+                f"shards moved per join / minimal, {scale}",
+                [Cell("bench_rebalance", (f"shards moved per join / minimal, {scale}",)), None],
             ),
         ]
     for t in (1, 2, 4):

@@ -337,6 +337,7 @@ class ShardRunner:
                 return
             if self.settings.control.paused:
                 self.logger.info("paused: no run for {}", fire.isoformat())
+                self._misfired(1)
                 continue
             self.result = self.execute(fire)
 
