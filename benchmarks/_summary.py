@@ -70,6 +70,9 @@ def _cell_text(summary: dict[str, Any], cell: Cell | None) -> tuple[str, bool]:
     found = [f for f in figs if f is not None]
     if not found:
         return "n/a", False
+    units = {f["unit"] for f in found}
+    if len(units) > 1:  # different units: each value with its own
+        return " / ".join(f"{_number(f['value'])} {f['unit']}" if f else "n/a" for f in figs), True
     values = " / ".join(_number(f["value"]) if f else "n/a" for f in figs)
     return f"{values} {found[0]['unit']}".strip(), True
 
