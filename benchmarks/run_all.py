@@ -21,7 +21,7 @@ script fails or times out. ``--only`` and ``--quick`` runs overwrite ``results.*
 results of one run belong together): point them elsewhere with ``--out DIR``.
 
 Run: ``.venv/bin/python benchmarks/run_all.py [--quick] [--only NAME ...] [--timeout S]
-[--out DIR]`` (about 6 minutes; ``--quick`` about 80 s)
+[--out DIR]`` (about 9 minutes; ``--quick`` about 2 minutes)
 """
 
 from __future__ import annotations
