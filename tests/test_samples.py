@@ -40,6 +40,8 @@ def test_every_local_sample_is_covered() -> None:
         "default_error_retry.py",
         "default_retry_policy.py",
         "helloworld.py",
+        "pipeline.py",
+        "script_task.py",
     }
     assert {path.name for path in SAMPLES.glob("*.py")} - needs_zookeeper <= covered
 
@@ -119,3 +121,24 @@ def test_custom_config_writes_json_lines_with_ids(processes: list[Process]) -> N
     assert messages["helloWorld"]["level"]["name"] == "INFO"
     runs = {messages[step]["extra"]["run"] for step in ("before", "helloWorld", "after")}
     assert len(runs) == 1
+
+
+def test_pipeline(processes: list[Process]) -> None:
+    process = _run(processes, "pipeline.py")
+    assert process.finish(timeout=25) == 0, process.report()
+    lines = process.stdout
+    assert lines[-1] == "ended: extract timed_out, load completed", process.report()
+    extracts = [line.split(None, 1)[1] for line in lines if line.startswith("extract")]
+    loads = [line.split(None, 1)[1] for line in lines if line.startswith("load")]
+    assert len(extracts) >= 4 and sorted(loads) == sorted(extracts), process.report()
+    for load in loads:  # each load after the extract of the same shard and fire time
+        assert lines.index("extract " + load) < lines.index("load    " + load.lstrip())
+
+
+def test_script_task(processes: list[Process]) -> None:
+    process = _run(processes, "script_task.py")
+    assert process.finish(timeout=25) == 0, process.report()
+    out = "\n".join(process.stdout)
+    assert "[stdout] shard 0 of 2: param eu" in out
+    assert "[stdout] shard 1 of 2: param us" in out
+    assert process.stdout[-1] == "worker ended: completed"
