@@ -28,7 +28,7 @@ from loguru import logger
 from goworker_py.clock import SYSTEM_CLOCK, Clock
 from goworker_py.config import WorkerConfig, check_worker_config, default_worker_config
 from goworker_py.errors import ConfigError, DiscoveryError, GoWorkerError, RunFailed
-from goworker_py.handler import validate_handler
+from goworker_py.handler import Handler, validate_handler
 from goworker_py.instance import HealthStatus, WorkerInstance
 from goworker_py.local import LocalHost
 from goworker_py.logging import configure_logging, route_stdlib_logging
@@ -270,6 +270,7 @@ class Worker:
             feed=self._feed,
             listeners=tuple(self._run_listeners),
             anchor=self._anchor or datetime.fromtimestamp(self.clock.time(), timezone.utc),
+            noop_steps=_noop_steps(handler),
         )
 
     def _validate_cluster(self, config: WorkerConfig) -> None:
@@ -534,3 +535,14 @@ class Worker:
                 )
         host.close()
         self._logger.info("worker stopped ({})", reason.value)
+
+
+def _noop_steps(handler: Any) -> frozenset[str]:
+    """``before`` / ``after`` that ``handler`` inherits unchanged from :class:`Handler`."""
+    cls = handler if isinstance(handler, type) else type(handler)
+    own = {} if isinstance(handler, type) else getattr(handler, "__dict__", {})
+    return frozenset(
+        step
+        for step in ("before", "after")
+        if step not in own and getattr(cls, step, None) is getattr(Handler, step)
+    )

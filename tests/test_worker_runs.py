@@ -801,3 +801,47 @@ def test_fake_clock_scheduled_times_follow_the_cron(workers: WorkerTracker) -> N
     assert runs[0] > start
     assert all(r.minute % 15 == 0 and r.second == 0 for r in runs[:4])
     assert [b - a for a, b in itertools.pairwise(runs[:4])] == [timedelta(minutes=15)] * 3
+
+
+def test_run_ids_are_unique_and_differ_in_a_forked_child(workers: WorkerTracker) -> None:
+    import os
+
+    from goworker_py.runner import _RUN_IDS
+
+    ids: list[str] = []
+
+    class Ids(Handler):
+        def do(self, ctx: Context) -> None:
+            ids.append(ctx.run_id)
+
+    worker = workers.make(Ids, UTC, "@every 1ms", sharding_total_count=4)
+    worker.run()
+    wait_until(lambda: len(ids) >= 400, 10)
+    worker.cancel()
+    worker.wait(5)
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child draws its next id and reports it
+        os.write(write, f"{_RUN_IDS.getrandbits(64):016x}".encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    assert child != f"{_RUN_IDS.getrandbits(64):016x}", "a forked child must not repeat our ids"
+
+
+def test_an_instance_may_set_before_and_after_as_attributes(workers: WorkerTracker) -> None:
+    calls: list[str] = []
+
+    class Plain(Handler):
+        def do(self, ctx: Context) -> None:
+            calls.append("do")
+
+    handler = Plain()
+    handler.before = lambda ctx: calls.append("before")  # type: ignore[method-assign]
+    handler.after = lambda ctx: calls.append("after")  # type: ignore[method-assign]
+    worker = workers.make(handler, UTC)
+    worker.run()
+    worker.wait(5)
+    assert calls == ["before", "do", "after"]
