@@ -30,6 +30,7 @@ gracefully, a second fast); the workers' own ``handle_signals`` is turned off.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -177,14 +178,23 @@ class WorkerGroup:
             worker._run_listeners.append(functools.partial(self._upstream_succeeded, name))
             worker._end_listeners.append(functools.partial(self._worker_ended, name))
             self._nodes[name] = node
-            if self._running:
+            start = self._running
+            if start:
                 try:
                     self._prepare_start(node)
-                except ConfigError:
+                except BaseException:
                     del self._nodes[name]
                     raise
                 worker._anchor = self._anchor
+        if start:
+            # Outside the lock: a cluster worker's start waits for ZooKeeper, and the other
+            # workers' shard threads take the lock after each run.
+            try:
                 worker.run()
+            except BaseException:
+                with self._lock:
+                    self._nodes.pop(name, None)  # not started: not part of the group
+                raise
         return worker
 
     def remove(self, name: str, timeout: float | None = None) -> ExitReason:
@@ -238,9 +248,29 @@ class WorkerGroup:
             self._running = True
             # One anchor: every "@every" worker of the group fires at the same instants.
             anchor = self._anchor = datetime.now(timezone.utc)
-            for node in list(self._nodes.values()):
-                node.worker._anchor = anchor
-                node.worker.run()
+            workers = [node.worker for node in self._nodes.values()]
+            for worker in workers:
+                worker._anchor = anchor
+        # Outside the lock (see add()).
+        started: list[Worker] = []
+        try:
+            for worker in workers:
+                worker.run()
+                started.append(worker)
+        except BaseException:
+            # One could not start (ZooKeeper unreachable, ...): stop the others, so that a
+            # failed run() leaves nothing running behind.
+            for worker in started:
+                worker.cancel()
+            for worker in started:
+                with contextlib.suppress(Exception):
+                    worker.wait(60)
+            with self._lock:
+                self._running, self._stopping = False, True
+            if self._signals_installed:
+                REGISTRY.unregister(self)
+                self._signals_installed = False
+            raise
 
     def wait(self, timeout: float | None = None) -> dict[str, ExitReason]:
         """Block until every worker ended; return how each ended, by name.
@@ -261,6 +291,7 @@ class WorkerGroup:
                 if worker.state is WorkerState.INITIALIZED:
                     if not self._running:
                         raise GoWorkerError("the group was not started: call run() first")
+                    results[name] = ExitReason.CANCELLED  # never started (run() failed)
                     continue
                 try:
                     results[name] = worker.wait(remaining)

@@ -294,3 +294,38 @@ def test_a_paused_downstream_skips_what_its_upstreams_complete(group: WorkerGrou
     assert journal.of("down") == []
     down.resume()
     wait_until(lambda: journal.of("down"), 5)
+
+
+def unreachable_cluster_worker(name: str) -> Worker:
+    return Worker(
+        Journal().handler(),
+        WorkerConfig(discovery=DiscoveryConfig(hosts="127.0.0.1:1", connect_timeout=0.5)),
+        "@every 1h",
+        name=name,
+        model=Model.CLUSTER,
+        service_name=name,
+        handle_signals=False,
+    )
+
+
+def test_a_worker_that_cannot_start_leaves_nothing_running(group: WorkerGroup) -> None:
+    from goworker_py import ZooKeeperUnavailable
+
+    journal = Journal()
+    local = group.add(make(journal.handler(), "local", "@every 50ms"))
+    group.add(unreachable_cluster_worker("remote"))
+    with pytest.raises(ZooKeeperUnavailable):
+        group.run()
+    assert local.state is WorkerState.SHUTDOWN, "the worker started first was stopped again"
+
+
+def test_adding_a_worker_that_cannot_start_keeps_the_group_as_it_was(group: WorkerGroup) -> None:
+    from goworker_py import ZooKeeperUnavailable
+
+    journal = Journal()
+    group.add(make(journal.handler(), "local"))
+    group.run()
+    with pytest.raises(ZooKeeperUnavailable):
+        group.add(unreachable_cluster_worker("remote"))
+    assert "remote" not in group
+    assert group.wait(10) == {"local": ExitReason.COMPLETED}
