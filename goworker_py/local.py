@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
 
 from goworker_py.handler import Context
@@ -24,6 +25,8 @@ class LocalHost:
         self.failures: dict[int, BaseException] = {}
         self._exited: set[int] = set()
         self._wake = wake
+        #: Called (once every shard's thread has ended) on the last one's thread.
+        self.on_completed: Callable[[], None] | None = None
         # The instance never changes in local mode: one view per shard, made once.
         self._views = {index: self.instance.with_shard(index) for index in range(settings.total)}
 
@@ -79,3 +82,5 @@ class LocalHost:
             self.failures[runner.shard.index] = result.error
         self._exited.add(runner.shard.index)
         self._wake.set()
+        if self.on_completed is not None and self.completed:
+            self.on_completed()

@@ -1,9 +1,11 @@
 """The worker: a handler given a lifecycle, a schedule, retries and graceful shutdown.
 
 ``Worker(...).run()`` validates everything (raising a :class:`~goworker_py.errors.ConfigError`
-before any thread starts), starts one dedicated thread per owned shard plus one supervisor
-thread, and returns at once. ``wait()`` blocks until the worker ends and says how; ``cancel()``
-stops it gracefully from any thread.
+before any thread starts), starts one dedicated thread per owned shard (plus, in cluster mode,
+one supervisor thread that follows the cluster), and returns at once. ``wait()`` blocks until
+the worker ends and says how; ``cancel()`` stops it gracefully from any thread. A local worker
+has no thread of its own besides its shards': its end starts a short-lived one that shuts it
+down.
 
 States (the seed's four): ``INITIALIZED`` → ``PENDING`` (validated, starting) → ``RUNNING``
 (shard threads up) → ``SHUTDOWN`` (ended; ``wait()`` returns).
@@ -17,6 +19,7 @@ timeout is reported in the log and left behind on its daemon thread.
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -169,6 +172,11 @@ class Worker:
         self._exit_reason: ExitReason | None = None
         self._host: _Host | None = None
         self._control = RunControl()
+        # Local mode: no supervisor thread (see run()); _end_local starts the shutdown once.
+        self._local_supervision = False
+        self._ending = False
+        self._lock_end = threading.Lock()
+        self._timer: threading.Timer | None = None
         # Set by a WorkerGroup: where a downstream's fire times come from, and who is told
         # of each successful run (shard, fire time) and of the worker's end.
         self._feed: UpstreamFeed | None = None
@@ -350,9 +358,25 @@ class Worker:
             )
             if self._stop_reason is None:
                 host.start()
-            threading.Thread(
-                target=self._supervise, name=f"goworker:{self.name}:supervisor", daemon=True
-            ).start()
+            if isinstance(host, LocalHost):
+                # A local worker needs no supervisor thread while it runs: its end (a stop
+                # request, its runs completing, its timeout) starts a thread that shuts it down.
+                host.on_completed = functools.partial(self._end_local, ExitReason.COMPLETED)
+                if self.timeout is not None:
+                    self._timer = threading.Timer(
+                        self.timeout, self._request_stop, args=(ExitReason.TIMED_OUT,)
+                    )
+                    self._timer.daemon = True
+                    self._timer.start()
+                self._local_supervision = True
+                if self._stop_reason is not None:
+                    self._end_local(self._stop_reason)
+                elif host.completed:
+                    self._end_local(ExitReason.COMPLETED)
+            else:
+                threading.Thread(
+                    target=self._supervise, name=f"goworker:{self.name}:supervisor", daemon=True
+                ).start()
 
     def wait(self, timeout: float | None = None) -> ExitReason:
         """Block until the worker ends; return how it ended.
@@ -459,16 +483,38 @@ class Worker:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._wake.set()
+        if self._local_supervision:
+            self._end_local(self._stop_reason)
+
+    def _end_local(self, reason: ExitReason) -> None:
+        """Local mode: shut the worker down on a thread of its own (once)."""
+        with self._lock_end:
+            if self._ending:
+                return
+            self._ending = True
+        threading.Thread(
+            target=self._finish, args=(reason,), name=f"goworker:{self.name}:stop", daemon=True
+        ).start()
 
     def _supervise(self) -> None:
+        """Cluster mode: follow the cluster until the worker must end, then shut it down."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         try:
             reason = self._wait_for_end(deadline)
-            self._shutdown(reason)
         except BaseException as exc:  # noqa: BLE001 - never leave wait() hanging
             self._logger.opt(exception=exc).critical("worker supervisor crashed: {!r}", exc)
+            reason = ExitReason.CANCELLED
+        self._finish(reason)
+
+    def _finish(self, reason: ExitReason) -> None:
+        try:
+            self._shutdown(reason)
+        except BaseException as exc:  # noqa: BLE001 - never leave wait() hanging
+            self._logger.opt(exception=exc).critical("worker shutdown crashed: {!r}", exc)
             self._exit_reason = self._exit_reason or ExitReason.CANCELLED
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             self._state = WorkerState.SHUTDOWN
             if self._signals_installed:
                 REGISTRY.unregister(self)

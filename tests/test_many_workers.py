@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -31,7 +32,9 @@ def test_many_cron_workers_start_run_and_stop_cleanly(workers: WorkerTracker, cr
     for worker in fleet:
         worker.run()
     assert all(worker.state is WorkerState.RUNNING for worker in fleet)
-    assert len(shard_threads()) >= COUNT  # one shard thread (and a supervisor) each
+    # One shard thread each, and no other: a local worker has no supervisor thread.
+    names = [t.name for t in shard_threads() if re.match(r"goworker:w\d{3}:", t.name)]
+    assert len(names) == COUNT and all(name.endswith(":shard-0") for name in names)
 
     wait_until(lambda: len(runs) == COUNT, 20, what=f"every one of {COUNT} workers ran")
 
