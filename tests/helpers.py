@@ -38,6 +38,11 @@ def shard_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("goworker:")]
 
 
+def new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Live threads that were not in ``before`` (threads that ended meanwhile do not count)."""
+    return [t for t in threading.enumerate() if t not in before]
+
+
 class WorkerTracker:
     """Makes workers for a test and makes sure every one of them is stopped afterwards."""
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import WorkerTracker, wait_until
+from helpers import WorkerTracker, new_threads
 
 import goworker_py.worker as worker_module
 from goworker_py import (
@@ -308,11 +308,11 @@ def _bad_worker_cases() -> list[tuple[str, dict[str, Any], type[Exception], str]
 def test_bad_input_fails_at_run_before_any_thread(
     workers: WorkerTracker, kwargs: dict[str, Any], error: type[Exception], message: str
 ) -> None:
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     worker = workers.make(Noop, **kwargs)
     with pytest.raises(error, match=re.escape(message)):
         worker.run()
-    assert threading.active_count() == threads_before
+    assert new_threads(threads_before) == []
     assert worker.state is WorkerState.INITIALIZED
 
 
@@ -322,10 +322,10 @@ def test_bad_input_fails_at_run_before_any_thread(
     ids=["none", "str", "int", "object", "base-class", "base-instance"],
 )
 def test_non_handler_rejected_at_construction(handler: Any) -> None:
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     with pytest.raises(InvalidHandlerError, match="do"):
         Worker(handler, handle_signals=False)
-    assert threading.active_count() == threads_before
+    assert new_threads(threads_before) == []
 
 
 def test_handler_class_needing_arguments_rejected() -> None:
@@ -343,11 +343,11 @@ def test_handler_class_needing_arguments_rejected() -> None:
 def test_failed_validation_leaves_no_thread_and_cancel_still_works(
     workers: WorkerTracker,
 ) -> None:
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     worker = workers.make(Noop, cron="not a cron")
     with pytest.raises(InvalidScheduleError):
         worker.run()
     worker.cancel()
-    wait_until(lambda: threading.active_count() == threads_before, 1)
+    assert new_threads(threads_before) == []
     with pytest.raises(GoWorkerError, match="run\\(\\) first"):
         worker.wait(timeout=0.1)
