@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 from goworker_py import (
     Context,
@@ -23,20 +24,24 @@ from goworker_py import (
     WorkerConfig,
 )
 
+_print_lock = threading.Lock()  # shard threads print at the same time: one line at a time
+
+
+def say(text: str) -> None:
+    with _print_lock:
+        print(text, flush=True)
+
 
 class PrintShard(Handler):
     def watch(self, info: WatchInfo) -> None:
         members = ", ".join(f"{m.host}:{m.pid}{list(m.shards)}" for m in info.cluster_instances)
-        print(
-            f"watch: shard {info.current_instance.shard_index} here; members {members}", flush=True
-        )
+        say(f"watch: shard {info.current_instance.shard_index} here; members {members}")
 
     def do(self, ctx: Context) -> None:
-        print(
+        say(
             f"shard {ctx.shard.index}/{ctx.shard.total} param={ctx.shard.param!r} "
             f"token={ctx.fencing_token} failover={ctx.is_failover} "
-            f"fire={ctx.scheduled_time:%H:%M:%S}",
-            flush=True,
+            f"fire={ctx.scheduled_time:%H:%M:%S}"
         )
 
 

@@ -7,17 +7,26 @@ by shard, for the same fire time (depends_on). Stops after about six seconds (or
 
 from __future__ import annotations
 
+import threading
+
 from goworker_py import Context, Handler, Worker, WorkerGroup
+
+_print_lock = threading.Lock()  # shard threads print at the same time: one line at a time
+
+
+def say(text: str) -> None:
+    with _print_lock:
+        print(text, flush=True)
 
 
 class Extract(Handler):
     def do(self, ctx: Context) -> None:
-        print(f"extract shard {ctx.shard.index} for {ctx.scheduled_time:%H:%M:%S}", flush=True)
+        say(f"extract shard {ctx.shard.index} for {ctx.scheduled_time:%H:%M:%S}")
 
 
 class Load(Handler):
     def do(self, ctx: Context) -> None:
-        print(f"load    shard {ctx.shard.index} for {ctx.scheduled_time:%H:%M:%S}", flush=True)
+        say(f"load    shard {ctx.shard.index} for {ctx.scheduled_time:%H:%M:%S}")
 
 
 def main() -> int:
