@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from goworker_py.handler import Context
-    from goworker_py.runner import RunResult
+    from goworker_py.run import RunResult
 
 
 class RunObserver(Protocol):

@@ -8,11 +8,12 @@ from datetime import datetime
 
 from goworker_py.handler import Context
 from goworker_py.instance import WorkerInstance
-from goworker_py.runner import RunResult, RunSettings, RunTicket, ShardRunner
+from goworker_py.run import RunResult, RunSettings, RunTicket
+from goworker_py.runner import ShardRunner
 
 
 class LocalHost:
-    """The :class:`~goworker_py.runner.ShardHost` of a local-mode worker: all shards, always."""
+    """The :class:`~goworker_py.run.ShardHost` of a local-mode worker: all shards, always."""
 
     def __init__(self, settings: RunSettings, wake: threading.Event) -> None:
         self.settings = settings

@@ -56,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 if TYPE_CHECKING:
     from goworker_py.handler import Context
-    from goworker_py.runner import RunResult
+    from goworker_py.run import RunResult
     from goworker_py.worker import Worker
 
 #: Histogram buckets (seconds) of run durations and of lateness behind the fire time.

@@ -19,24 +19,30 @@ import math
 import os
 import random
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
 from goworker_py.errors import AttemptsExhausted, RunCancelled
 from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
-from goworker_py.instance import WatchInfo, WorkerInstance
-from goworker_py.retry import RetryPolicy, StepResult, StepRetrier
+from goworker_py.instance import WatchInfo
+from goworker_py.retry import StepResult, StepRetrier
+from goworker_py.run import RunControl, RunResult, RunSettings, RunTicket, ShardHost
 from goworker_py.schedule import IntervalSchedule
 
 if TYPE_CHECKING:
-    from loguru import Logger
-
-    from goworker_py.clock import Clock
     from goworker_py.group import UpstreamFeed
     from goworker_py.schedule import Schedule
+
+__all__ = [
+    "MAX_SLEEP",
+    "RunControl",
+    "RunResult",
+    "RunSettings",
+    "RunTicket",
+    "ShardHost",
+    "ShardRunner",
+]
 
 #: Longest single sleep: a wall clock stepped forward while we sleep is noticed this soon.
 MAX_SLEEP = 30.0
@@ -48,98 +54,6 @@ _STEPS = ("before", "do", "after")
 #: the same instant: with a thousand jobs firing together that doubled their lateness.
 _RUN_IDS = random.Random(os.urandom(16))
 os.register_at_fork(after_in_child=lambda: _RUN_IDS.seed(os.urandom(16)))
-
-
-@dataclass
-class RunResult:
-    """How one run ended."""
-
-    run_id: str
-    ok: bool
-    cancelled: bool = False
-    error: BaseException | None = None
-    failed_step: str = ""
-
-
-@dataclass
-class RunTicket:
-    """What the host grants a run that may start: its fencing token and failover flag."""
-
-    fencing_token: int | None = None
-    is_failover: bool = False
-    scheduled_time: datetime | None = None
-
-
-class ShardHost(Protocol):
-    """What a shard runner needs from the worker that owns it (local or cluster mode)."""
-
-    def instance_for(self, shard_index: int) -> WorkerInstance:
-        """This instance, as seen from ``shard_index``'s thread."""
-
-    def members(self) -> tuple[WorkerInstance, ...]:
-        """The live members of the service."""
-
-    def wait_ready(self, runner: ShardRunner) -> bool:
-        """Block while no run may start (cluster outage); False once the runner is stopping."""
-
-    def begin_run(self, runner: ShardRunner, fire_time: datetime, run_id: str) -> RunTicket | None:
-        """Called before a run; ``None`` means the run must not start (not owner, unhealthy)."""
-
-    def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
-        """Called after a run, whatever its outcome."""
-
-    def runner_exited(self, runner: ShardRunner) -> None:
-        """Called once, on the runner's thread, when it stops for good."""
-
-
-class RunControl:
-    """Run-time switches a worker's shard runners share.
-
-    While :attr:`paused` no run starts: fire times pass unrun, other runs wait. A worker is
-    paused on its own (``Worker.pause()``) or with its whole service (the cluster control node).
-    """
-
-    __slots__ = ("cluster", "local")
-
-    def __init__(self) -> None:
-        #: Paused by ``Worker.pause()``.
-        self.local = False
-        #: Paused cluster-wide (``goworker-py pause``).
-        self.cluster = False
-
-    @property
-    def paused(self) -> bool:
-        return self.local or self.cluster
-
-
-@dataclass
-class RunSettings:
-    """Everything about a worker that its shard runners share."""
-
-    worker_name: str
-    service: str
-    handler_factory: Callable[[], Any]
-    retry_policy: RetryPolicy
-    schedule: Schedule | None
-    zone: tzinfo
-    params: str
-    params_map: dict[int, str]
-    total: int
-    clock: Clock
-    misfire_policy: str
-    logger: Logger
-    #: Seconds a fire time missed during a hand-over or an outage may be late and still run.
-    misfire_grace: float = 1.0
-    wants_watch: bool = False
-    control: RunControl = field(default_factory=RunControl)
-    #: A downstream worker of a WorkerGroup: its fire times come from its upstreams.
-    feed: UpstreamFeed | None = None
-    #: Told ``(shard, fire time)`` after each successful run (a WorkerGroup's dependencies).
-    listeners: tuple[Callable[[int, datetime], None], ...] = ()
-    #: When the worker (or its group) started: ``@every`` fire times count from it.
-    anchor: datetime | None = None
-    #: Steps the handler leaves to :class:`Handler`'s empty defaults (not called).
-    noop_steps: frozenset[str] = frozenset()
 
 
 class ShardRunner:

@@ -37,7 +37,8 @@ from goworker_py.local import LocalHost
 from goworker_py.logging import configure_logging, route_stdlib_logging
 from goworker_py.params import check_params_fit, resolve_cluster_parameter
 from goworker_py.retry import DefaultRetryPolicy, RetryPolicy, validate_retry_policy
-from goworker_py.runner import RunControl, RunSettings, ShardHost, ShardRunner
+from goworker_py.run import RunControl, RunSettings, ShardHost
+from goworker_py.runner import ShardRunner
 from goworker_py.schedule import _zone, shared_schedule
 from goworker_py.signals import REGISTRY
 

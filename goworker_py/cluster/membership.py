@@ -1,6 +1,6 @@
 """Cluster membership: which shards this instance runs, kept right as the cluster changes.
 
-:class:`ClusterHost` is the :class:`~goworker_py.runner.ShardHost` of a cluster-mode worker. All
+:class:`ClusterHost` is the :class:`~goworker_py.run.ShardHost` of a cluster-mode worker. All
 of its work happens on the worker's supervisor thread, woken by kazoo callbacks (which only
 signal): it reads the members, computes the assignment with the sharding strategy, releases
 shards it should no longer own (stopping their threads first, releasing the claim only once the
@@ -28,14 +28,13 @@ from kazoo.exceptions import ConnectionLoss, KazooException, NoNodeError, Sessio
 from kazoo.handlers.threading import KazooTimeoutError
 
 from goworker_py.cluster.discovery import WorkerDiscovery
+from goworker_py.cluster.service import ServiceNodes
 from goworker_py.cluster.sharding import ShardingStrategy, StickyStrategy, moved_shards
 from goworker_py.cluster.zookeeper import CANCELLED, DONE, FAILED, RUNNING, Claim, RunMarker
-from goworker_py.errors import ConfigError, ServiceConfigConflict
 from goworker_py.handler import Context
 from goworker_py.instance import HealthStatus, WorkerInstance
-from goworker_py.params import check_params_fit, resolve_cluster_parameter
-from goworker_py.runner import RunResult, RunSettings, RunTicket, ShardRunner
-from goworker_py.schedule import parse_schedule
+from goworker_py.run import RunResult, RunSettings, RunTicket
+from goworker_py.runner import ShardRunner
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -50,7 +49,7 @@ FENCE_AFTER = 0.7
 RETRY_PAUSE = 0.5
 
 
-class ClusterHost:
+class ClusterHost(ServiceNodes):
     """Membership, shard ownership and health of one cluster-mode worker instance."""
 
     def __init__(
@@ -101,13 +100,10 @@ class ClusterHost:
         self._session_lost = False
         self._fenced = False
         self._session = 0
-        self._refused_config: dict[str, Any] | None = None
         #: When a pass that failed on a ZooKeeper error is tried again (monotonic).
         self._retry_at: float | None = None
         #: What our instance node holds (see _publish).
         self._published: WorkerInstance | None = None
-        #: The control node's request counters last acted on (None: not read yet).
-        self._control_seen: dict[str, int] | None = None
         discovery.on_change = wake.set
         discovery.on_state = self._on_state
 
@@ -126,34 +122,6 @@ class ClusterHost:
     def start(self) -> None:
         """Take a first share of shards (the supervisor keeps it right from then on)."""
         self.step()
-
-    def _service_settings(self) -> dict[str, Any]:
-        return {
-            "sharding_total_count": self.settings.total,
-            "params": self.settings.params,
-            "schedule": self.cron,
-        }
-
-    def _check_service_config(self) -> None:
-        mine = self._service_settings()
-        stored = self.zk.read_service_config()
-        if stored is None and self.zk.write_service_config(mine, create_only=True):
-            return
-        stored = self.zk.read_service_config()
-        if stored == mine:
-            return
-        if self.overwrite:
-            self.logger.warning("overwriting the service settings {} with {}", stored, mine)
-            self.zk.write_service_config(mine, create_only=False)
-            return
-        differing = sorted(k for k in mine if (stored or {}).get(k) != mine[k])
-        raise ServiceConfigConflict(
-            f"service {self.settings.service!r} in ZooKeeper has "
-            + ", ".join(f"{k}={(stored or {}).get(k)!r}" for k in differing)
-            + " but this instance has "
-            + ", ".join(f"{k}={mine[k]!r}" for k in differing)
-            + ": start it with the same settings, or pass overwrite=True to replace them"
-        )
 
     def _register(self) -> None:
         self._session = self.zk.session_id
@@ -309,87 +277,6 @@ class ClusterHost:
             self._releasing.setdefault(shard, time.monotonic())
         self.claims.clear()
         self.zk.node = None
-
-    def _follow_service_config(self) -> None:
-        """Adopt settings another instance wrote with ``overwrite=True`` (SPEC 4.1).
-
-        Every instance must compute the assignment over the same shard count: one left on the
-        old count would leave shards unowned. All shards are released and claimed again, so
-        each shard thread restarts with its new total, param and schedule.
-        """
-        if not self.zk.config_dirty:
-            return
-        stored = self.zk.read_service_config()
-        if stored is None or stored == self._service_settings():
-            return
-        try:
-            settings = self._settings_from(stored)
-        except (ConfigError, KeyError, TypeError, ValueError) as exc:
-            if stored != self._refused_config:
-                self._refused_config = stored
-                self.logger.error(
-                    "the service settings in ZooKeeper changed to {}, which this instance "
-                    "cannot use ({}): it keeps running {}",
-                    stored,
-                    exc,
-                    self._service_settings(),
-                )
-            return
-        self.logger.warning(
-            "the service settings in ZooKeeper changed from {} to {}: re-balancing with them",
-            self._service_settings(),
-            stored,
-        )
-        for shard in sorted(self.claims):
-            if shard not in self._releasing:
-                self._release(shard)
-        self.settings = settings
-        self.cron = str(stored["schedule"])
-
-    def _follow_control(self) -> None:
-        """Act on the service's control node: pause, resume, trigger, stop-run (SPEC 5).
-
-        Pausing is a state; trigger and stop-run are counters, acted on when they grow — on the
-        shards this instance owns at that moment. Requests made before this instance first
-        read the node are not replayed.
-        """
-        if not self.zk.control_dirty:
-            return
-        data = self.zk.read_control() or {}
-        counters = {key: _counter(data.get(key)) for key in ("trigger", "stop_run")}
-        seen, self._control_seen = self._control_seen, counters
-        control, paused = self.settings.control, data.get("paused") is True
-        if paused != control.cluster:
-            control.cluster = paused
-            self.logger.info("service {} cluster-wide", "paused" if paused else "resumed")
-            if not paused:
-                for runner in self.runners.values():
-                    runner.wake()
-        if seen is None:
-            return
-        live = {shard: r for shard, r in self.runners.items() if not r.stopping}
-        if counters["stop_run"] > seen["stop_run"]:
-            cancelled = sorted(shard for shard, r in live.items() if r.cancel_run())
-            self.logger.info("stop-run requested: cancelled the run(s) of shard(s) {}", cancelled)
-        if counters["trigger"] > seen["trigger"]:
-            if control.paused:
-                self.logger.info("trigger requested while paused: no run started")
-            else:
-                triggered = sorted(shard for shard, r in live.items() if r.trigger())
-                self.logger.info("trigger requested: one run now on shard(s) {}", triggered)
-
-    def _settings_from(self, stored: dict[str, Any]) -> RunSettings:
-        total = stored["sharding_total_count"]
-        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-            raise ConfigError(f"sharding_total_count must be an int >= 1, got {total!r}")
-        params = str(stored["params"])
-        params_map = resolve_cluster_parameter(params)
-        check_params_fit(params_map, total)
-        cron = str(stored["schedule"])
-        schedule = parse_schedule(cron, self.settings.zone) if cron else None
-        return replace(
-            self.settings, total=total, params=params, params_map=params_map, schedule=schedule
-        )
 
     # -- re-balancing ----------------------------------------------------------------------------
 
@@ -630,8 +517,3 @@ class ClusterHost:
             self.zk.end_run(marker)
         except (ConnectionLoss, SessionExpiredError, KazooException) as exc:
             runner.logger.warning("could not record the end of the run: {!r}", exc)
-
-
-def _counter(value: Any) -> int:
-    """A control node request counter (a missing or malformed one counts as 0)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
