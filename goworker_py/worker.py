@@ -18,7 +18,6 @@ timeout is reported in the log and left behind on its daemon thread.
 
 from __future__ import annotations
 
-import enum
 import functools
 import threading
 import time
@@ -33,6 +32,7 @@ from goworker_py.config import WorkerConfig, check_worker_config, default_worker
 from goworker_py.errors import ConfigError, DiscoveryError, GoWorkerError, RunFailed
 from goworker_py.handler import Handler, validate_handler
 from goworker_py.instance import HealthStatus, WorkerInstance
+from goworker_py.lifecycle import ExitReason, Model, WorkerState
 from goworker_py.local import LocalHost
 from goworker_py.logging import configure_logging, route_stdlib_logging
 from goworker_py.params import check_params_fit, resolve_cluster_parameter
@@ -41,6 +41,8 @@ from goworker_py.run import RunControl, RunSettings, ShardHost
 from goworker_py.runner import ShardRunner
 from goworker_py.schedule import _zone, shared_schedule
 from goworker_py.signals import REGISTRY
+
+__all__ = ["ExitReason", "Model", "Worker", "WorkerState"]
 
 if TYPE_CHECKING:
     from goworker_py.cluster.sharding import ShardingStrategy
@@ -71,37 +73,6 @@ class _Host(ShardHost, Protocol):
     def stop_runners(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-class Model(enum.IntEnum):
-    """Where a worker's shards come from (the seed's ``WorkerModel``)."""
-
-    #: One process owns every shard; no ZooKeeper.
-    LOCAL = 1
-    #: Instances of a service share its shards through ZooKeeper.
-    CLUSTER = 2
-
-
-class WorkerState(enum.IntEnum):
-    """A worker's lifecycle state (the seed's four)."""
-
-    INITIALIZED = 0
-    PENDING = 1
-    RUNNING = 2
-    SHUTDOWN = 3
-
-
-class ExitReason(enum.Enum):
-    """How a worker ended, as returned by :meth:`Worker.wait`."""
-
-    #: A run-once worker's runs finished (successfully: a failure raises ``RunFailed``).
-    COMPLETED = "completed"
-    #: ``cancel()`` was called.
-    CANCELLED = "cancelled"
-    #: SIGINT or SIGTERM arrived.
-    SIGNALLED = "signalled"
-    #: The worker's ``timeout`` elapsed (the seed's context deadline).
-    TIMED_OUT = "timed_out"
 
 
 class Worker:
