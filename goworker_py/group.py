@@ -46,6 +46,18 @@ from goworker_py.worker import ExitReason, Model, Worker, WorkerState
 MAX_PENDING_FIRES = 256
 
 
+def required_upstream_shards(
+    upstreams: tuple[tuple[str, int], ...], total: int, shard: int
+) -> list[tuple[str, int]]:
+    """The ``(upstream, shard)`` runs downstream ``shard`` of ``total`` waits for: shard ``i``
+    of an upstream with as many shards, else every shard of it. ``upstreams`` are
+    ``(name, shard count)`` pairs."""
+    needed: list[tuple[str, int]] = []
+    for name, up_total in upstreams:
+        needed += [(name, shard)] if up_total == total else [(name, s) for s in range(up_total)]
+    return needed
+
+
 class UpstreamFeed:
     """The fire times a downstream worker's shards may run, fed by its upstreams' successes."""
 
@@ -125,6 +137,9 @@ class WorkerGroup:
         self._forced = False
         self._signals_installed = False
         self._anchor: datetime | None = None
+        #: Names of the workers some local downstream waits for (see _index): every run of
+        #: every worker ends in _upstream_succeeded, which most can leave at once.
+        self._feeding: frozenset[str] = frozenset()
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -178,12 +193,14 @@ class WorkerGroup:
             worker._run_listeners.append(functools.partial(self._upstream_succeeded, name))
             worker._end_listeners.append(functools.partial(self._worker_ended, name))
             self._nodes[name] = node
+            self._index()
             start = self._running
             if start:
                 try:
                     self._prepare_start(node)
                 except BaseException:
                     del self._nodes[name]
+                    self._index()
                     raise
                 worker._anchor = self._anchor
         if start:
@@ -194,6 +211,7 @@ class WorkerGroup:
             except BaseException:
                 with self._lock:
                     self._nodes.pop(name, None)  # not started: not part of the group
+                    self._index()
                 raise
         return worker
 
@@ -224,6 +242,7 @@ class WorkerGroup:
             reason = ExitReason.COMPLETED
         with self._lock:
             self._nodes.pop(name, None)
+            self._index()
         return reason
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -385,8 +404,19 @@ class WorkerGroup:
 
         visit(name)
 
+    def _index(self) -> None:
+        """Under the lock, after ``_nodes`` changed: which workers feed a local downstream."""
+        self._feeding = frozenset(
+            name
+            for node in self._nodes.values()
+            if node.feed is not None
+            for name in node.upstreams
+        )
+
     def _upstream_succeeded(self, upstream: str, shard: int, fire: datetime) -> None:
         """A run of ``upstream`` succeeded: release the downstream runs it completes."""
+        if upstream not in self._feeding:
+            return  # no local downstream: the common case, kept off the lock
         ready: list[tuple[UpstreamFeed, int]] = []
         with self._lock:
             up_node = self._nodes.get(upstream)
@@ -413,18 +443,12 @@ class WorkerGroup:
 
     def _required(self, node: _Node, shard: int) -> set[tuple[str, int]]:
         """The (upstream, shard) runs downstream ``shard`` waits for, for one fire time."""
-        needed: set[tuple[str, int]] = set()
-        total = node.worker.sharding_total_count
-        for name in node.upstreams:
-            up = self._nodes.get(name)
-            if up is None:
-                needed.add((name, -1))  # not added yet: can never be complete
-                continue
-            up_total = up.worker.sharding_total_count
-            needed.update(
-                [(name, shard)] if up_total == total else [(name, s) for s in range(up_total)]
-            )
-        return needed
+        if any(name not in self._nodes for name in node.upstreams):
+            return {("", -1)}  # an upstream not added yet: never complete
+        upstreams = tuple(
+            (name, self._nodes[name].worker.sharding_total_count) for name in node.upstreams
+        )
+        return set(required_upstream_shards(upstreams, node.worker.sharding_total_count, shard))
 
     def _worker_ended(self, name: str) -> None:
         """A worker ended: downstreams whose upstreams all ended get no more fire times."""

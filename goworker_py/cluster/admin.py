@@ -31,13 +31,12 @@ from kazoo.exceptions import (
     NoNodeError,
 )
 
-from goworker_py.cluster.zookeeper import kazoo_client, service_root
+from goworker_py.cluster.nodes import kazoo_client, service_root, start_client
 from goworker_py.config import DiscoveryConfig
 from goworker_py.errors import (
     ClusterError,
     DiscoveryError,
     InvalidScheduleError,
-    ZooKeeperUnavailable,
 )
 from goworker_py.instance import WorkerInstance
 from goworker_py.schedule import _zone, parse_schedule
@@ -110,14 +109,7 @@ class ClusterAdmin:
         self.client = kazoo_client(config)
 
     def __enter__(self) -> ClusterAdmin:
-        try:
-            self.client.start(timeout=self.config.connect_timeout)
-        except Exception as exc:
-            self.client.close()
-            raise ZooKeeperUnavailable(
-                f"cannot reach ZooKeeper at {self.config.hosts!r} within "
-                f"{self.config.connect_timeout} s: is the server running and the address right?"
-            ) from exc
+        start_client(self.client, self.config)
         try:
             self._check_service()
         except BaseException:

@@ -12,6 +12,7 @@ from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
 from goworker_py.config import DiscoveryConfig
+from goworker_py.errors import ZooKeeperUnavailable
 from goworker_py.instance import WorkerInstance
 
 
@@ -119,3 +120,16 @@ def kazoo_client(config: DiscoveryConfig) -> KazooClient:
         # would stay cut off long after ZooKeeper is back. Retry forever, at most 1 s apart.
         connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0},
     )
+
+
+def start_client(client: KazooClient, config: DiscoveryConfig) -> None:
+    """Connect ``client`` within ``config.connect_timeout``; a clear error instead of a hang."""
+    try:
+        client.start(timeout=config.connect_timeout)
+    except Exception as exc:
+        client.stop()
+        client.close()
+        raise ZooKeeperUnavailable(
+            f"cannot reach ZooKeeper at {config.hosts!r} within {config.connect_timeout} s "
+            "(connect_timeout): is the server running and the address right?"
+        ) from exc

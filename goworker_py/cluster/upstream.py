@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from goworker_py.cluster.zookeeper import DONE, RunMarker
+from goworker_py.group import required_upstream_shards
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -27,18 +28,6 @@ if TYPE_CHECKING:
 
 #: Completed fire times remembered per upstream shard.
 _REMEMBERED = 64
-
-
-def required_upstream_shards(
-    upstreams: tuple[tuple[str, int], ...], total: int, shard: int
-) -> list[tuple[str, int]]:
-    """The ``(upstream service, shard)`` runs downstream ``shard`` of ``total`` waits for."""
-    needed: list[tuple[str, int]] = []
-    for service, up_total in upstreams:
-        needed += (
-            [(service, shard)] if up_total == total else [(service, s) for s in range(up_total)]
-        )
-    return needed
 
 
 class UpstreamWatch:

@@ -54,9 +54,10 @@ from goworker_py.cluster.nodes import (
     RunMarker,
     kazoo_client,
     service_root,
+    start_client,
 )
 from goworker_py.config import DiscoveryConfig
-from goworker_py.errors import ClusterError, DiscoveryError, ZooKeeperUnavailable
+from goworker_py.errors import ClusterError, DiscoveryError
 from goworker_py.instance import WorkerInstance
 
 __all__ = [
@@ -149,16 +150,7 @@ class ZooKeeperDiscovery:
 
     def connect(self) -> None:
         """Connect and check access; raise a clear error instead of hanging."""
-        try:
-            self.client.start(timeout=self.config.connect_timeout)
-        except Exception as exc:
-            self.client.stop()
-            self.client.close()
-            raise ZooKeeperUnavailable(
-                f"cannot reach ZooKeeper at {self.config.hosts!r} within "
-                f"{self.config.connect_timeout} s (connect_timeout): is the server running and "
-                "the address right?"
-            ) from exc
+        start_client(self.client, self.config)
         try:
             for path in (self.instances_path, self.claims_path, self.running_path):
                 self.client.ensure_path(path)
