@@ -105,6 +105,10 @@ class WorkerConfig:
     #: Seconds a fire time missed while a shard changed owner, or while ZooKeeper was out of
     #: reach, may be late and still run (later ones are misfires, handled by the policy).
     misfire_grace_time: float = 1.0
+    #: Cluster mode: seconds a shard that must move to another instance lets its in-flight run
+    #: go on before cancelling it (``None``: the ``shutdown_timeout``). A cancelled run's fire
+    #: time is re-run at once by the shard's next owner.
+    handover_timeout: float | None = None
 
     def __post_init__(self) -> None:
         check_worker_config(self)
@@ -112,8 +116,10 @@ class WorkerConfig:
 
 def check_worker_config(config: WorkerConfig) -> None:
     """Raise :class:`ConfigError` if a value of ``config`` is out of range."""
-    for name in ("shutdown_timeout", "misfire_grace_time"):
+    for name in ("shutdown_timeout", "misfire_grace_time", "handover_timeout"):
         value = getattr(config, name)
+        if value is None and name == "handover_timeout":
+            continue
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))

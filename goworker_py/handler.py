@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -42,12 +44,14 @@ class Context:
 
     __slots__ = (
         "_clock",
+        "_lease",
         "attempt",
         "event",
         "fencing_token",
         "instance",
         "is_failover",
         "is_triggered",
+        "lapsed",
         "logger",
         "params",
         "run_id",
@@ -72,6 +76,7 @@ class Context:
         fencing_token: int | None = None,
         is_failover: bool = False,
         is_triggered: bool = False,
+        lease: Callable[[], float] | None = None,
     ) -> None:
         #: Unique id of this run (also in every log line of the run).
         self.run_id = run_id
@@ -100,23 +105,48 @@ class Context:
         self.step = ""
         #: Name of the worker this run belongs to.
         self.worker_name = worker_name
+        #: Cluster mode: True once the run was cancelled because the instance's lease on its
+        #: shard lapsed (it could not hear from the coordination server in time).
+        self.lapsed = False
         self._clock = clock
+        self._lease = lease
 
     @property
     def cancelled(self) -> bool:
-        """True once the run has been cancelled."""
-        return self.event.is_set()
+        """True once the run has been cancelled.
+
+        In cluster mode also the moment the instance's lease lapses — before the thread that
+        fences the instance has run: a handler thread resumed after a long freeze (SIGSTOP, a
+        suspended VM) sees ``True`` on its very first check.
+        """
+        if self.event.is_set():
+            return True
+        lease = self._lease
+        if lease is not None and time.monotonic() >= lease():
+            self.lapsed = True
+            self.event.set()  # latched: a lapsed run stays cancelled
+            return True
+        return False
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, returning early if the run is cancelled.
 
-        Returns True if the run was cancelled (like ``threading.Event.wait``).
+        Returns True if the run was cancelled (like ``threading.Event.wait``). In cluster mode
+        the sleep also ends when the instance's lease lapses.
         """
-        return self._clock.wait(self.event, max(seconds, 0.0))
+        if self._lease is None:
+            return self._clock.wait(self.event, max(seconds, 0.0))
+        end = time.monotonic() + max(seconds, 0.0)
+        while not self.cancelled:
+            now = time.monotonic()
+            if now >= end:
+                return False
+            self._clock.wait(self.event, min(end, self._lease()) - now)
+        return True
 
     def raise_if_cancelled(self) -> None:
         """Leave the current step by raising :class:`RunCancelled` if the run was cancelled."""
-        if self.event.is_set():
+        if self.cancelled:
             raise RunCancelled(f"run {self.run_id} cancelled")
 
     def __repr__(self) -> str:
@@ -133,6 +163,11 @@ class Handler:
     is visible in ``do`` and ``after`` of the same run and never leaks into the next), or an
     **instance** to reuse it for every run (its methods then run on several shard threads at
     once when the worker has several shards).
+
+    Threads: ``before``, ``do``, ``after``, ``error_message`` and the ``watch`` call that
+    precedes each run are called on the shard's own thread; ``watch`` on a membership change
+    on the worker's callback thread (one call at a time). None is ever called on the cluster
+    supervisor's thread or on the thread that decides self-fencing.
     """
 
     def before(self, ctx: Context) -> None:

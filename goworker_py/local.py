@@ -77,6 +77,9 @@ class LocalHost:
         if not result.ok and not result.cancelled:
             ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
 
+    def skip_fire(self, runner: ShardRunner, fire_time: datetime) -> None:
+        """Nothing to record: a local worker's shards never change owner."""
+
     def runner_exited(self, runner: ShardRunner) -> None:
         result = runner.result
         if result is not None and not result.ok and not result.cancelled and result.error:

@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from goworker_py.schedule import Schedule
 
 
+#: Why a run was cancelled. An operator's ``stop_run`` ends its fire for good; a run cut short
+#: by a graceful stop, a hand-over or self-fencing is *interrupted*: its fire time is re-run
+#: (SPEC 4.3) — by the shard's next owner, or by this one when it keeps the shard.
+STOP_RUN, SHUTDOWN, HANDOVER, FENCE = "stop-run", "shutdown", "hand-over", "fence"
+INTERRUPTING = frozenset({SHUTDOWN, HANDOVER, FENCE})
+
+
 @dataclass
 class RunResult:
     """How one run ended."""
@@ -36,6 +43,14 @@ class RunResult:
     cancelled: bool = False
     error: BaseException | None = None
     failed_step: str = ""
+    #: Why the run was cancelled (``STOP_RUN``, ``SHUTDOWN``, ``HANDOVER``, ``FENCE``); None
+    #: when it was not, or when the handler raised ``RunCancelled`` on its own.
+    cause: str | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """Cancelled by a graceful stop, a hand-over or self-fencing: its fire is owed."""
+        return self.cancelled and self.cause in INTERRUPTING
 
 
 @dataclass
@@ -45,6 +60,9 @@ class RunTicket:
     fencing_token: int | None = None
     is_failover: bool = False
     scheduled_time: datetime | None = None
+    #: Cluster mode: ``time.monotonic()`` instant at which the run's lease lapses (see
+    #: ``Context.cancelled``); None when no lease applies (local mode).
+    lease: Callable[[], float] | None = None
 
 
 class ShardHost(Protocol):
@@ -64,6 +82,9 @@ class ShardHost(Protocol):
 
     def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
         """Called after a run, whatever its outcome."""
+
+    def skip_fire(self, runner: ShardRunner, fire_time: datetime) -> None:
+        """Called when ``fire_time`` passes unrun because the worker is paused."""
 
     def runner_exited(self, runner: ShardRunner) -> None:
         """Called once, on the runner's thread, when it stops for good."""

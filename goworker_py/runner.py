@@ -27,7 +27,17 @@ from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
 from goworker_py.instance import WatchInfo
 from goworker_py.retry import StepResult, StepRetrier
-from goworker_py.run import RunControl, RunResult, RunSettings, RunTicket, ShardHost
+from goworker_py.run import (
+    FENCE,
+    HANDOVER,
+    SHUTDOWN,
+    STOP_RUN,
+    RunControl,
+    RunResult,
+    RunSettings,
+    RunTicket,
+    ShardHost,
+)
 from goworker_py.schedule import IntervalSchedule
 
 if TYPE_CHECKING:
@@ -87,6 +97,12 @@ class ShardRunner:
         self._wake = threading.Event()
         self._triggered = False
         self._run_event: threading.Event | None = None
+        #: Why the in-flight run was cancelled (the first reason given wins).
+        self._cancel_cause: str | None = None
+        #: Why the runner was stopped: a run starting after it is cancelled for that reason.
+        self._stop_cause = SHUTDOWN
+        #: Stopping, but a run in flight (or beginning right now) may finish: see drain().
+        self._draining = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._main,
@@ -100,13 +116,42 @@ class ShardRunner:
         """Start the shard's thread."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Ask the thread to stop: no new run starts; the in-flight run is cancelled."""
+    def stop(self, cause: str = SHUTDOWN) -> None:
+        """Ask the thread to stop: no new run starts; the in-flight run is cancelled.
+
+        ``cause`` says why (``SHUTDOWN``, ``HANDOVER``...): the cancelled run is then
+        *interrupted*, and its fire time is owed to the shard's next owner.
+        """
         with self._lock:
+            if not self._stop.is_set():
+                self._stop_cause = cause
+            self._draining = False
             self._stop.set()
             self._wake.set()
-            if self._run_event is not None:
-                self._run_event.set()
+            self._cancel(cause)
+
+    def drain(self) -> None:
+        """Ask the thread to stop once the in-flight run, if any, has ended (a hand-over).
+
+        No new run starts; the in-flight one goes on — as does one whose beginning was already
+        under way — until it ends or :meth:`stop` cancels it.
+        """
+        with self._lock:
+            if not self._stop.is_set():
+                self._stop_cause = HANDOVER
+                self._draining = True
+            self._stop.set()
+            self._wake.set()
+
+    def _cancel(self, cause: str) -> bool:
+        # Under self._lock.
+        event = self._run_event
+        if event is None:
+            return False
+        if not event.is_set():
+            self._cancel_cause = cause
+            event.set()
+        return True
 
     def trigger(self) -> bool:
         """Ask for one extra run now (after the in-flight one, if any); False if not possible.
@@ -127,13 +172,15 @@ class ShardRunner:
         """Interrupt the thread's wait (the worker was resumed)."""
         self._wake.set()
 
-    def cancel_run(self) -> bool:
-        """Cancel the in-flight run only (the shard keeps its schedule); False if none."""
+    def cancel_run(self, cause: str = STOP_RUN) -> bool:
+        """Cancel the in-flight run only (the shard keeps its schedule); False if none.
+
+        An operator's ``STOP_RUN`` ends the run's fire for good; ``FENCE`` (self-fencing) owes
+        it: this runner re-runs it once the instance is healthy again, if it still owns the
+        shard. Callable from any thread; never blocks, never calls handler code.
+        """
         with self._lock:
-            if self._run_event is None:
-                return False
-            self._run_event.set()
-            return True
+            return self._cancel(cause)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end; return True if it did."""
@@ -174,14 +221,16 @@ class ShardRunner:
     def _main(self) -> None:
         try:
             if self.failover_fire is not None and self._hold_while_paused():
-                self.result = self._execute_failover(self.failover_fire)
-                if self.settings.schedule is None:
-                    return
+                self.result = self.execute(self.failover_fire)
+                self._rerun_fenced()
+                if self.settings.schedule is None and self.settings.feed is None:
+                    return  # a run-once (consumer) shard: that was its run
             if self.settings.feed is not None:
                 self._fed_loop(self.settings.feed)
             elif self.settings.schedule is None:
                 if self._hold_while_paused():
                     self.result = self.execute(self._now())
+                    self._rerun_fenced()
             else:
                 self._scheduled_loop(self.settings.schedule)
         except BaseException as exc:  # noqa: BLE001 - a dying shard thread must be reported
@@ -196,11 +245,17 @@ class ShardRunner:
             self.settings.zone
         )
 
-    def _execute_failover(self, fire: datetime) -> RunResult:
-        try:
-            return self.execute(fire)
-        finally:
-            self.failover_fire = None
+    def _rerun_fenced(self) -> None:
+        """Re-run, once the instance is healthy again, a fire whose run self-fencing cut short.
+
+        Only while this runner still owns the shard: after a lost session the shard's next
+        owner re-runs it instead (the run marker still says ``running``).
+        """
+        while self.failover_fire is not None:
+            if not self._hold_while_paused() or not self.host.wait_ready(self):
+                self.failover_fire = None
+                return
+            self.result = self.execute(self.failover_fire)
 
     def _scheduled_loop(self, schedule: Schedule) -> None:
         clock, grace = self.settings.clock, self.settings.misfire_grace
@@ -223,6 +278,7 @@ class ShardRunner:
             if self.settings.control.paused:
                 self.logger.info("paused: no run for {}", reached.isoformat())
                 self._misfired(1)
+                self.host.skip_fire(self, reached)
                 fire = schedule.next_after(reached)
                 continue
             if clock.time() - reached.timestamp() > grace:
@@ -233,6 +289,7 @@ class ShardRunner:
                     continue
                 reached = due
             self.execute(reached)
+            self._rerun_fenced()
             fire = self._next_fire(schedule, reached)
         if fire is None and not self._stop.is_set():
             self.logger.info("schedule {!r} has no further fire time", schedule.expression)
@@ -260,8 +317,10 @@ class ShardRunner:
             if self.settings.control.paused:
                 self.logger.info("paused: no run for {}", fire.isoformat())
                 self._misfired(1)
+                self.host.skip_fire(self, fire)
                 continue
             self.result = self.execute(fire)
+            self._rerun_fenced()
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
         """The first fire time; an interval counts from the worker's anchor (its start time).
@@ -374,13 +433,16 @@ class ShardRunner:
         settings = self.settings
         run_id = f"{_RUN_IDS.getrandbits(64):016x}"
         ticket = self.host.begin_run(self, fire_time, run_id)
+        # A failover run owed for this fire time starts now, or cannot start here at all.
+        self.failover_fire = None
         if ticket is None:
             return RunResult(run_id="", ok=False, cancelled=True)
         event = threading.Event()
         with self._lock:
-            if self._stop.is_set():
-                event.set()
+            self._cancel_cause = None
             self._run_event = event
+            if self._stop.is_set() and not self._draining:
+                self._cancel(self._stop_cause)
         instance = self.host.instance_for(self.shard.index)
         ctx = Context(
             run_id=run_id,
@@ -395,6 +457,7 @@ class ShardRunner:
             fencing_token=ticket.fencing_token,
             is_failover=ticket.is_failover,
             is_triggered=triggered,
+            lease=ticket.lease,
         )
         result = RunResult(run_id=run_id, ok=False)
         started = settings.clock.time()
@@ -403,6 +466,8 @@ class ShardRunner:
         finally:
             with self._lock:
                 self._run_event = None
+                if result.cancelled:
+                    result.cause = self._cancel_cause or (FENCE if ctx.lapsed else None)
             self.runs += 1
             self.host.end_run(self, ctx, result)
             for observer in OBSERVERS:
@@ -412,6 +477,8 @@ class ShardRunner:
                     )
                 except Exception as exc:  # noqa: BLE001 - an observer must not break the shard
                     self.logger.opt(exception=exc).error("run observer raised {!r}", exc)
+        if result.cause == FENCE and not self._stop.is_set():
+            self.failover_fire = ctx.scheduled_time  # owed: see _rerun_fenced
         if result.ok:
             for listener in settings.listeners:
                 try:
@@ -430,7 +497,7 @@ class ShardRunner:
         # do did not fail (left normally or through RunCancelled), to release before's work.
         cancelled = False
         for step in _STEPS:
-            if ctx.event.is_set() and step != "after":
+            if ctx.cancelled and step != "after":
                 ctx.logger.info("run cancelled before {}", step)
                 if step == "before":
                     return RunResult(ctx.run_id, ok=False, cancelled=True)
@@ -448,6 +515,11 @@ class ShardRunner:
                 # it fails, which keeps a run's framework cost at a few microseconds.
                 try:
                     method(ctx)
+                    if step == "do" and ctx.cancelled:
+                        # Returned early because it was cancelled (the usual way a long
+                        # step stops): the run did not complete.
+                        ctx.logger.info("run cancelled during do")
+                        cancelled = True
                     continue
                 except RunCancelled:
                     outcome = StepResult(ok=False, reason="cancelled")
@@ -457,7 +529,7 @@ class ShardRunner:
                         call=functools.partial(method, ctx),
                         report=lambda err: self._report(handler, ctx, err),
                         set_attempt=functools.partial(self._set_attempt, ctx),
-                        cancelled=ctx.event.is_set,
+                        cancelled=lambda: ctx.cancelled,
                         sleep=ctx.wait,
                     ).continue_after(first_error)
             except BaseException as exc:  # noqa: BLE001 - SystemExit & co. from handler code

@@ -5,8 +5,8 @@ Under a unit with ``Type=notify`` systemd passes ``NOTIFY_SOCKET`` (and, with ``
 
 - ``READY=1`` once every worker is running (in cluster mode: connected and registered);
 - ``WATCHDOG=1`` every half watchdog interval while every worker is healthy — running, its
-  supervisor alive, health not ``RED`` — so systemd restarts a process that hangs or stays cut
-  off from ZooKeeper longer than ``WatchdogSec``;
+  supervisor not stuck inside one pass for a whole interval, health not ``RED`` — so systemd
+  restarts a process that hangs or stays cut off from ZooKeeper longer than ``WatchdogSec``;
 - ``STATUS=...`` when the picture changes (shards, health, paused);
 - ``STOPPING=1`` when a worker starts shutting down.
 
@@ -131,6 +131,10 @@ class SystemdNotifier:
             self._status = status
             lines.append(f"STATUS={status}")
         healthy = running and all(w.health is not HealthStatus.RED for w in self.workers)
+        if self.interval is not None and healthy:
+            # A supervisor stuck in a call for a whole watchdog interval no longer follows the
+            # cluster, however healthy it last looked: let systemd restart the process.
+            healthy = all(w.supervisor_stalled_for() < self.interval for w in self.workers)
         if self.interval is not None and healthy:
             lines.append("WATCHDOG=1")
         if lines:

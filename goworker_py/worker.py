@@ -159,6 +159,8 @@ class Worker:
         #: ``@every`` fire times count from this instant (a group's start); None: run() time.
         self._anchor: datetime | None = None
         self._signals_installed = False
+        #: ``time.monotonic()`` when the supervisor's current pass began; None between passes.
+        self._pass_began: float | None = None
         self._logger = logger.bind(worker=self.name, service=service_name or self.name)
 
     # -- public API -------------------------------------------------------------------------------
@@ -189,6 +191,13 @@ class Worker:
     def health(self) -> HealthStatus:
         """``GREEN``, ``YELLOW`` or ``RED`` (always ``GREEN`` in local mode)."""
         return getattr(self._host, "health", HealthStatus.GREEN)
+
+    def supervisor_stalled_for(self) -> float:
+        """Seconds the cluster supervisor has been inside its current pass (0 between passes,
+        and always in local mode). A pass takes milliseconds; one that lasts is stuck in a call,
+        and the systemd watchdog stops pinging (see :mod:`goworker_py.systemd`)."""
+        began = self._pass_began
+        return 0.0 if began is None else time.monotonic() - began
 
     @property
     def host(self) -> Any:
@@ -288,6 +297,7 @@ class Worker:
             overwrite=self.overwrite,
             cron=self.cron,
             shard_grace=config.shutdown_timeout,
+            handover_timeout=config.handover_timeout,
             upstreams=self._cluster_upstreams,
         )
 
@@ -508,6 +518,7 @@ class Worker:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return ExitReason.TIMED_OUT
+            self._pass_began = time.monotonic()
             try:
                 host.step()
             except Exception as exc:  # noqa: BLE001 - the supervisor must outlive one bad pass
@@ -517,6 +528,8 @@ class Worker:
                 self._wake.wait(_RETRY_PAUSE)
                 self._wake.clear()
                 continue
+            finally:
+                self._pass_began = None
             pause = host.next_timeout()
             if pause is None or (remaining is not None and remaining < pause):
                 pause = remaining

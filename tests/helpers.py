@@ -33,6 +33,40 @@ def wait_until(
         time.sleep(interval)
 
 
+class ManualClock:
+    """A clock whose time moves only with :meth:`advance`; ``wait`` blocks for real until the
+    event is set or the clock has been advanced past its timeout (unlike ``FakeClock``, whose
+    waits advance time themselves — unusable when several threads share the clock)."""
+
+    def __init__(self, start: float) -> None:
+        self._now = start
+        self._mono = 0.0
+        self._changed = threading.Condition()
+
+    def time(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        with self._changed:
+            self._now += seconds
+            self._mono += seconds
+            self._changed.notify_all()
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        if timeout is None:
+            return event.wait()
+        deadline = self._mono + timeout
+        while not event.is_set():
+            with self._changed:
+                if self._mono >= deadline:
+                    break
+                self._changed.wait(0.01)  # and look at the event again
+        return event.is_set()
+
+
 def shard_threads() -> list[threading.Thread]:
     """Live threads that belong to some goworker worker."""
     return [t for t in threading.enumerate() if t.name.startswith("goworker:")]

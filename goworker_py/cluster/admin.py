@@ -31,7 +31,7 @@ from kazoo.exceptions import (
     NoNodeError,
 )
 
-from goworker_py.cluster.nodes import kazoo_client, service_root, start_client
+from goworker_py.cluster.nodes import CLAIMED, kazoo_client, service_root, start_client
 from goworker_py.config import DiscoveryConfig
 from goworker_py.errors import (
     ClusterError,
@@ -58,7 +58,8 @@ class ShardStatus:
     shard: int
     owner: str | None = None
     token: int | None = None
-    #: The last run's marker: ``running``, ``done``, ``failed`` or ``cancelled`` (None: never ran).
+    #: The last run's marker: ``running``, ``done``, ``failed``, ``cancelled``, ``interrupted``
+    #: (its fire is re-run by the next owner) or ``paused`` (None: never ran).
     state: str | None = None
     run_id: str | None = None
     #: The fire time the last run served (Unix seconds).
@@ -194,6 +195,8 @@ class ClusterAdmin:
             claim, claim_stat = self._json(f"{self.root}/claims/{index}")
             marker, _ = self._json(f"{self.root}/running/{index}")
             marker = marker if isinstance(marker, dict) else {}
+            if marker.get("state") == CLAIMED:
+                marker = {}  # claimed, never run yet
             fire = marker.get("fire_time")
             after = now
             if isinstance(fire, (int, float)):

@@ -24,14 +24,26 @@ class WorkerDiscovery(Protocol):
     """What cluster mode needs from a discovery backend."""
 
     protocol: str
-    negotiated_timeout: float
     node: str | None
     config_dirty: bool
     control_dirty: bool
-    #: ``time.monotonic()`` when the server was last heard from (self-fencing counts from it).
-    last_heard: float
     on_change: Callable[[], None]
     on_state: Callable[[str], None]
+
+    @property
+    def negotiated_timeout(self) -> float:
+        """The session (lease) timeout the server granted, in seconds."""
+
+    @property
+    def answered_at(self) -> float:
+        """``time.monotonic()`` send time of the latest request the server answered."""
+
+    def lease_valid_until(self) -> float:
+        """``time.monotonic()`` instant before which the server certainly keeps our session;
+        from completed replies only (self-fencing counts from it)."""
+
+    def round_trip(self, timeout: float) -> None:
+        """One request answered by the server within ``timeout`` s; raises otherwise."""
 
     @property
     def session_id(self) -> int: ...

@@ -8,11 +8,23 @@ thread has ended) and claims the ones it should own (starting their threads only
 is held — after the previous owner released it).
 
 Health (SPEC 4.2): ``GREEN`` when connected and registered; ``YELLOW`` while the connection is
-suspended (no run starts); ``RED`` once the session is lost, or once ZooKeeper has not been heard
-from for ``FENCE_AFTER`` of the negotiated session timeout — the instance then *fences itself*:
-it cancels in-flight runs before the server can expire its session and hand its shards to
-someone else. A reconnect with the same session returns to ``GREEN`` with every shard
-kept; a lost session re-registers as a new member.
+suspended (no run starts); ``RED`` once the session is lost, or once the lease lapses: ZooKeeper
+has not answered a request sent in the last ``FENCE_AFTER`` of the negotiated session timeout.
+The instance then *fences itself* — a :class:`~goworker_py.cluster.fence.Fence` thread of its
+own cancels the in-flight runs before the server can expire the session and hand its shards to
+someone else, and ``Context.cancelled`` reports it even before that thread has run. The fence is
+lifted only after a round trip on the current session: a reconnect with the same session
+returns to ``GREEN`` with every shard kept (runs the fence cut short are re-run); a lost session
+re-registers as a new member.
+
+Threads: the supervisor (this class, woken by kazoo callbacks that only signal), the fence (never
+runs handler code nor I/O), the callback thread (``watch()`` on membership changes), and one
+thread per owned shard (everything else a handler does).
+
+Hand-overs never abandon a fire (SPEC 4.3): a shard that must move lets its in-flight run finish
+(up to ``handover_timeout``) before its claim is released; a run cut short by a hand-over, a
+graceful stop or the fence is recorded ``interrupted``, and the shard's next owner re-runs that
+fire time at once.
 """
 
 from __future__ import annotations
@@ -27,23 +39,37 @@ from kazoo.client import KazooState
 from kazoo.exceptions import ConnectionLoss, KazooException, NoNodeError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
 
+from goworker_py.callbacks import CallbackThread
 from goworker_py.cluster.discovery import WorkerDiscovery
+from goworker_py.cluster.fence import Fence
+from goworker_py.cluster.nodes import (
+    CANCELLED,
+    CLAIMED,
+    COMPLETED_KEPT,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    PAUSED,
+    RUNNING,
+    Claim,
+    RunMarker,
+)
 from goworker_py.cluster.service import ServiceNodes
 from goworker_py.cluster.sharding import ShardingStrategy, StickyStrategy, moved_shards
-from goworker_py.cluster.zookeeper import CANCELLED, DONE, FAILED, RUNNING, Claim, RunMarker
 from goworker_py.handler import Context
 from goworker_py.instance import HealthStatus, WorkerInstance
-from goworker_py.run import RunResult, RunSettings, RunTicket
+from goworker_py.run import FENCE, HANDOVER, RunResult, RunSettings, RunTicket
 from goworker_py.runner import ShardRunner
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-#: Fraction of the negotiated session timeout T after which an instance that has not heard from
-#: ZooKeeper fences itself. The server expires a session about T after it last heard from the
-#: client, which is no earlier than the client last heard from it: fencing 0.7 T after that
-#: leaves a margin of at least 0.3 T. (kazoo's SUSPENDED is no clock for this: it counts from
-#: the client's last send, and requests sent into a partition keep postponing it.)
+#: Fraction of the negotiated session timeout T after which an instance whose requests ZooKeeper
+#: has not answered fences itself. The server expires a session about T after it last heard
+#: from the client — no earlier than the send time of the last request it answered, which is
+#: what the lease counts from: fencing 0.7 T after it leaves a margin of at least 0.3 T.
+#: (kazoo's SUSPENDED is no clock for this: it counts from the client's last send, and requests
+#: sent into a partition keep postponing it.)
 FENCE_AFTER = 0.7
 #: Seconds before a supervisor pass that failed on a ZooKeeper error is tried again.
 RETRY_PAUSE = 0.5
@@ -64,6 +90,7 @@ class ClusterHost(ServiceNodes):
         overwrite: bool = False,
         cron: str | None = None,
         shard_grace: float = 30.0,
+        handover_timeout: float | None = None,
         upstreams: tuple[tuple[str, int], ...] = (),
     ) -> None:
         #: WorkerGroup dependencies: ``(upstream service, its shard count)``; a downstream's
@@ -80,9 +107,12 @@ class ClusterHost(ServiceNodes):
         self.overwrite = overwrite
         self.cron = cron or ""
         self.shard_grace = shard_grace
+        #: Seconds a shard that must move lets its in-flight run go on before cancelling it.
+        self.handover_timeout = shard_grace if handover_timeout is None else handover_timeout
         self.logger = logger
         self.instance = WorkerInstance.create(settings.service)
-        self.health = HealthStatus.GREEN
+        #: Health as last set (:meth:`_set_health`); :attr:`health` adds the lease's own clock.
+        self._health = HealthStatus.GREEN
         self.runners: dict[int, ShardRunner] = {}
         self.claims: dict[int, Claim] = {}
         self.rebalances = 0
@@ -98,8 +128,13 @@ class ClusterHost(ServiceNodes):
         self._stuck_reported: set[int] = set()
         self._suspended_at: float | None = None
         self._session_lost = False
-        self._fenced = False
         self._session = 0
+        #: ``{shard: fire times completed}`` carried by every run marker this instance writes.
+        self._completed: dict[int, tuple[float, ...]] = {}
+        name = settings.worker_name
+        self.fence = Fence(self._fence_deadline, self._on_fence, f"goworker:{name}:fence")
+        #: ``watch()`` on membership changes runs here, never on the supervisor or the fence.
+        self.callbacks = CallbackThread(f"goworker:{name}:callbacks")
         #: When a pass that failed on a ZooKeeper error is tried again (monotonic).
         self._retry_at: float | None = None
         #: What our instance node holds (see _publish).
@@ -121,6 +156,7 @@ class ClusterHost(ServiceNodes):
 
     def start(self) -> None:
         """Take a first share of shards (the supervisor keeps it right from then on)."""
+        self.fence.start()
         self.step()
 
     def _register(self) -> None:
@@ -133,8 +169,8 @@ class ClusterHost(ServiceNodes):
         # The config and control watches belonged to the old session.
         self.zk.config_dirty = True
         self.zk.control_dirty = True
-        self._set_health(HealthStatus.GREEN)
         self._session_lost = False
+        self._set_health(HealthStatus.GREEN)
         self.logger.info("registered as {} (session {:#x})", node, self._session)
 
     def stop_runners(self) -> None:
@@ -149,6 +185,8 @@ class ClusterHost(ServiceNodes):
         open — until its thread ends (or the process exits and the session expires): closing
         the session at once would let another instance start the shard while it still runs.
         """
+        self.fence.close()
+        self.callbacks.close()
         stuck: dict[int, ShardRunner] = {}
         for shard, runner in list(self.runners.items()):
             claim = self.claims.pop(shard, None)
@@ -204,41 +242,69 @@ class ClusterHost(ServiceNodes):
             self._suspended_at = None
 
     def _fence_deadline(self) -> float:
-        return self.zk.last_heard + self.zk.negotiated_timeout * FENCE_AFTER
+        """When runs must stop unless ZooKeeper answers meanwhile (``time.monotonic()``)."""
+        timeout = self.zk.negotiated_timeout
+        return self.zk.lease_valid_until() - (1.0 - FENCE_AFTER) * timeout
+
+    @property
+    def health(self) -> HealthStatus:
+        """``GREEN`` (runs may start), ``YELLOW`` (connection suspended) or ``RED`` (fenced).
+
+        ``RED`` from the instant the lease lapses, before the fence thread has acted on it.
+        """
+        if self.fence.tripped or time.monotonic() >= self._fence_deadline():
+            return HealthStatus.RED
+        return self._health
 
     def next_timeout(self) -> float | None:
-        """Seconds until the supervisor must look again without being woken (the fence timer)."""
-        pauses = [0.5] if self._releasing else []
+        """Seconds until the supervisor must look again without being woken.
+
+        Self-fencing has a thread of its own: the supervisor waits only for hand-overs (a
+        draining run's deadline, a stuck handler to report) and for a failed pass's retry.
+        """
+        now = time.monotonic()
+        deadlines = [self._release_deadline(since) for since in self._releasing.values()]
         if self._retry_at is not None:
-            pauses.append(max(self._retry_at - time.monotonic(), 0.0))
-        if not self._fenced:
-            pauses.append(max(self._fence_deadline() - time.monotonic(), 0.0))
-        return min(pauses) if pauses else None
+            deadlines.append(self._retry_at)
+        pending = [deadline for deadline in deadlines if deadline is not None]
+        return max(min(pending) - now, 0.0) if pending else None
+
+    def _release_deadline(self, since: float) -> float | None:
+        """The next moment a release started at ``since`` needs a look: the end of the
+        hand-over's drain, then the moment its handler counts as stuck."""
+        now = time.monotonic()
+        for deadline in (
+            since + self.handover_timeout,
+            since + self.handover_timeout + self.shard_grace,
+        ):
+            if now < deadline:
+                return deadline
+        return None
 
     def step(self) -> None:
         """One supervisor pass: follow the connection state, then re-balance."""
         self._retry_at = None
-        if self._session_lost:
+        if self._session_lost or (
+            self._session and self.zk.connected and self.zk.session_id != self._session
+        ):
             self._lose_session()
-        silent = time.monotonic() >= self._fence_deadline()
-        if silent and not self._fenced:
-            self._fence(f"no word from ZooKeeper for {time.monotonic() - self.zk.last_heard:.2f} s")
-        if self._suspended_at is not None or silent:
-            if not self._fenced:
-                self._set_health(HealthStatus.YELLOW)
+        if self.fence.tripped and not self._lift_fence():
+            return
+        if self._suspended_at is not None:
+            self._set_health(HealthStatus.YELLOW)
             return
         if not self.zk.connected:
             return
         try:
             if self.zk.session_id != self._session or self.zk.node is None:
                 self._register()
-            self._fenced = False
             self._set_health(HealthStatus.GREEN)
             self._follow_service_config()
             self._follow_control()
             self.rebalance()
         except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
             self.logger.info("ZooKeeper unavailable during re-balance: {!r}", exc)
+            self._retry_at = time.monotonic() + RETRY_PAUSE
         except NoNodeError as exc:
             # Our own instance node is gone (deleted, or its session expired server-side
             # before we heard).
@@ -247,32 +313,64 @@ class ClusterHost(ServiceNodes):
             self.logger.opt(exception=exc).error("ZooKeeper error during re-balance: {!r}", exc)
             self._retry_at = time.monotonic() + RETRY_PAUSE
 
+    def _lift_fence(self) -> bool:
+        """Lift the fence once ZooKeeper answered a request sent after it tripped.
+
+        A reply read after a freeze may answer a request sent before it, and a session the
+        server expired meanwhile still looks connected until the next read: only a round trip
+        that *began* after the fence proves the current session alive.
+        """
+        fenced_at = self.fence.fenced_at
+        if fenced_at is None:
+            return True
+        if not self.zk.connected or self._suspended_at is not None:
+            return False
+        if self.zk.answered_at <= fenced_at:
+            try:
+                self.zk.round_trip(self.zk.negotiated_timeout / 3.0)
+            except (KazooException, KazooTimeoutError) as exc:
+                self.logger.info("still fenced: ZooKeeper did not answer ({!r})", exc)
+                return False
+            if self.zk.answered_at <= fenced_at:
+                return False
+        self.fence.lift()
+        self.logger.info(
+            "ZooKeeper answered on session {:#x}: the fence is lifted", self.zk.session_id
+        )
+        return True
+
     def _set_health(self, health: HealthStatus) -> None:
-        if health is not self.health:
-            self.logger.info("health {} -> {}", self.health.name, health.name)
-            self.health = health
-        if health is HealthStatus.GREEN and not self._fenced:
+        if health is not self._health:
+            self.logger.info("health {} -> {}", self._health.name, health.name)
+            self._health = health
+        if self.health is HealthStatus.GREEN:
             self._healthy.set()
         else:
             self._healthy.clear()
 
-    def _fence(self, why: str) -> None:
-        self._fenced = True
-        self._healthy.clear()
+    def _on_fence(self, why: str) -> None:
+        """The fence thread (or the supervisor on a lost session): cancel every in-flight run.
+
+        Sets events only — never runs handler code, never blocks.
+        """
         self._set_health(HealthStatus.RED)
-        cancelled = [shard for shard, runner in self.runners.items() if runner.cancel_run()]
+        cancelled = [
+            shard for shard, runner in list(self.runners.items()) if runner.cancel_run(FENCE)
+        ]
+        self._wake.set()
         self.logger.warning(
-            "self-fencing ({}): no run starts; cancelled in-flight run(s) of shard(s) {}",
+            "self-fencing ({}): health RED, no run starts; cancelled in-flight run(s) of "
+            "shard(s) {}",
             why,
             cancelled,
         )
 
     def _lose_session(self) -> None:
         self._session_lost = False
-        self._fence("session lost")
+        self.fence.trip("session lost")
         # The session's ephemeral claims are gone: another instance may own these shards now.
         for runner in self.runners.values():
-            runner.stop()
+            runner.stop(HANDOVER)
         for shard in list(self.claims):
             self._releasing.setdefault(shard, time.monotonic())
         self.claims.clear()
@@ -330,9 +428,10 @@ class ClusterHost(ServiceNodes):
             )
         if changed or membership_changed:
             self._publish()
-            for runner in list(self.runners.values()):
-                if runner.alive and not runner.stopping:
-                    runner.notify_watch()
+            if self.settings.wants_watch:
+                for shard, runner in list(self.runners.items()):
+                    if runner.alive and not runner.stopping:
+                        self.callbacks.submit(shard, runner.notify_watch)
         if changed:
             self.logger.info(
                 "owning shard(s) {} of {} ({} member(s))",
@@ -354,32 +453,54 @@ class ClusterHost(ServiceNodes):
         self._retry_at = time.monotonic() + RETRY_PAUSE
 
     def _release(self, shard: int) -> None:
+        """Stop the shard's thread; its claim is given up once the thread has ended.
+
+        A scheduled run in flight may finish first (up to ``handover_timeout``): cancelling it
+        would leave its fire to be run again by the next owner. A run without a schedule (a
+        consumer loop) never finishes on its own: it is cancelled at once.
+        """
         runner = self.runners.get(shard)
         self._releasing[shard] = time.monotonic()
-        if runner is not None:
-            runner.stop()
+        scheduled = self.settings.schedule is not None or self.settings.feed is not None
+        if runner is not None and scheduled and self.handover_timeout > 0:
+            in_run = runner.in_run
+            runner.drain()
+            if in_run:
+                self.logger.info(
+                    "releasing shard {} once its run ends (cancelled after {:g} s)",
+                    shard,
+                    self.handover_timeout,
+                )
+                return
+        elif runner is not None:
+            runner.stop(HANDOVER)
         self.logger.info("releasing shard {}", shard)
 
     def _finish_releases(self) -> bool:
-        """Give up the claims of shards whose threads have ended; report stuck ones."""
+        """Give up the claims of shards whose threads have ended; cancel runs that drained too
+        long; report stuck ones."""
         done = False
         for shard, since in list(self._releasing.items()):
             runner = self.runners.get(shard)
             if runner is not None and runner.alive:
                 waited = time.monotonic() - since
-                if waited > self.shard_grace and shard not in self._stuck_reported:
+                if waited >= self.handover_timeout:
+                    runner.stop(HANDOVER)  # the drain is over: cancel (idempotent)
+                grace = waited - self.handover_timeout
+                if grace > self.shard_grace and shard not in self._stuck_reported:
                     self._stuck_reported.add(shard)
                     self.logger.error(
                         "shard {} is stuck: its handler ignored cancellation for {:.1f} s; "
                         "keeping its claim so that no other instance runs it meanwhile",
                         shard,
-                        waited,
+                        grace,
                     )
                 continue
             claim = self.claims.pop(shard, None)
             if claim is not None:
                 self.zk.release(claim)
             self.runners.pop(shard, None)
+            self._completed.pop(shard, None)
             self._releasing.pop(shard)
             self._stuck_reported.discard(shard)
             done = True
@@ -399,28 +520,41 @@ class ClusterHost(ServiceNodes):
         """Start the shard's thread, continuing from where its previous owner left it."""
         marker = self.zk.read_marker(shard)
         self.zk.adopt_marker(shard, marker)
+        self._completed[shard] = () if marker is None else marker.completed
         failover_fire: datetime | None = None
         start_after: datetime | None = None
-        if marker is not None:
+        if marker is None:
+            # Never run anywhere: note when it was first claimed, so that a fire time due
+            # after now is owed by whoever owns the shard then, even before its first run.
+            self._write_marker(claim, shard, "", self.settings.clock.time(), CLAIMED)
+        else:
             last = datetime.fromtimestamp(marker.fire_time, timezone.utc).astimezone(
                 self.settings.zone
             )
             start_after = last
-            if marker.state == RUNNING and marker.session != self.zk.session_id:
+            owed = marker.state == INTERRUPTED or (
+                marker.state == RUNNING and marker.session != self.zk.session_id
+            )
+            if owed:
+                how = (
+                    "was cut short by a hand-over or a stop"
+                    if marker.state == INTERRUPTED
+                    else "was interrupted on a dead instance"
+                )
                 if self.failover:
                     failover_fire = last
                     self.logger.warning(
-                        "shard {}: the run for {} was interrupted on a dead instance; "
-                        "re-running it now (failover)",
+                        "shard {}: the run for {} {}; re-running it now (failover)",
                         shard,
                         last.isoformat(),
+                        how,
                     )
                 else:
                     self.logger.warning(
-                        "shard {}: the run for {} was interrupted on a dead instance; "
-                        "not re-run (failover=False)",
+                        "shard {}: the run for {} {}; not re-run (failover=False)",
                         shard,
                         last.isoformat(),
+                        how,
                     )
         runner = ShardRunner(
             self.settings, shard, self, failover_fire=failover_fire, start_after=start_after
@@ -432,6 +566,26 @@ class ClusterHost(ServiceNodes):
 
             UpstreamWatch(self.zk, runner, self.settings.feed, self.upstreams, self.logger)
         runner.start()
+
+    def _write_marker(
+        self, claim: Claim, shard: int, run_id: str, fire_time: float, state: str
+    ) -> bool:
+        """Write a marker that is no run (``claimed``) in one fenced transaction."""
+        marker = RunMarker(
+            shard=shard,
+            owner=self.instance.id,
+            session=self.zk.session_id,
+            run_id=run_id,
+            fire_time=fire_time,
+            token=claim.token,
+            state=state,
+            completed=self._completed.get(shard, ()),
+        )
+        try:
+            return bool(self.zk.begin_run(claim, marker))
+        except KazooException as exc:
+            self.logger.info("could not write the run marker of shard {}: {!r}", shard, exc)
+            return False
 
     # -- ShardHost --------------------------------------------------------------------------------
 
@@ -449,7 +603,7 @@ class ClusterHost(ServiceNodes):
     def wait_ready(self, runner: ShardRunner) -> bool:
         """Block while the instance is not healthy (no run may start); False once stopping."""
         while not runner.stopping:
-            if self.health is HealthStatus.GREEN and not self._fenced:
+            if self.health is HealthStatus.GREEN:
                 return True
             self._healthy.wait(0.05)
         return False
@@ -458,9 +612,12 @@ class ClusterHost(ServiceNodes):
         claim: Claim | None = runner.claim
         if claim is None or runner.stopping:
             return None
-        if self.health is not HealthStatus.GREEN or self._fenced:
+        if runner.failover_pending and not self.failover:
+            return None  # a fire the fence cut short: re-run only with failover on
+        health = self.health
+        if health is not HealthStatus.GREEN:
             runner.logger.warning(
-                "not starting the run for {}: health is {}", fire_time.isoformat(), self.health.name
+                "not starting the run for {}: health is {}", fire_time.isoformat(), health.name
             )
             return None
         marker = RunMarker(
@@ -470,6 +627,7 @@ class ClusterHost(ServiceNodes):
             run_id=run_id,
             fire_time=fire_time.timestamp(),
             token=claim.token,
+            completed=self._completed.get(runner.shard.index, ()),
         )
         try:
             began = self.zk.begin_run(claim, marker)
@@ -492,22 +650,53 @@ class ClusterHost(ServiceNodes):
             )
             self._record_end(runner, replace(marker, state=CANCELLED))
             return None
-        return RunTicket(fencing_token=claim.token, is_failover=runner.failover_pending)
+        return RunTicket(
+            fencing_token=claim.token,
+            is_failover=runner.failover_pending,
+            lease=self._fence_deadline,
+        )
 
     def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
-        state = DONE if result.ok else (CANCELLED if result.cancelled else FAILED)
+        """Record how the run ended; a run cut short by a hand-over, a stop or the fence is
+        ``interrupted``: its fire time is owed (SPEC 4.3)."""
+        shard, fire = runner.shard.index, ctx.scheduled_time.timestamp()
+        if result.ok:
+            state = DONE
+            done = sorted({*self._completed.get(shard, ()), fire})
+            self._completed[shard] = tuple(done[-COMPLETED_KEPT:])
+        elif result.cancelled:
+            state = INTERRUPTED if result.interrupted else CANCELLED
+        else:
+            state = FAILED
         marker = RunMarker(
-            shard=runner.shard.index,
+            shard=shard,
             owner=self.instance.id,
             session=self.zk.session_id,
             run_id=ctx.run_id,
-            fire_time=ctx.scheduled_time.timestamp(),
+            fire_time=fire,
             token=ctx.fencing_token or 0,
             state=state,
+            completed=self._completed.get(shard, ()),
         )
         self._record_end(runner, marker)
         if not result.ok and not result.cancelled:
             ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
+
+    def skip_fire(self, runner: ShardRunner, fire_time: datetime) -> None:
+        """A fire time passed while paused: record it, so that the shard's next owner does
+        not take it for a missed one."""
+        claim: Claim | None = runner.claim
+        marker = RunMarker(
+            shard=runner.shard.index,
+            owner=self.instance.id,
+            session=self.zk.session_id,
+            run_id="",
+            fire_time=fire_time.timestamp(),
+            token=0 if claim is None else claim.token,
+            state=PAUSED,
+            completed=self._completed.get(runner.shard.index, ()),
+        )
+        self._record_end(runner, marker)
 
     def runner_exited(self, runner: ShardRunner) -> None:
         self._wake.set()

@@ -40,8 +40,21 @@ class Claim:
     member: str = ""
 
 
-#: Run marker states: a run in flight, and the three ways a run ends.
-RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+#: Run marker states: a run in flight, and the ways a run ends. ``interrupted``: cut short by
+#: a hand-over, a graceful stop or self-fencing — the shard's next run re-runs that fire time
+#: (SPEC 4.3); ``cancelled``: ended for good (an operator's stop-run, a misfire skipped).
+RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
+    "running",
+    "done",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
+#: Marker states that are no run: the fire time passed while the service was paused; and a
+#: shard claimed before its first run (``fire_time``: when — fire times after it are owed).
+PAUSED, CLAIMED = "paused", "claimed"
+#: Completed fire times a marker remembers (what a cluster ``depends_on`` downstream reads).
+COMPLETED_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class RunMarker:
     token: int
     state: str = RUNNING
     version: int = -1
+    completed: tuple[float, ...] = ()
 
     @classmethod
     def parse(cls, shard: int, raw: bytes, version: int = -1) -> RunMarker:
@@ -69,6 +83,9 @@ class RunMarker:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError(f"run marker of shard {shard} is not a JSON object")
+        completed = data.get("completed", [])
+        if not isinstance(completed, list):
+            raise ValueError(f"run marker of shard {shard}: 'completed' is not a list")
         return cls(
             shard=shard,
             owner=str(data.get("owner", "")),
@@ -78,6 +95,7 @@ class RunMarker:
             token=int(data.get("token", 0)),
             state=str(data.get("state", RUNNING)),
             version=version,
+            completed=tuple(float(fire) for fire in completed),
         )
 
     def to_json(self) -> bytes:
@@ -89,6 +107,7 @@ class RunMarker:
                 "fire_time": self.fire_time,
                 "token": self.token,
                 "state": self.state,
+                "completed": self.completed,
             },
             separators=(",", ":"),
         ).encode()

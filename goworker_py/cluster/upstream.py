@@ -2,11 +2,15 @@
 
 A downstream shard's owner watches the run markers of the upstream shards it waits for (shard
 ``i`` of an upstream with as many shards, else every shard of it), wherever those run. Each
-marker that says ``done`` adds its fire time to what that upstream shard completed; a fire
-time every upstream shard completed is given to the downstream shard to run — once: never a
-fire time at or before the last one the downstream shard handled (its own marker, also across
-a hand-over). Markers keep only the latest run, so a downstream that falls behind runs the
-latest fire time its upstreams completed and skips older ones.
+marker carries the latest fire times its shard completed (``RunMarker.completed``, at most
+``COMPLETED_KEPT``), so no completion is missed between two reads of a watch, nor across a
+hand-over of either side. A fire time every upstream shard completed is given to the downstream
+shard to run, in order, once: never one at or before the last fire time the downstream shard
+handled (its own marker, also across a hand-over).
+
+The backlog is bounded: a downstream that falls more than ``COMPLETED_KEPT`` upstream fire
+times behind loses the oldest — logged, and counted as a misfire. A downstream shard that never
+ran before starts with the newest fire time its upstreams completed.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from goworker_py.cluster.zookeeper import DONE, RunMarker
+from goworker_py.cluster.nodes import COMPLETED_KEPT, DONE, RunMarker
 from goworker_py.group import required_upstream_shards
+from goworker_py.hooks import OBSERVERS
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -26,8 +31,8 @@ if TYPE_CHECKING:
     from goworker_py.group import UpstreamFeed
     from goworker_py.runner import ShardRunner
 
-#: Completed fire times remembered per upstream shard.
-_REMEMBERED = 64
+#: Completed fire times remembered per upstream shard (upstream shards may be apart).
+_REMEMBERED = 2 * COMPLETED_KEPT
 
 
 class UpstreamWatch:
@@ -47,7 +52,10 @@ class UpstreamWatch:
         shard = runner.shard.index
         self._required = required_upstream_shards(upstreams, runner.settings.total, shard)
         self._done: dict[tuple[str, int], set[float]] = {key: set() for key in self._required}
+        self._seen: set[tuple[str, int]] = set()
         start = runner.start_after
+        #: Never run before: start with the newest fire time the upstreams completed.
+        self._fresh = start is None
         self._last = start.timestamp() if start is not None else float("-inf")
         self._lock = threading.Lock()
         feed.reset(shard)
@@ -57,20 +65,39 @@ class UpstreamWatch:
             )
 
     def _on_marker(self, key: tuple[str, int], marker: RunMarker | None) -> bool:
-        """kazoo's thread: note a completed upstream run; feed fire times now complete."""
+        """kazoo's thread: note completed upstream runs; feed fire times now complete."""
         if self.runner.stopping:
             return False  # the shard moved or the worker stops: drop the watch
-        if marker is None or marker.state != DONE:
+        if marker is None:
             return True
+        completed = set(marker.completed)
+        if marker.state == DONE:
+            completed.add(marker.fire_time)
         with self._lock:
+            self._seen.add(key)
             done = self._done[key]
-            done.add(marker.fire_time)
-            if len(done) > _REMEMBERED:
+            done |= completed
+            while len(done) > _REMEMBERED:
                 done.discard(min(done))
+            if len(self._seen) < len(self._done):
+                return True
             common = set.intersection(*self._done.values())
+            if self._fresh:
+                self._fresh = False
+                if common:
+                    self._last = max(common) - 1e-6  # run the newest one only
             ready = sorted(f for f in common if f > self._last)
+            dropped = (
+                len(marker.completed) >= COMPLETED_KEPT
+                and self._last != float("-inf")
+                and min(marker.completed) > self._last
+                and bool(ready)
+            )
+            previous = self._last
             if ready:
                 self._last = ready[-1]
+        if dropped:
+            self._report_dropped(key, previous, ready[0])
         zone = self.runner.settings.zone
         for fire in ready:
             self.feed.push(
@@ -78,3 +105,18 @@ class UpstreamWatch:
                 datetime.fromtimestamp(fire, timezone.utc).astimezone(zone),
             )
         return True
+
+    def _report_dropped(self, key: tuple[str, int], last: float, first: float) -> None:
+        service, shard = key
+        self.logger.warning(
+            "shard {}: fell more than {} fire times behind upstream {} shard {}: fire times it "
+            "completed after {} and before {} may be missed",
+            self.runner.shard.index,
+            COMPLETED_KEPT,
+            service,
+            shard,
+            datetime.fromtimestamp(last, timezone.utc).isoformat(),
+            datetime.fromtimestamp(first, timezone.utc).isoformat(),
+        )
+        for observer in OBSERVERS:
+            observer.misfired(self.runner.settings.worker_name, 1)

@@ -44,6 +44,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
+from goworker_py.cluster.kazoo_clock import ReplyClock
 from goworker_py.cluster.nodes import (
     CANCELLED,
     DONE,
@@ -95,50 +96,43 @@ class ZooKeeperDiscovery:
         self.control_path = f"{root}/control"
         self.on_change: Callable[[], None] = lambda: None
         self.on_state: Callable[[str], None] = lambda state: None
-        self.negotiated_timeout = float(config.session_timeout)
         self.node: str | None = None
         self._lock = threading.Lock()
         #: ``{shard: (session id, version)}`` of the run markers this instance wrote.
         self._markers: dict[int, tuple[int, int | None]] = {}
         self.config_dirty = True
         self.control_dirty = True
-        self.last_heard = time.monotonic()
         self._members_session = -1
         self._member_list_dirty = True
         self._member_order: list[tuple[int, str]] = []
         self._member_cache: dict[str, Member] = {}
         self._dirty_members: set[str] = set()
         self.client = kazoo_client(config)
-        self._capture_negotiated_timeout()
+        self._clock = ReplyClock(self.client, config.session_timeout)
         self.client.add_listener(self._state_listener)
 
     # -- connection -------------------------------------------------------------------------------
 
-    def _capture_negotiated_timeout(self) -> None:
-        """Learn the session timeout the server granted and when it was last heard from.
+    @property
+    def negotiated_timeout(self) -> float:
+        """The session timeout the server granted (seconds; the requested one until then)."""
+        return self._clock.negotiated_timeout
 
-        kazoo keeps both private. ``last_heard`` (monotonic) is what self-fencing needs: the
-        server expires a session about one session timeout after it last heard from the
-        client, and kazoo's own SUSPENDED can come much later — it counts from the client's
-        last *send*, so every request sent into a partition postpones it.
+    @property
+    def answered_at(self) -> float:
+        """``time.monotonic()`` send time of the latest request the server answered."""
+        return self._clock.answered_at
+
+    def lease_valid_until(self) -> float:
+        """``time.monotonic()`` instant before which the server certainly keeps our session.
+
+        Computed from completed replies only (see :mod:`~goworker_py.cluster.kazoo_clock`).
         """
-        connection = self.client._connection
-        connect = connection._connect
-        read_socket = connection._read_socket
+        return self._clock.lease_valid_until()
 
-        def capturing(*args: Any, **kwargs: Any) -> Any:
-            read_timeout, connect_timeout = connect(*args, **kwargs)
-            # kazoo's read timeout is two thirds of the negotiated session timeout (ms).
-            self.negotiated_timeout = read_timeout * 1.5 / 1000.0
-            self.last_heard = time.monotonic()
-            return read_timeout, connect_timeout
-
-        def reading(*args: Any, **kwargs: Any) -> Any:
-            self.last_heard = time.monotonic()
-            return read_socket(*args, **kwargs)
-
-        connection._connect = capturing
-        connection._read_socket = reading
+    def round_trip(self, timeout: float) -> None:
+        """One request answered by the server within ``timeout`` s (else kazoo's errors)."""
+        self.client.exists_async(self.instances_path).get(timeout=timeout)
 
     def _state_listener(self, state: str) -> None:
         # kazoo's thread: record and signal only.

@@ -51,6 +51,8 @@ class RunRecord:
     end: float
     failover: bool = False
     pid: int = 0
+    #: The run was cancelled (``ctx.cancelled`` when ``do`` returned).
+    cancelled: bool = False
 
     @classmethod
     def from_json(cls, line: str) -> RunRecord:
@@ -107,6 +109,7 @@ class Ledger:
                             start=start,
                             end=time.monotonic(),
                             failover=ctx.is_failover,
+                            cancelled=ctx.cancelled,
                         )
                     )
 

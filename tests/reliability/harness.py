@@ -305,6 +305,8 @@ class ClaimSample:
     t: float
     claims: dict[int, str]
     members: set[str]
+    #: When the claims had been read (``t`` is when the sample began).
+    read_at: float = 0.0
 
 
 @dataclass
@@ -497,8 +499,9 @@ class Observer:
         t = time.time()
         members = self.member_sessions(timeout)
         claims = self.claims(timeout)
+        read_at = time.time()
         members |= self.member_sessions(timeout)
-        return ClaimSample(t, claims, members)
+        return ClaimSample(t, claims, members, read_at)
 
     @contextlib.contextmanager
     def sample_claims(self, interval: float = 0.005) -> Iterator[ClaimSamples]:

@@ -51,9 +51,10 @@ def test_r11_rolling_restart_with_sigterm_loses_and_doubles_no_fire(scenario: Sc
 
     Each stop moves exactly the stopping instance's shards, through the clean path (the peers
     hold its claims within milliseconds, not after a session timeout); its replacement joins
-    before the next stop. Across the whole restart every per-second fire of every shard runs
-    exactly once: no fire lost (each new owner continues from the last fire its predecessor
-    handled), none doubled, no failover re-run.
+    before the next stop. Across the whole restart every per-second fire of every shard
+    completes exactly once: no fire lost (each new owner continues from the last fire its
+    predecessor handled), none completed twice; a run the stop cut short is re-run once, at
+    once, by the shard's new owner with its fire time (SPEC 4.3), and no other run is.
     """
     shards = 6
     scenario.defaults.update(shards=shards, cron="* * * * * *", run_seconds=0.1)
@@ -103,9 +104,14 @@ def test_r11_rolling_restart_with_sigterm_loses_and_doubles_no_fire(scenario: Sc
         3.0,
         "a run of every shard after the restart",
     )
-    runs = scenario.check(allow_failover_reruns=False, window=(began, ended - PERIOD))
-    assert not [r for r in runs if r["failover"]], "a clean stop caused a failover re-run"
-    cancelled = sum(1 for r in runs if r["outcome"] == "cancelled")
+    runs = scenario.check(window=(began, ended - PERIOD))
+    cut_short = {(r["shard"], r["fire"]) for r in runs if r["outcome"] == "cancelled"}
+    reruns = [(r["shard"], r["fire"]) for r in runs if r["failover"]]
+    assert sorted(reruns) == sorted(cut_short), "re-runs are exactly the fires cut short"
+    completed = [(r["shard"], r["fire"]) for r in runs if r["outcome"] == "ok"]
+    assert len(completed) == len(set(completed)), "a fire completed twice"
+    assert cut_short <= set(completed), "a fire cut short was never completed"
+    cancelled = len(cut_short)
     scenario.figure(
         "r11_takeover_ms",
         [round(x * 1000, 1) for x in latencies],
@@ -113,7 +119,8 @@ def test_r11_rolling_restart_with_sigterm_loses_and_doubles_no_fire(scenario: Sc
         f"{', '.join(f'{x * 1000:.0f}' for x in latencies)} ms "
         f"(target <= 100 ms: {'met' if max(latencies) <= 0.1 else 'MISSED'}); "
         f"SIGTERM -> exit {', '.join(f'{x * 1000:.0f}' for x in exits)} ms; "
-        f"{len(runs)} runs, {cancelled} cancelled by a hand-over, none lost or doubled",
+        f"{len(runs)} runs, {cancelled} cut short by a stop and re-run once, none lost or "
+        "completed twice",
     )
     scenario.figure("r11_takeover_max_ms", round(max(latencies) * 1000, 1))
     # The clean path takes milliseconds; the unclean one would take a session timeout.
@@ -285,9 +292,7 @@ def test_r13_gil_hog_outlives_its_session_and_is_fenced(scenario: Scenario) -> N
     ]
     assert zombie_starts == [], f"the zombie started runs after the hog: {zombie_starts}"
     accepted, rejected = stale_writes(history, old_session or "", since=hog_span[1])
-    warnings = [
-        line for line in hog.stderr_tail(400).splitlines() if "self-fencing (session lost)" in line
-    ]
+    warnings = [line for line in hog.stderr_tail(400).splitlines() if "self-fencing (" in line]
     scenario.figure(
         "r13_detection_ms",
         round(detection * 1000, 1),
@@ -321,9 +326,10 @@ def test_r14_handler_ignoring_cancellation_holds_its_shard_and_is_reported(
 
     Instance ``slow`` ignores cancellation (4 s runs back to back); ``peer`` is cooperative.
     When ``new`` joins, one shard moves from each. The cooperative shard moves at once; the
-    stuck one stays claimed by ``slow`` while its run goes on — never two runs at once — and is
-    reported as stuck in ``slow``'s log once the grace (``shutdown_timeout`` = 1 s) is over.
-    It moves when its run finally ends.
+    stuck one stays claimed by ``slow`` while its run goes on — never two runs at once. Its run
+    may finish first (the hand-over timeout, by default the ``shutdown_timeout`` = 1 s), is then
+    cancelled, and reported as stuck in ``slow``'s log once the grace (``shutdown_timeout``) is
+    over too. It moves when its run finally ends.
     """
     shards = 6
     scenario.defaults.update(
@@ -386,7 +392,9 @@ def test_r14_handler_ignoring_cancellation_holds_its_shard_and_is_reported(
     assert int(match.group(1)) == stuck_shard, match.group(0)
     waited = float(match.group(2))
     # Until its run ended, the stuck shard's claim stayed with slow.
-    held_by = {s.claims.get(stuck_shard) for s in samples.samples if s.t < float(stuck_end["t"])}
+    held_by = {
+        s.claims.get(stuck_shard) for s in samples.samples if s.read_at < float(stuck_end["t"])
+    }
     assert held_by <= {slow.session}, f"the stuck shard was claimed by {held_by} during its run"
     first_new = scenario.wait_runs(
         lambda runs: min(
@@ -403,13 +411,14 @@ def test_r14_handler_ignoring_cancellation_holds_its_shard_and_is_reported(
     scenario.figure(
         "r14_time_to_report_s",
         round(report, 3),
-        f"stuck shard {stuck_shard} reported {report:.2f} s after the newcomer joined (grace "
-        f"1 s; the log says it waited {waited:.1f} s); cooperative shard {moving_shard} moved "
+        f"stuck shard {stuck_shard} reported {report:.2f} s after the newcomer joined (hand-over "
+        f"1 s + grace 1 s; the log says it ignored cancellation {waited:.1f} s); cooperative "
+        f"shard {moving_shard} moved "
         f"in {(moved_at - joined) * 1000:.0f} ms; the stuck one moved "
         f"{stuck_moved_at - float(stuck_end['t']):.3f} s after its run ended",
     )
     assert moved_at - joined < 1.0, "the cooperative shard did not move at once"
-    assert waited >= 1.0 and report < 1.0 + 1.0, f"reported after {report:.2f} s"
+    assert waited >= 1.0 and report < 1.0 + 1.0 + 1.0, f"reported after {report:.2f} s"
     scenario.check(cron_period=None)
 
 
