@@ -5,7 +5,9 @@ reads the real time except the tests of the "default: now" arguments, and nothin
 
 The reference matcher at the bottom of the helpers reads a crontab expression the way Vixie cron
 does, and finds fire times by scanning days (UTC) or real time second by second / minute by
-minute (DST zones), so the tests compare against an independent, obviously-correct model.
+minute (DST zones), so the tests compare against an independent, obviously-correct model. The
+differential tests at the end go further: they simulate cron.c's main loop minute by minute
+(its four cases for clock changes) in six zones around their real offset changes.
 """
 
 from __future__ import annotations
@@ -373,7 +375,9 @@ def test_month_names() -> None:
     ],
 )
 def test_month_names_in_ranges_and_steps(month: str, expected: list[int]) -> None:
-    got = fires_until(parse_schedule(f"0 0 1 {month} *", "UTC"), utc(2023, 12, 31), utc(2024, 12, 31))
+    got = fires_until(
+        parse_schedule(f"0 0 1 {month} *", "UTC"), utc(2023, 12, 31), utc(2024, 12, 31)
+    )
     assert [fire.month for fire in got] == expected
 
 
@@ -416,6 +420,16 @@ def test_names_with_trailing_garbage_or_in_the_wrong_field_are_rejected(
 ) -> None:
     with pytest.raises(InvalidScheduleError, match=f"invalid {field} field"):
         parse_schedule(expr, "UTC")
+
+
+def test_last_day_of_the_month() -> None:
+    got = fires(parse_schedule("0 0 last feb *", "UTC"), utc(2023, 1, 1), 3)
+    assert as_utc(got) == [utc(2023, 2, 28), utc(2024, 2, 29), utc(2025, 2, 28)]
+    got = fires(parse_schedule("0 0 15,LAST * *", "UTC"), utc(2024, 4, 1), 4)
+    assert [(f.month, f.day) for f in got] == [(4, 15), (4, 30), (5, 15), (5, 31)]
+    # Both day fields restricted: the last day or a Friday (cron's OR rule).
+    got = fires_until(parse_schedule("0 0 last * fri", "UTC"), *JANUARY)
+    assert [f.day for f in got] == [5, 12, 19, 26, 31]
 
 
 def test_leap_day() -> None:
@@ -993,7 +1007,7 @@ def test_an_hour_step_follows_real_time_in_the_repeated_hour() -> None:
 def test_a_wildcard_job_has_nothing_to_fire_in_the_skipped_hour() -> None:
     # "* 2 * * *" is a wildcard job for cron.c (its minute field starts with "*").
     schedule = parse_schedule("* 2 * * *", BERLIN)
-    got = fires_until(schedule, utc(2024, 3, 30, 12), utc(2024, 4, 1, 12))
+    got = fires_until(schedule, utc(2024, 3, 29, 12), utc(2024, 4, 1, 12))
     assert got[0] == utc(2024, 3, 30, 1) and got[59] == utc(2024, 3, 30, 1, 59)
     assert got[60] == utc(2024, 4, 1, 0) and len(got) == 120
 
@@ -1215,7 +1229,9 @@ def cron_c_fires(ref: Reference, zone: tzinfo, start: datetime, end: datetime) -
     (``timeRunning``) with its virtual clock and runs ``find_jobs`` -- wildcard jobs (minute or
     hour field starting with ``*``), fixed-time jobs, or both -- as its four cases say. A job
     that several virtual minutes select in the same real minute fires once: a schedule yields
-    instants. The simulation starts four hours early, so its state is the daemon's own.
+    instants. The simulation starts four hours early, so its state is the daemon's own. It
+    steps real minutes, which are the wall clock's minutes in any zone whose offsets are whole
+    minutes (every zone today; not Dublin's 1916 -0:25:21).
     """
 
     def due(virtual: int, wild: bool, fixed: bool) -> bool:
@@ -1291,9 +1307,7 @@ def test_the_cron_c_reference_agrees_with_known_fire_times() -> None:
         NEW_YORK_AUTUMN + (n - 3) * HOUR + 30 * MINUTE for n in range(6)
     ]
     start, end = NEW_YORK_SPRING - 3 * HOUR, NEW_YORK_SPRING + 3 * HOUR
-    assert cron_c_fires(Reference.parse("0,30 2 * * *"), NEW_YORK, start, end) == [
-        NEW_YORK_SPRING
-    ]
+    assert cron_c_fires(Reference.parse("0,30 2 * * *"), NEW_YORK, start, end) == [NEW_YORK_SPRING]
     assert cron_c_fires(Reference.parse("*/30 2 * * *"), NEW_YORK, start, end) == []
 
 
@@ -1310,22 +1324,23 @@ def _month_field(rng: random.Random, month: int) -> str:
         return rng.choice([text, text.upper(), text.title(), str(value)])
 
     first, last = max(1, month - rng.randint(0, 3)), min(12, month + rng.randint(0, 3))
-    return rng.choice(
-        [
-            "*",
-            name(month),
-            f"{name(first)}-{name(last)}",
-            f"{name(first)}-{name(12)}/{rng.randint(1, 3)}",
-            f"{name(1)}-{name(12)}/2",
-            f"*/{rng.randint(1, 4)}",
-            f"{name(first)},{name(last)}",
-            f"{_MONTH_NAMES[(month + 5) % 12]}",  # elsewhere in the year
-        ]
-    )
+    odd_or_even = "jan-dec/2" if month % 2 else "feb-dec/2"
+    choices = {
+        "*": 3,
+        name(month): 2,
+        f"{name(first)}-{name(last)}": 3,
+        f"{name(month)}-{name(12)}/{rng.randint(1, 5)}": 2,
+        f"{name(first)}/{rng.randint(1, 3)}": 1,  # the seed's "a/n"
+        odd_or_even: 1,
+        f"*/{rng.randint(1, 4)}": 1,
+        f"{name(first)},{name(month)}": 1,
+        _MONTH_NAMES[(month + 5) % 12]: 1,  # elsewhere in the year
+    }
+    return rng.choices(list(choices), weights=list(choices.values()))[0]
 
 
 def _dow_field(rng: random.Random, weekday: int) -> str:
-    """A day-of-week field (0 = Sunday) with names in ranges and steps."""
+    """A day-of-week field (0 = Sunday), most of the time naming ``weekday``, names in ranges."""
 
     def name(value: int) -> str:
         if value == 7:
@@ -1333,49 +1348,49 @@ def _dow_field(rng: random.Random, weekday: int) -> str:
         text = _WEEKDAY_NAMES[value]
         return rng.choice([text, text.upper(), str(value)])
 
-    first, last = _pick_range(rng, 0, 7, 4)
-    return rng.choice(
-        [
-            "*",
-            "*",
-            name(weekday),
-            f"{name(first)}-{name(last)}",
-            f"{name(first)}-{name(last)}/{rng.randint(1, 3)}",
-            "mon-fri",
-            "sun-sat/2",
-            "sat,sun",
-            f"*/{rng.randint(2, 7)}",
-        ]
-    )
+    first = max(0, weekday - rng.randint(0, 3))
+    last = min(7, weekday + rng.randint(0, 3))
+    sunday = "sat-7" if weekday == 0 else f"{name(weekday)}-{name(rng.randint(weekday, 7))}"
+    choices = {
+        "*": 4,
+        name(weekday): 2,
+        f"{name(first)}-{name(last)}": 3,
+        f"{name(first)}-{name(7)}/{rng.randint(1, 3)}": 1,
+        sunday: 1,
+        "mon-fri": 1,
+        "sun-sat/2": 1,
+        f"*/{rng.randint(2, 7)}": 1,
+    }
+    return rng.choices(list(choices), weights=list(choices.values()))[0]
 
 
 def _differential_expression(rng: random.Random, near: datetime) -> str:
     """A 5-field expression whose fire times cluster around the local wall time ``near``."""
     hour, day = near.hour, near.day
-    minute = rng.choice(
-        [
-            "*",
-            f"*/{rng.randint(2, 30)}",
-            str(rng.choice([0, 15, 30, 45, rng.randint(0, 59)])),
-            "0,30",
-            "%d-%d" % _pick_range(rng, 0, 59, 40),
-            "%d-%d/%d" % (*_pick_range(rng, 0, 59, 40), rng.randint(2, 20)),
-            _random_field(rng, 0, 59),
-        ]
-    )
-    hours = rng.choice(
-        [
-            "*",
-            str(hour),
-            str((hour + 1) % 24),
-            f"{max(hour - 1, 0)}-{min(hour + 1, 23)}",
-            f"*/{rng.randint(2, 6)}",
-            "0-23",
-            f"{hour},{(hour + 12) % 24}",
-            _random_field(rng, 0, 23),
-        ]
-    )
-    dom = rng.choice(["*", "*", str(day), f"{max(day - 1, 1)}-{min(day + 1, 31)}", "*/2", "1-15"])
+    first, last = _pick_range(rng, 0, 59, 40)
+    minutes = {
+        "*": 2,
+        f"*/{rng.randint(2, 30)}": 2,
+        str(rng.choice([0, 15, 30, 45, rng.randint(0, 59)])): 3,
+        "0,30": 1,
+        f"{first}-{last}": 1,
+        f"{first}-{last}/{rng.randint(2, 20)}": 1,
+        _random_field(rng, 0, 59): 1,
+    }
+    minute = rng.choices(list(minutes), weights=list(minutes.values()))[0]
+    hour_choices = {
+        "*": 2,
+        str(hour): 2,
+        str((hour + 1) % 24): 3,  # the skipped or repeated hour when ``near`` precedes a change
+        f"{max(hour - 1, 0)}-{min(hour + 1, 23)}": 2,
+        f"*/{rng.randint(2, 6)}": 1,
+        "0-23": 1,
+        f"{hour},{(hour + 12) % 24}": 1,
+        _random_field(rng, 0, 23): 1,
+    }
+    hours = rng.choices(list(hour_choices), weights=list(hour_choices.values()))[0]
+    doms = {"*": 4, str(day): 2, f"{max(day - 1, 1)}-{min(day + 1, 31)}": 2, "*/2": 1, "1-15": 1}
+    dom = rng.choices(list(doms), weights=list(doms.values()))[0]
     month = _month_field(rng, near.month)
     dow = _dow_field(rng, near.isoweekday() % 7)
     return f"{minute} {hours} {dom} {month} {dow}"
@@ -1393,7 +1408,9 @@ def test_differential_against_cron_c(zone_name: str) -> None:
     rng = random.Random(f"differential-{zone_name}")
     changes = offset_changes(zone, 2024) + offset_changes(zone, 2025)
     if not changes:
-        changes = [utc(2024, 1, 1) + timedelta(minutes=rng.randrange(2 * 525_600)) for _ in range(4)]
+        changes = [
+            utc(2024, 1, 1) + timedelta(minutes=rng.randrange(2 * 525_600)) for _ in range(4)
+        ]
     assert len(changes) >= 4
     compared = fired = 0
     for change in changes:
@@ -1442,3 +1459,40 @@ def test_random_expressions_with_names_match_the_reference_in_utc() -> None:
             after = fire
             checked += 1
     assert checked > 600
+
+
+@pytest.mark.parametrize("zone_name", DIFFERENTIAL_ZONES[1:])
+def test_every_zone_s_changes_match_cron_c_from_every_start(zone_name: str) -> None:
+    """Jobs in, before and after each skipped or repeated stretch of 2024, from 12 starts.
+
+    Fixed-time jobs in a skipped stretch fire as the clocks jump; in a repeated one, only in its
+    first pass; wildcard jobs follow real time. Starts lie before the change, in either pass,
+    on the change itself, and between whole seconds.
+    """
+    zone = ZoneInfo(zone_name)
+    jumps = 0
+    for change in offset_changes(zone, 2024):
+        before = (change - SECOND).astimezone(zone)  # the last wall time before the change
+        hour, following = before.hour, (before.hour + 1) % 24
+        exprs = [f"{minute} {following} * * *" for minute in (0, 15, 29, 30, 45, 59)]
+        exprs += [f"{minute} {hour} * * *" for minute in (0, 30, 59)]
+        exprs += [
+            f"0,20,40 {hour},{following} * * *",
+            f"*/10 {following} * * *",
+            f"* {hour} * * *",
+            "*/15 * * * *",
+            "0 */2 * * *",
+            f"30 {following} {before.day} {_MONTH_NAMES[before.month - 1]} *",
+        ]
+        low, high = change - 4 * HOUR, change + 3 * HOUR
+        for expr in exprs:
+            schedule = parse_schedule(expr, zone)
+            expected = cron_c_fires(Reference.parse(expr), zone, low, high)
+            jumps += change in expected and not Reference.parse(expr).matches(
+                change.astimezone(zone).replace(tzinfo=None)
+            )
+            for minutes in (-150, -61, -30, -1, 0, 1, 15, 29, 30, 59, 75, 119):
+                start = change + timedelta(minutes=minutes, seconds=minutes % 2 * 30)
+                got = fires_until(schedule, start.astimezone(zone), high)
+                assert got == [fire for fire in expected if fire > start], (expr, start)
+    assert jumps >= 4  # fixed-time jobs in the skipped stretch did fire as the clocks jumped
