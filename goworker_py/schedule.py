@@ -1,43 +1,47 @@
 """Schedules: when a worker's runs fire.
 
-Accepted expressions (``validate_schedule`` checks them, ``Schedule.parse`` builds them):
+Accepted expressions (``validate_schedule`` checks them, ``parse_schedule`` builds them):
 
 - 5 fields, read exactly as crontab reads them: ``minute hour day-of-month month day-of-week``.
-  Day-of-week ``0`` and ``7`` are Sunday, names ``sun..sat`` and ``jan..dec`` work, as do
-  ``*/n``, ``a-b``, ``a-b/n`` and lists. When both day-of-month and day-of-week are restricted
-  (neither starts with ``*``) a day matching **either** fires — cron's rule, not APScheduler's.
+  Day-of-week ``0`` and ``7`` are Sunday; names ``sun..sat`` and ``jan..dec`` work wherever a
+  value does (``jan-jun``, ``mon-fri``, ``jan-dec/2``); so do ``*/n``, ``a-b``, ``a-b/n`` and
+  lists. When both day-of-month and day-of-week are restricted (neither starts with ``*``) a
+  day matching **either** fires -- cron's rule. :mod:`goworker_py.cron` parses the fields.
 - 6 fields: a leading seconds field, then the 5 above.
 - ``@yearly @annually @monthly @weekly @daily @midnight @hourly`` and ``@every <duration>``
-  (``1h30m``, ``45s``, ``500ms``; an absolute interval, unaffected by time zones).
+  (``1h30m``, ``45s``, ``500ms``; an absolute interval, unaffected by time zones; at least 1ms).
 - An optional ``TZ=Area/City`` (or ``CRON_TZ=``) prefix; otherwise the zone given to
-  ``Schedule.parse`` or the machine's local zone, like cron.
+  ``parse_schedule`` or the machine's local zone, like cron.
 
-Fire times are computed by APScheduler's ``CronTrigger`` over *wall-clock* time (the trigger
-runs in UTC, where no daylight-saving change exists); this module then maps wall-clock times
-onto real instants in the schedule's zone. That mapping is where DST is handled, the way
-Vixie cron handles it:
+Fire times are found over *wall-clock* time (:class:`goworker_py.cron.CronFields`); this module
+maps wall-clock times onto real instants in the schedule's zone. Across daylight-saving changes
+it follows cron.c (Vixie cron's main loop):
 
-- A job with a fixed hour (``30 2 * * *``) fires once per day whatever the clocks do: a fire
-  time that falls into the hour skipped in spring fires right when the clocks jump (03:00), and
-  the repeated hour in autumn does not fire it a second time.
-- A job whose hour field is ``*`` (``*/15 * * * *``, every second, ``@hourly``) follows real
-  time: it fires in both passes of a repeated hour and has nothing to fire in a skipped one.
+- A *wildcard* job -- its minute or its hour field starts with ``*`` (``*/15 * * * *``,
+  ``* 2 * * *``, ``0 */2 * * *``, ``@hourly``, every second) -- follows real time: it fires at
+  every matching instant, in both passes of a repeated hour, and has nothing to fire in a
+  skipped one.
+- Any other job (``30 2 * * *``) fires once per wall-clock time whatever the clocks do: a time
+  that falls into a skipped stretch fires right when the clocks jump (once, however many of
+  its times the stretch held), and the second pass of a repeated stretch fires nothing.
+  (cron.c treats a jump of more than 3 hours as a clock reset and drops those skipped runs, as
+  when Samoa skipped 30 December 2011; here they still fire once, at the jump.)
 
-An expression that can never fire (``0 0 30 2 *``) is rejected.
+No fire is lost however far ahead it lies: the search needs no list of the zone's changes, only
+the zone's offsets around the fire time it found. An expression that can never fire
+(``0 0 30 2 *``) is rejected.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
-
+from goworker_py.cron import CronFields, parse_fields, shown
 from goworker_py.errors import InvalidScheduleError
 
 #: Returned by :func:`get_backoff_for_next_schedule` when there is no next fire time.
@@ -56,15 +60,13 @@ _DESCRIPTORS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_FIELD_NAMES = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
-_FIELD_CHARS = re.compile(r"^[0-9A-Za-z*,/-]+$")
-_NUMERIC_LIMITS = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12))
-_STEPPED_ITEM = re.compile(r"^(\*|\d+)(?:-(\d+))?/(\d+)$")
-_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|h|m|s)", re.ASCII)
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-# Longer than any daylight-saving shift: the search for a zone's next offset change steps by it.
-_PROBE_STEP = timedelta(days=1)
+#: The shortest ``@every`` interval: below it, fire times would repeat (microsecond clock).
+_MIN_INTERVAL = 0.001
+_MAX_INTERVAL = timedelta.max.total_seconds()
+_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
 
 
 class Schedule(Protocol):
@@ -92,7 +94,11 @@ def _zone(name: str | tzinfo | None) -> tzinfo:
 
 
 def parse_duration(text: str) -> float:
-    """Parse a Go-style duration (``1h30m``, ``45s``, ``500ms``, ``1.5h``) into seconds."""
+    """Parse a Go-style duration (``1h30m``, ``45s``, ``500ms``, ``1.5h``) into seconds.
+
+    ASCII digits only, and at least 1ms: a shorter interval would give fire times the
+    microsecond clock cannot tell apart (a worker spinning on the same instant).
+    """
     compact = text.strip().replace(" ", "")
     pos, total = 0, 0.0
     for match in _DURATION_PART.finditer(compact):
@@ -102,76 +108,14 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if not compact or pos != len(compact):
         raise InvalidScheduleError(
-            f"invalid duration {text!r}: write it like '1h30m', '45s' or '500ms' "
-            "(units h, m, s, ms)"
+            f"invalid duration {shown(text)}: write it like '1h30m', '45s' or '500ms' "
+            "(digits 0-9, units h, m, s, ms)"
         )
     if total <= 0:
-        raise InvalidScheduleError(f"invalid duration {text!r}: it must be longer than zero")
+        raise InvalidScheduleError(f"invalid duration {shown(text)}: it must be longer than zero")
+    if total < _MIN_INTERVAL:
+        raise InvalidScheduleError(f"invalid duration {shown(text)}: it must be at least 1ms")
     return total
-
-
-def _dow_value(token: str, expr: str) -> int:
-    lowered = token.lower()
-    if lowered in _DOW_NAMES:
-        return _DOW_NAMES.index(lowered)
-    if token.isdigit() and 0 <= int(token) <= 7:
-        return int(token)
-    raise InvalidScheduleError(
-        f"invalid day-of-week {token!r} in {expr!r}: use 0-7 (0 and 7 are Sunday) or sun..sat"
-    )
-
-
-def _translate_day_of_week(value: str, expr: str) -> str:
-    """Turn a crontab day-of-week field (0 = Sunday) into an APScheduler one (0 = Monday).
-
-    The field is expanded to the set of days it names and written back as day names, so
-    ranges and steps keep crontab's meaning (``*/2`` is Sunday, Tuesday, Thursday, Saturday).
-    """
-    days: set[int] = set()
-    for item in value.split(","):
-        base, _, step_text = item.partition("/")
-        step = 1
-        if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise InvalidScheduleError(f"invalid step {item!r} in day-of-week of {expr!r}")
-            step = int(step_text)
-        if base == "*":
-            first, last = 0, 6
-        elif "-" in base:
-            low, _, high = base.partition("-")
-            first, last = _dow_value(low, expr), _dow_value(high, expr)
-            if first > last:
-                raise InvalidScheduleError(
-                    f"invalid day-of-week range {base!r} in {expr!r}: the first day must not "
-                    "come after the last (write 'fri-sat,sun' instead of 'fri-sun')"
-                )
-        else:
-            first = _dow_value(base, expr)
-            last = 6 if step_text else first
-        days.update(day % 7 for day in range(first, last + 1, step))
-    if len(days) == 7:
-        return "*"
-    return ",".join(_DOW_NAMES[day] for day in sorted(days))
-
-
-def _narrow_steps(value: str, low: int, high: int) -> str:
-    """Write numeric steps wider than their range (``*/60``, ``9-17/10``) as their one value.
-
-    crontab and the seed accept them (only the first value of the range fires); APScheduler
-    rejects a step larger than its range, so such items are spelled out for it.
-    """
-    items = []
-    for item in value.split(","):
-        match = _STEPPED_ITEM.match(item)
-        if match:
-            start_text, end_text, step_text = match.groups()
-            if not (start_text == "*" and end_text is not None):
-                first = low if start_text == "*" else int(start_text)
-                last = int(end_text) if end_text is not None else high
-                if int(step_text) > 0 and first <= last < first + int(step_text):
-                    item = str(first)
-        items.append(item)
-    return ",".join(items)
 
 
 _UTC_NAMES = frozenset(
@@ -188,6 +132,11 @@ def _fixed_offset(zone: tzinfo) -> timedelta | None:
     return None
 
 
+def _second_after(wall: datetime) -> datetime:
+    """The first whole second strictly after ``wall``: fire times are whole seconds."""
+    return wall.replace(microsecond=0) + _SECOND
+
+
 #: Answers of ``CronSchedule.next_after`` remembered per schedule.
 _MEMO_SIZE = 16
 
@@ -198,165 +147,121 @@ class CronSchedule:
 
     expression: str
     zone: tzinfo
-    fields: tuple[str, str, str, str, str, str]
-    _triggers: list[CronTrigger] = field(init=False, repr=False)
-    _fixed_hour: bool = field(init=False, repr=False)
-    _memo: dict[object, datetime | None] = field(
+    cron: CronFields
+    _fixed: timedelta | None = field(init=False, repr=False)
+    _memo: dict[datetime, datetime | None] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
 
     def __post_init__(self) -> None:
-        _, _, hour, dom, _, dow = self.fields
-        for name, value in zip(_FIELD_NAMES, self.fields, strict=True):
-            if not _FIELD_CHARS.match(value):
-                raise InvalidScheduleError(
-                    f"invalid {name} field {value!r} in {self.expression!r}: use numbers, names, "
-                    "'*', ranges 'a-b', steps '/n' and lists 'a,b'"
-                )
-        aps_dow = _translate_day_of_week(dow, self.expression)
-        aps_second, aps_minute, aps_hour, aps_dom, aps_month = (
-            _narrow_steps(value, low, high)
-            for value, (low, high) in zip(self.fields[:5], _NUMERIC_LIMITS, strict=True)
-        )
-        common = {"second": aps_second, "minute": aps_minute, "hour": aps_hour, "month": aps_month}
-        # cron's rule: with both day fields restricted, a day matching either one fires.
-        if not dom.startswith("*") and not dow.startswith("*"):
-            variants = [(aps_dom, "*"), ("*", aps_dow)] if aps_dow != "*" else [("*", "*")]
-        else:
-            variants = [(aps_dom, aps_dow)]
-        try:
-            self._triggers = [
-                CronTrigger(year="*", day=day, day_of_week=weekday, timezone=_UTC, **common)
-                for day, weekday in variants
-            ]
-        except ValueError as exc:
-            raise InvalidScheduleError(
-                f"invalid cron expression {self.expression!r}: {exc}"
-            ) from exc
-        if len(self._triggers) > 1:
-            # A day-of-month variant that never fires ("30 in February") would make every
-            # search scan to year 9999 (~0.1 s); the day-of-week variant always fires.
-            epoch = datetime(1970, 1, 1, tzinfo=_UTC)
-            self._triggers = [
-                trigger
-                for trigger in self._triggers
-                if trigger.get_next_fire_time(None, epoch) is not None
-            ]
-        self._fixed_hour = hour not in ("*", "*/1")
-        self._fixed_offset = _fixed_offset(self.zone)
-
-    # -- wall-clock matching (APScheduler, in UTC where no DST exists) ---------------------------
-
-    def _match(self, wall: datetime, strict: bool) -> datetime | None:
-        """First matching wall-clock time at or after (or strictly after) naive ``wall``."""
-        start = wall.replace(tzinfo=_UTC)
-        if strict:
-            start += timedelta(microseconds=1)
-        best: datetime | None = None
-        for trigger in self._triggers:
-            found = trigger.get_next_fire_time(None, start)
-            if found is not None and (best is None or found < best):
-                best = found
-        return None if best is None else best.replace(tzinfo=None)
-
-    # -- mapping wall-clock times onto instants ------------------------------------------------
-
-    def _offset(self, instant: datetime) -> timedelta:
-        offset = instant.astimezone(self.zone).utcoffset()
-        return offset if offset is not None else timedelta(0)
-
-    def _offset_change(self, start: datetime, end: datetime) -> datetime | None:
-        """The first instant in (start, end] whose UTC offset differs from ``start``'s."""
-        base = self._offset(start)
-        low = start
-        while low < end:
-            high = min(low + _PROBE_STEP, end)
-            if self._offset(high) != base:
-                lo_s, hi_s = math.floor(low.timestamp()), math.ceil(high.timestamp())
-                while hi_s - lo_s > 1:
-                    mid = (lo_s + hi_s) // 2
-                    if self._offset(datetime.fromtimestamp(mid, _UTC)) != base:
-                        hi_s = mid
-                    else:
-                        lo_s = mid
-                return datetime.fromtimestamp(hi_s, _UTC)
-            low = high
-        return None
-
-    def _repeat_end(self, instant: datetime) -> datetime | None:
-        """The wall time ending the repeated (autumn) hour whose second pass holds ``instant``."""
-        offset = self._offset(instant)
-        earlier = instant - _PROBE_STEP
-        if self._offset(earlier) <= offset:
-            return None
-        change = self._offset_change(earlier, instant)
-        if change is None:
-            return None
-        end_wall = (change + self._offset(earlier)).replace(tzinfo=None)
-        return end_wall if (instant + offset).replace(tzinfo=None) < end_wall else None
+        self._fixed = _fixed_offset(self.zone)
 
     def next_after(self, after: datetime) -> datetime | None:
+        """The first fire time strictly after ``after``; a naive ``after`` is a wall time here."""
+        try:
+            if after.tzinfo is None:
+                after = after.replace(tzinfo=self.zone)
+            # The exact instant (a naive UTC datetime, not a float timestamp, which loses the
+            # microseconds by the year 3000) is both the search's start and the memo's key.
+            start = after.astimezone(_UTC).replace(tzinfo=None)
+        except OverflowError:
+            return None
         # Many shards (and workers) share one parsed schedule and ask for the fire time after
         # the same instant: remember the last few answers.
-        key: object = (after, after.fold) if after.tzinfo is None else after.timestamp()
         memo = self._memo
         try:
-            return memo[key]
+            return memo[start]
         except KeyError:
             pass
         try:
-            result = self._next_after(after)
+            found = self._search(start)
+            result = None if found is None else found.replace(tzinfo=_UTC).astimezone(self.zone)
         except OverflowError:  # the next fire time would lie past the year 9999
             result = None
         if len(memo) >= _MEMO_SIZE:
             memo.clear()
-        memo[key] = result
+        memo[start] = result
         return result
 
-    def _next_after(self, after: datetime) -> datetime | None:
-        if after.tzinfo is None:
-            after = after.replace(tzinfo=self.zone)
-        if self._fixed_offset is not None:
+    # -- mapping wall-clock times onto instants (naive UTC datetimes) ------------------------------
+
+    def _offsets(self, wall: datetime) -> tuple[timedelta, timedelta]:
+        """The UTC offsets of naive ``wall`` with fold 0 and fold 1 (PEP 495).
+
+        Equal: ``wall`` exists once. First larger: it exists twice (the clocks went back; fold 0
+        is the first pass). First smaller: it does not exist (the clocks jumped over it).
+        """
+        zero = timedelta(0)
+        first = wall.replace(tzinfo=self.zone, fold=0).utcoffset()
+        second = wall.replace(tzinfo=self.zone, fold=1).utcoffset()
+        return first or zero, second or zero
+
+    def _offset_at(self, instant: datetime) -> timedelta | None:
+        return instant.replace(tzinfo=_UTC).astimezone(self.zone).utcoffset()
+
+    def _change(self, low: datetime, high: datetime, before: timedelta) -> datetime:
+        """The instant in (low, high] at which the offset stops being ``before``.
+
+        ``low`` has the offset ``before``, ``high`` the next one; the two are at most one
+        daylight-saving shift apart, so bisecting whole seconds takes about a dozen steps.
+        """
+        lo = (low - _EPOCH) // _SECOND
+        hi = -((_EPOCH - high) // _SECOND)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._offset_at(_EPOCH + mid * _SECOND) != before:
+                hi = mid
+            else:
+                lo = mid
+        return _EPOCH + hi * _SECOND
+
+    def _search(self, start: datetime) -> datetime | None:
+        """The first fire instant strictly after ``start`` (both naive UTC)."""
+        cron = self.cron
+        if self._fixed is not None:
             # A zone without daylight saving: wall time and instants map one to one.
-            offset = self._fixed_offset
-            wall = (after.astimezone(_UTC) + offset).replace(tzinfo=None)
-            found = self._match(wall, strict=True)
+            found = cron.next_match(_second_after(start + self._fixed))
+            return None if found is None else found - self._fixed
+        local = start.replace(tzinfo=_UTC).astimezone(self.zone)
+        wall = local.replace(tzinfo=None, fold=0)
+        first_offset, second_offset = self._offsets(wall)
+        if first_offset <= second_offset:
+            return self._walk(_second_after(wall))
+        # ``start`` lies in a stretch of wall time the clocks repeat, [repeat_from, repeat_end):
+        # walking on in wall time would skip or revisit part of it.
+        change = self._change(wall - first_offset, wall - second_offset, first_offset)
+        repeat_from, repeat_end = change + second_offset, change + first_offset
+        found = cron.next_match(_second_after(wall))
+        if local.fold == 0:  # in the first pass: the rest of it, then (wildcards) the second
+            if found is not None and found < repeat_end:
+                return found - first_offset
+            if cron.wildcard:
+                found = cron.next_match(repeat_from)
+                if found is not None and found < repeat_end:
+                    return found - second_offset
+        elif cron.wildcard and found is not None and found < repeat_end:
+            return found - second_offset  # in the second pass: only wildcards fire again
+        return self._walk(repeat_end)
+
+    def _walk(self, wall: datetime) -> datetime | None:
+        """The first fire instant whose wall time is at or after ``wall``, met in wall order.
+
+        The caller starts outside any repeated stretch, so a wall time met twice is met in its
+        first pass (fold 0). A wall time the clocks skip is a fire at the jump for a fixed-time
+        job; a wildcard job has nothing there and the walk goes on after the jump.
+        """
+        cron = self.cron
+        while True:
+            found = cron.next_match(wall)
             if found is None:
                 return None
-            return (found.replace(tzinfo=_UTC) - offset).astimezone(self.zone)
-        segment_start = after.astimezone(_UTC)
-        strict = True
-        repeat_end = self._repeat_end(segment_start) if self._fixed_hour else None
-        # Each pass handles one stretch of constant UTC offset; a year holds few of them.
-        for _ in range(64):
-            offset = self._offset(segment_start)
-            wall = (segment_start + offset).replace(tzinfo=None)
-            candidate = self._match(wall, strict)
-            if candidate is not None and repeat_end is not None and candidate < repeat_end:
-                candidate = self._match(repeat_end, strict=False)
-            if candidate is None:
-                return None
-            instant = candidate.replace(tzinfo=_UTC) - offset
-            change = self._offset_change(segment_start, instant)
-            if change is None:
-                return instant.astimezone(self.zone)
-            new_offset = self._offset(change)
-            gap_from = (change + offset).replace(tzinfo=None)
-            gap_to = (change + new_offset).replace(tzinfo=None)
-            if new_offset > offset:
-                # Spring forward: wall times in [gap_from, gap_to) do not exist. A fixed-hour job
-                # due in the gap fires when the clocks jump, so that day's run is not lost.
-                if self._fixed_hour:
-                    due = self._match(gap_from, strict=False)
-                    if due is not None and due < gap_to:
-                        return change.astimezone(self.zone)
-                repeat_end = None
-            else:
-                # Fall back: wall times in [gap_to, gap_from) come round again; a fixed-hour
-                # job already fired them in the first pass.
-                repeat_end = gap_from if self._fixed_hour else None
-            segment_start, strict = change, False
-        return None
+            first_offset, second_offset = self._offsets(found)
+            if first_offset >= second_offset:
+                return found - first_offset
+            change = self._change(found - second_offset, found - first_offset, first_offset)
+            if not cron.wildcard:
+                return change
+            wall = change + second_offset
 
 
 @dataclass
@@ -403,12 +308,19 @@ def parse_schedule(expr: str, zone: str | tzinfo | None = None) -> Schedule:
     if not text:
         raise InvalidScheduleError(f"empty schedule {expr!r}: give a cron expression or omit it")
     if text.startswith("@"):
-        word, _, rest = text.partition(" ")
+        word, *others = text.split(None, 1)
+        rest = others[0] if others else ""
         if word == "@every":
-            return IntervalSchedule(expression=expr, interval=parse_duration(rest))
+            interval = parse_duration(rest)
+            if not interval <= _MAX_INTERVAL:
+                raise InvalidScheduleError(
+                    f"schedule {shown(expr)} never fires: its interval is longer than "
+                    "any date can reach"
+                )
+            return IntervalSchedule(expression=expr, interval=interval)
         if word not in _DESCRIPTORS or rest.strip():
             raise InvalidScheduleError(
-                f"unknown descriptor {text!r}: use one of {', '.join(_DESCRIPTORS)} "
+                f"unknown descriptor {shown(text)}: use one of {', '.join(_DESCRIPTORS)} "
                 "or '@every 1h30m'"
             )
         text = _DESCRIPTORS[word]
@@ -417,19 +329,10 @@ def parse_schedule(expr: str, zone: str | tzinfo | None = None) -> Schedule:
         parts.insert(0, "0")
     if len(parts) != 6:
         raise InvalidScheduleError(
-            f"invalid cron expression {expr!r}: expected 5 fields (minute hour day-of-month month "
-            f"day-of-week) or 6 (a leading seconds field), got {len(parts)}"
+            f"invalid cron expression {shown(expr)}: expected 5 fields (minute hour day-of-month "
+            f"month day-of-week) or 6 (a leading seconds field), got {len(parts)}"
         )
-    schedule = CronSchedule(
-        expression=expr,
-        zone=_zone(zone),
-        fields=tuple(parts),  # type: ignore[arg-type]
-    )
-    if schedule.next_after(datetime(1970, 1, 1, tzinfo=_UTC)) is None:
-        raise InvalidScheduleError(
-            f"cron expression {expr!r} never fires (no date matches it): check day and month"
-        )
-    return schedule
+    return CronSchedule(expression=expr, zone=_zone(zone), cron=parse_fields(tuple(parts), expr))
 
 
 def validate_schedule(expr: str) -> None:

@@ -5,7 +5,9 @@ reads the real time except the tests of the "default: now" arguments, and nothin
 
 The reference matcher at the bottom of the helpers reads a crontab expression the way Vixie cron
 does, and finds fire times by scanning days (UTC) or real time second by second / minute by
-minute (DST zones), so the tests compare against an independent, obviously-correct model.
+minute (DST zones), so the tests compare against an independent, obviously-correct model. The
+differential tests at the end go further: they simulate cron.c's main loop minute by minute
+(its four cases for clock changes) in six zones around their real offset changes.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class Reference:
     months: set[int]
     weekdays: set[int]  # 0 = Sunday
     either_day: bool  # cron's OR rule: both day fields restricted
-    hour_wildcard: bool
+    wildcard: bool  # cron.c: the minute or the hour field starts with "*"
 
     @classmethod
     def parse(cls, expr: str) -> Reference:
@@ -148,7 +150,7 @@ class Reference:
             months=_expand(month, 1, 12, _MONTHS),
             weekdays={day % 7 for day in _expand(dow, 0, 7, _DOW)},
             either_day=not dom.startswith("*") and not dow.startswith("*"),
-            hour_wildcard=hour in ("*", "*/1"),
+            wildcard=minute.startswith("*") or hour.startswith("*"),
         )
 
     def day_matches(self, day: date) -> bool:
@@ -166,10 +168,14 @@ class Reference:
             and wall.second in self.seconds
         )
 
-    def next_utc(self, after: datetime) -> datetime | None:
+    def next_utc(self, after: datetime, years: int = 10) -> datetime | None:
         """First fire time after ``after`` in UTC (no DST), scanning day by day."""
         day = after.astimezone(UTC).date()
-        for _ in range(366 * 10):
+        end = day.replace(year=min(day.year + years, 9999), day=1)
+        while day < end:
+            if day.month not in self.months:  # on to the next month
+                day = (day.replace(day=1) + timedelta(days=31)).replace(day=1)
+                continue
             if self.day_matches(day):
                 for hour in sorted(self.hours):
                     for minute in sorted(self.minutes):
@@ -187,10 +193,10 @@ class Reference:
     ) -> list[datetime]:
         """Fire instants in (start, end], scanning real time by ``step`` with Vixie's DST rules.
 
-        A fixed-hour job fires at each real instant whose wall time matches, except in the
+        A fixed-time job fires at each real instant whose wall time matches, except in the
         second pass of a repeated hour; if its wall times in a skipped (spring) stretch match,
-        it fires once when the clocks jump. An hour-wildcard job fires at every real instant
-        whose wall time matches.
+        it fires once when the clocks jump. A wildcard job (minute or hour field starting with
+        ``*``) fires at every real instant whose wall time matches.
         """
         seconds = int(step.total_seconds())
         moment = datetime.fromtimestamp((int(start.timestamp()) // seconds + 1) * seconds, UTC)
@@ -199,9 +205,9 @@ class Reference:
         while moment <= end:
             local = moment.astimezone(zone)
             wall = local.replace(tzinfo=None)
-            fire = self.matches(wall) and (self.hour_wildcard or local.fold == 0)
+            fire = self.matches(wall) and (self.wildcard or local.fold == 0)
             jumped = local.utcoffset() > previous.utcoffset()  # type: ignore[operator]
-            if jumped and not self.hour_wildcard and not fire:
+            if jumped and not self.wildcard and not fire:
                 skipped = previous.replace(tzinfo=None) + step
                 while skipped < wall and not fire:
                     fire = self.matches(skipped)
@@ -354,6 +360,78 @@ def test_month_names() -> None:
     assert [fire.month for fire in got] == [3, 4, 5, 3]
 
 
+@pytest.mark.parametrize(
+    ("month", "expected"),
+    [
+        ("jan-dec/2", [1, 3, 5, 7, 9, 11]),
+        ("JAN-DEC/2", [1, 3, 5, 7, 9, 11]),
+        ("jan-6", [1, 2, 3, 4, 5, 6]),
+        ("1-jun", [1, 2, 3, 4, 5, 6]),
+        ("feb-nov/3", [2, 5, 8, 11]),
+        ("*/4", [1, 5, 9]),
+        ("mar/4", [3, 7, 11]),  # the seed's "a/n": from a to the end of the range
+        ("jan,jun-aug", [1, 6, 7, 8]),
+        ("dec", [12]),
+    ],
+)
+def test_month_names_in_ranges_and_steps(month: str, expected: list[int]) -> None:
+    got = fires_until(
+        parse_schedule(f"0 0 1 {month} *", "UTC"), utc(2023, 12, 31), utc(2024, 12, 31)
+    )
+    assert [fire.month for fire in got] == expected
+
+
+@pytest.mark.parametrize(
+    ("dow", "expected"),
+    [
+        ("mon-fri", {"mon", "tue", "wed", "thu", "fri"}),
+        ("sun-sat/2", {"sun", "tue", "thu", "sat"}),
+        ("mon-5", {"mon", "tue", "wed", "thu", "fri"}),
+        ("1-fri", {"mon", "tue", "wed", "thu", "fri"}),
+        ("sat-7", {"sat", "sun"}),
+        ("Tue-Thu/2", {"tue", "thu"}),
+    ],
+)
+def test_day_names_in_ranges_and_steps(dow: str, expected: set[str]) -> None:
+    got = fires_until(parse_schedule(f"0 12 * * {dow}", "UTC"), utc(2024, 1, 7), utc(2024, 1, 21))
+    assert {_WEEKDAY_NAMES[fire.isoweekday() % 7] for fire in got} == expected
+    assert len(got) == 2 * len(expected)
+
+
+@pytest.mark.parametrize(
+    ("expr", "field"),
+    [
+        ("0 0 lastxyz * *", "day-of-month"),
+        ("0 0 1 janx *", "month"),
+        ("0 0 1 jan-decx/2 *", "month"),
+        ("0 0 1 january *", "month"),
+        ("0 0 1 1x *", "month"),
+        ("0 0 * * mon1", "day-of-week"),
+        ("0 0 * * monday", "day-of-week"),
+        ("0 0 1 jan-mon *", "month"),
+        ("0 0 * * jan", "day-of-week"),
+        ("0 jan * * *", "hour"),
+        ("0 0 last-5 * *", "day-of-month"),
+        ("0 0 */last * *", "day-of-month"),
+    ],
+)
+def test_names_with_trailing_garbage_or_in_the_wrong_field_are_rejected(
+    expr: str, field: str
+) -> None:
+    with pytest.raises(InvalidScheduleError, match=f"invalid {field} field"):
+        parse_schedule(expr, "UTC")
+
+
+def test_last_day_of_the_month() -> None:
+    got = fires(parse_schedule("0 0 last feb *", "UTC"), utc(2023, 1, 1), 3)
+    assert as_utc(got) == [utc(2023, 2, 28), utc(2024, 2, 29), utc(2025, 2, 28)]
+    got = fires(parse_schedule("0 0 15,LAST * *", "UTC"), utc(2024, 4, 1), 4)
+    assert [(f.month, f.day) for f in got] == [(4, 15), (4, 30), (5, 15), (5, 31)]
+    # Both day fields restricted: the last day or a Friday (cron's OR rule).
+    got = fires_until(parse_schedule("0 0 last * fri", "UTC"), *JANUARY)
+    assert [f.day for f in got] == [5, 12, 19, 26, 31]
+
+
 def test_leap_day() -> None:
     schedule = parse_schedule("0 0 29 2 *", "UTC")
     got = fires(schedule, utc(2023, 1, 1), 3)
@@ -434,17 +512,17 @@ def test_default_zone_is_the_local_zone() -> None:
         ("61 * * * *", "61"),
         ("60 * * * * *", "60"),
         ("* 24 * * *", "24"),
-        ("* * 0 * *", "lower than the minimum"),
+        ("* * 0 * *", "invalid day-of-month field '0'"),
         ("* * 32 * *", "32"),
         ("* * * 13 *", "13"),
-        ("* * * 0 *", "lower than the minimum"),
-        ("* * * * 8", "invalid day-of-week '8'"),
+        ("* * * 0 *", "invalid month field '0'"),
+        ("* * * * 8", "invalid day-of-week field '8'"),
         ("* * * * fri-sun", "first day must not come after the last"),
-        ("* * * * funday", "invalid day-of-week 'funday'"),
-        ("* * * * 1/0", "invalid step"),
-        ("*/0 * * * *", "Increment must be higher than 0"),
-        ("5-1 * * * *", "must not be higher than the maximum"),
-        ("a * * * *", '"a"'),
+        ("* * * * funday", "invalid day-of-week field 'funday'"),
+        ("* * * * 1/0", "a step must be 1 or more"),
+        ("*/0 * * * *", "invalid minute field '*/0'"),
+        ("5-1 * * * *", "the first value must not come after the last"),
+        ("a * * * *", "'a' is not a number"),
         ("1,,2 * * * *", "1,,2"),
         ("? * * * *", "invalid minute field '?'"),
         ("* * * * 0#1", "invalid day-of-week field '0#1'"),
@@ -471,6 +549,58 @@ def test_invalid_expressions_name_the_problem(expr: str, problem: str) -> None:
 def test_the_expression_is_quoted_in_cron_errors() -> None:
     with pytest.raises(InvalidScheduleError, match=r"'61 \* \* \* \*'"):
         validate_schedule("61 * * * *")
+
+
+@pytest.mark.parametrize(
+    ("expr", "field", "allowed"),
+    [
+        ("*/0 * * * *", "minute", "0-59"),
+        ("0/0 * * * * *", "second", "0-59"),
+        ("60 * * * * *", "second", "0-59"),
+        ("61 * * * *", "minute", "0-59"),
+        ("5-1 * * * *", "minute", "0-59"),
+        ("*-5 * * * *", "minute", "0-59"),
+        ("1,,2 * * * *", "minute", "0-59"),
+        ("0 24 * * *", "hour", "0-23"),
+        ("0 */0 * * *", "hour", "0-23"),
+        ("0 0 0 * *", "day-of-month", "1-31 or 'last'"),
+        ("0 0 1-32 * *", "day-of-month", "1-31 or 'last'"),
+        ("0 0 */0 * *", "day-of-month", "1-31 or 'last'"),
+        ("0 0 1 13 *", "month", "1-12 or jan-dec"),
+        ("0 0 1 */0 *", "month", "1-12 or jan-dec"),
+        ("0 0 1 dec-jan *", "month", "1-12 or jan-dec"),
+        ("0 0 * * 8", "day-of-week", "0-7 (0 and 7 are Sunday) or sun-sat"),
+        ("0 0 * * */0", "day-of-week", "0-7 (0 and 7 are Sunday) or sun-sat"),
+        ("0 0 * * fri-sun", "day-of-week", "0-7 (0 and 7 are Sunday) or sun-sat"),
+    ],
+)
+def test_every_cron_error_names_the_field_and_its_allowed_form(
+    expr: str, field: str, allowed: str
+) -> None:
+    with pytest.raises(InvalidScheduleError) as info:
+        parse_schedule(expr, "UTC")
+    message = str(info.value)
+    assert f"invalid {field} field" in message
+    assert allowed in message
+    assert "'*', ranges 'a-b', steps '*/n' and 'a-b/n', lists 'a,b'" in message
+    assert "Increment" not in message and "Unrecognized" not in message
+
+
+@pytest.mark.parametrize("position", range(6))
+def test_a_number_of_thousands_of_digits_is_an_invalid_schedule(position: int) -> None:
+    fields = ["0", "0", "0", "1", "1", "*"]
+    fields[position] = "9" * 5000
+    with pytest.raises(InvalidScheduleError, match="out of range") as info:
+        parse_schedule(" ".join(fields), "UTC")
+    assert len(str(info.value)) < 1000  # the message shortens the expression it quotes
+    fields[position] = "1-" + "9" * 5000
+    with pytest.raises(InvalidScheduleError, match="out of range"):
+        parse_schedule(" ".join(fields), "UTC")
+
+
+def test_a_step_of_thousands_of_digits_is_a_step_wider_than_its_range() -> None:
+    schedule = parse_schedule("0 */" + "9" * 5000 + " * * *", "UTC")
+    assert as_utc(fires(schedule, utc(2024, 5, 5, 1), 2)) == [utc(2024, 5, 6), utc(2024, 5, 7)]
 
 
 @pytest.mark.parametrize("expr", [None, 5, b"* * * * *"])
@@ -518,6 +648,76 @@ def test_no_fire_time_past_the_year_9999() -> None:
     assert get_backoff_for_next_schedule("TZ=UTC 0 0 1 1 *", now=end) == NO_CRON_BACKOFF
 
 
+def test_a_far_fire_in_a_daylight_saving_zone_is_not_lost() -> None:
+    # 29 February on a Sunday: 2088, then 2128 (2100 is no leap year).
+    after = utc(2088, 3, 1)
+    assert next_fire_time("TZ=America/New_York 0 0 29 2 */7", after) == utc(2128, 2, 29, 5)
+    assert next_fire_time("TZ=Europe/Berlin 0 0 29 2 sun", after) is not None
+    schedule = parse_schedule("0 0 29 2 */7", NEW_YORK)
+    assert as_utc(fires(schedule, utc(1990, 1, 1), 4)) == [
+        utc(2004, 2, 29, 5),
+        utc(2032, 2, 29, 5),
+        utc(2060, 2, 29, 5),
+        utc(2088, 2, 29, 5),
+    ]
+
+
+def test_next_after_is_strictly_after_at_microsecond_precision_in_the_year_3000() -> None:
+    schedule = parse_schedule("* * * * * *", "UTC")
+    late = utc(3000, 1, 1, 0, 0, 0, 999_999)
+    assert schedule.next_after(late) == utc(3000, 1, 1, 0, 0, 1)
+    # The answer for .999999 must not be reused for the next microsecond.
+    assert schedule.next_after(utc(3000, 1, 1, 0, 0, 1)) == utc(3000, 1, 1, 0, 0, 2)
+    shared = parse_schedule("*/2 * * * * *", BERLIN)
+    for moment in (utc(3000, 6, 1, 0, 0, 1, 999_999), utc(3000, 6, 1, 0, 0, 2)):
+        fire = shared.next_after(moment)
+        assert fire is not None and fire > moment
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Europe/Berlin"])
+def test_start_times_before_1970(zone: str) -> None:
+    schedule = parse_schedule("0 12 1 jan *", zone)
+    start = datetime(1950, 6, 1, tzinfo=ZoneInfo(zone))
+    got = fires(schedule, start, 3)
+    assert [(f.year, f.month, f.day, f.hour) for f in got] == [
+        (1951, 1, 1, 12),
+        (1952, 1, 1, 12),
+        (1953, 1, 1, 12),
+    ]
+    assert parse_schedule("*/10 * * * *", zone).next_after(
+        datetime(1969, 12, 31, 23, 55, tzinfo=ZoneInfo(zone))
+    ) == datetime(1970, 1, 1, 0, 0, tzinfo=ZoneInfo(zone))
+    assert get_backoff_for_next_schedule(f"TZ={zone} 0 0 * * *", datetime(1900, 1, 1, 23)) == 3600
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "0 0 30 2 *",
+        "0 0 31 2,4,6,9,11 *",
+        "0 0 30,31 feb *",
+        "0 0 31 apr-jun/2,sep,nov *",
+        "* * 31 2 */7",
+    ],
+)
+def test_never_firing_expressions_are_rejected_promptly(expr: str) -> None:
+    # A liveness bound only: rejecting one used to scan towards the year 9999.
+    started = time.perf_counter()
+    for _ in range(20):
+        with pytest.raises(InvalidScheduleError, match="never fires"):
+            validate_schedule(expr)
+    assert time.perf_counter() - started < 5.0
+
+
+def test_rare_fire_times_stay_quick_to_compute() -> None:
+    # A liveness bound only: each of these scanned towards year 9999 or day by day.
+    started = time.perf_counter()
+    for expr in ("0 0 30 2 1", "TZ=America/New_York 0 0 29 2 */7", "0 0 31 dec */7"):
+        schedule = parse_schedule(expr, "UTC")
+        assert len(fires(schedule, utc(1900, 1, 1), 100)) == 100
+    assert time.perf_counter() - started < 5.0
+
+
 # -- @every and durations -------------------------------------------------------------------------
 
 
@@ -542,6 +742,31 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(InvalidScheduleError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["\u0665s", "1\u0660m", "\uff15s", "\u0665.5s", "5\u00b2s"])
+def test_durations_take_ascii_digits_only(text: str) -> None:
+    with pytest.raises(InvalidScheduleError, match="invalid duration"):
+        parse_duration(text)
+    with pytest.raises(InvalidScheduleError, match="invalid duration"):
+        parse_schedule(f"@every {text}")
+
+
+@pytest.mark.parametrize("text", ["0.0004ms", "0.5ms", "0.0009s", ".9ms"])
+def test_an_interval_below_a_millisecond_is_rejected(text: str) -> None:
+    with pytest.raises(InvalidScheduleError, match="at least 1ms"):
+        parse_schedule(f"@every {text}")
+
+
+def test_an_interval_too_long_to_ever_fire_is_rejected() -> None:
+    with pytest.raises(InvalidScheduleError, match="never fires"):
+        parse_schedule("@every " + "9" * 400 + "h")
+
+
+def test_every_one_millisecond_moves_forward() -> None:
+    schedule = parse_schedule("@every 1ms")
+    start = utc(2024, 1, 1)
+    assert schedule.next_after(start) == start + timedelta(milliseconds=1)
 
 
 def test_every_counts_real_time_across_daylight_saving() -> None:
@@ -762,6 +987,34 @@ def test_a_fixed_hour_job_fires_once_on_every_local_date(
 # -- daylight saving: hour-wildcard jobs follow real time -----------------------------------------
 
 
+def test_a_minute_wildcard_with_a_fixed_hour_list_follows_real_time() -> None:
+    # cron.c: the minute field starts with "*", so this is a wildcard job.
+    schedule = parse_schedule("*/15 0-23 * * *", NEW_YORK)
+    got = fires_until(schedule, NEW_YORK_AUTUMN - timedelta(hours=2), NEW_YORK_AUTUMN + 2 * HOUR)
+    gaps = {b - a for a, b in itertools.pairwise(got)}
+    assert gaps == {timedelta(minutes=15)}, got
+    assert len(got) == 16
+
+
+def test_an_hour_step_follows_real_time_in_the_repeated_hour() -> None:
+    # cron.c: the hour field starts with "*": 02:00 fires in both passes of Berlin's autumn.
+    schedule = parse_schedule("0 */2 * * *", BERLIN)
+    got = fires_until(schedule, utc(2024, 10, 26, 21, 30), utc(2024, 10, 27, 2, 30))
+    assert got == [utc(2024, 10, 26, 22), utc(2024, 10, 27, 0), utc(2024, 10, 27, 1)]
+    assert [f.astimezone(BERLIN).hour for f in got] == [0, 2, 2]
+
+
+def test_a_wildcard_job_has_nothing_to_fire_in_the_skipped_hour() -> None:
+    # "* 2 * * *" is a wildcard job for cron.c (its minute field starts with "*").
+    schedule = parse_schedule("* 2 * * *", BERLIN)
+    got = fires_until(schedule, utc(2024, 3, 29, 12), utc(2024, 4, 1, 12))
+    assert got[0] == utc(2024, 3, 30, 1) and got[59] == utc(2024, 3, 30, 1, 59)
+    assert got[60] == utc(2024, 4, 1, 0) and len(got) == 120
+
+
+HOUR = timedelta(hours=1)
+
+
 def test_berlin_autumn_quarter_hours_fire_in_both_passes() -> None:
     schedule = parse_schedule("*/15 * * * *", BERLIN)
     got = fires(schedule, datetime(2024, 10, 27, 2, 40, tzinfo=BERLIN), 6)
@@ -943,3 +1196,303 @@ def test_workers_on_one_schedule_share_it_and_its_answers() -> None:
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(shared.next_after, instants * 4))
     assert answers == [fresh.next_after(t) for t in instants] * 4
+
+
+# -- differential test: cron.c's main loop, simulated minute by minute ----------------------------
+
+#: The zones of the differential test: none, 1-hour DST both hemispheres, Lord Howe's 30-minute
+#: DST, Dublin's "negative" DST (winter time is the DST period in tzdata), Santiago's changes at
+#: midnight (a skipped or repeated hour across a date boundary).
+DIFFERENTIAL_ZONES = (
+    "UTC",
+    "America/New_York",
+    "Europe/Berlin",
+    "Australia/Lord_Howe",
+    "Europe/Dublin",
+    "America/Santiago",
+)
+_MONTH_NAMES = tuple(_MONTHS)
+_EPOCH_WALL = datetime(1970, 1, 1)
+
+
+def _wall_minute(instant: datetime, zone: tzinfo) -> int:
+    """cron.c's ``clockTime``: the local wall time, in whole minutes since the epoch."""
+    offset = instant.astimezone(zone).utcoffset()
+    assert offset is not None
+    return (int(instant.timestamp()) + int(offset.total_seconds())) // 60
+
+
+def cron_c_fires(ref: Reference, zone: tzinfo, start: datetime, end: datetime) -> list[datetime]:
+    """Fire instants in (start, end] of a 5-field job, as cron.c's main loop runs it.
+
+    Written from Vixie cron's ``cron.c``: every real minute the daemon compares the wall clock
+    (``timeRunning``) with its virtual clock and runs ``find_jobs`` -- wildcard jobs (minute or
+    hour field starting with ``*``), fixed-time jobs, or both -- as its four cases say. A job
+    that several virtual minutes select in the same real minute fires once: a schedule yields
+    instants. The simulation starts four hours early, so its state is the daemon's own. It
+    steps real minutes, which are the wall clock's minutes in any zone whose offsets are whole
+    minutes (every zone today; not Dublin's 1916 -0:25:21).
+    """
+
+    def due(virtual: int, wild: bool, fixed: bool) -> bool:
+        return (wild if ref.wildcard else fixed) and ref.matches(
+            _EPOCH_WALL + timedelta(minutes=virtual)
+        )
+
+    moment = datetime.fromtimestamp(int(start.timestamp()) // 60 * 60, UTC) - timedelta(hours=4)
+    virtual = _wall_minute(moment, zone)
+    out: list[datetime] = []
+    while moment < end:
+        moment += MINUTE
+        running = _wall_minute(moment, zone)
+        diff = running - virtual
+        fired = False
+        if diff == 1:  # the usual case
+            virtual = running
+            fired = due(running, True, True)
+        elif 0 < diff <= 5:  # woke up late: every job of every virtual minute
+            while virtual < running:
+                virtual += 1
+                fired = due(virtual, True, True) or fired
+        elif 5 < diff <= 180:  # DST begins: wildcards now, fixed-time jobs of skipped minutes
+            fired = due(running, True, False)
+            while virtual < running:
+                virtual += 1
+                fired = due(virtual, False, True) or fired
+        elif -180 <= diff <= 0:  # DST ends: wildcards only until the virtual clock is reached
+            fired = due(running, True, False)
+        else:  # the clock jumped a lot
+            virtual = running
+            fired = due(running, True, True)
+        if fired and start < moment <= end:
+            out.append(moment)
+    return out
+
+
+def offset_changes(zone: tzinfo, year: int) -> list[datetime]:
+    """The instants of ``year`` at which ``zone``'s UTC offset changes (probe, then bisect)."""
+    out: list[datetime] = []
+    moment = datetime(year, 1, 1, tzinfo=UTC)
+    while moment.year == year:
+        later = moment + timedelta(hours=6)
+        if later.astimezone(zone).utcoffset() != moment.astimezone(zone).utcoffset():
+            low, high = int(moment.timestamp()), int(later.timestamp())
+            before = moment.astimezone(zone).utcoffset()
+            while high - low > 1:
+                mid = (low + high) // 2
+                if datetime.fromtimestamp(mid, zone).utcoffset() == before:
+                    low = mid
+                else:
+                    high = mid
+            out.append(datetime.fromtimestamp(high, UTC))
+        moment = later
+    return out
+
+
+def test_offset_changes_finds_the_real_transitions() -> None:
+    assert offset_changes(BERLIN, 2024) == [BERLIN_SPRING, BERLIN_AUTUMN]
+    assert offset_changes(ZoneInfo("Australia/Lord_Howe"), 2024) == [
+        utc(2024, 4, 6, 15),  # 02:00 +11 -> 01:30 +10:30
+        utc(2024, 10, 5, 15, 30),  # 02:00 +10:30 -> 02:30 +11
+    ]
+    assert offset_changes(ZoneInfo("UTC"), 2024) == []
+
+
+def test_the_cron_c_reference_agrees_with_known_fire_times() -> None:
+    start, end = NEW_YORK_AUTUMN - 3 * HOUR, NEW_YORK_AUTUMN + 3 * HOUR
+    assert cron_c_fires(Reference.parse("30 1 * * *"), NEW_YORK, start, end) == [
+        utc(2024, 11, 3, 5, 30)
+    ]
+    assert cron_c_fires(Reference.parse("30 * * * *"), NEW_YORK, start, end) == [
+        NEW_YORK_AUTUMN + (n - 3) * HOUR + 30 * MINUTE for n in range(6)
+    ]
+    start, end = NEW_YORK_SPRING - 3 * HOUR, NEW_YORK_SPRING + 3 * HOUR
+    assert cron_c_fires(Reference.parse("0,30 2 * * *"), NEW_YORK, start, end) == [NEW_YORK_SPRING]
+    assert cron_c_fires(Reference.parse("*/30 2 * * *"), NEW_YORK, start, end) == []
+
+
+def _pick_range(rng: random.Random, low: int, high: int, width: int) -> tuple[int, int]:
+    first = rng.randint(low, high)
+    return first, min(high, first + rng.randint(0, width))
+
+
+def _month_field(rng: random.Random, month: int) -> str:
+    """A month field, most of the time naming ``month``, with names in ranges and steps."""
+
+    def name(value: int) -> str:
+        text = _MONTH_NAMES[value - 1]
+        return rng.choice([text, text.upper(), text.title(), str(value)])
+
+    first, last = max(1, month - rng.randint(0, 3)), min(12, month + rng.randint(0, 3))
+    odd_or_even = "jan-dec/2" if month % 2 else "feb-dec/2"
+    choices = {
+        "*": 3,
+        name(month): 2,
+        f"{name(first)}-{name(last)}": 3,
+        f"{name(month)}-{name(12)}/{rng.randint(1, 5)}": 2,
+        f"{name(first)}/{rng.randint(1, 3)}": 1,  # the seed's "a/n"
+        odd_or_even: 1,
+        f"*/{rng.randint(1, 4)}": 1,
+        f"{name(first)},{name(month)}": 1,
+        _MONTH_NAMES[(month + 5) % 12]: 1,  # elsewhere in the year
+    }
+    return rng.choices(list(choices), weights=list(choices.values()))[0]
+
+
+def _dow_field(rng: random.Random, weekday: int) -> str:
+    """A day-of-week field (0 = Sunday), most of the time naming ``weekday``, names in ranges."""
+
+    def name(value: int) -> str:
+        if value == 7:
+            return "7"
+        text = _WEEKDAY_NAMES[value]
+        return rng.choice([text, text.upper(), str(value)])
+
+    first = max(0, weekday - rng.randint(0, 3))
+    last = min(7, weekday + rng.randint(0, 3))
+    sunday = "sat-7" if weekday == 0 else f"{name(weekday)}-{name(rng.randint(weekday, 7))}"
+    choices = {
+        "*": 4,
+        name(weekday): 2,
+        f"{name(first)}-{name(last)}": 3,
+        f"{name(first)}-{name(7)}/{rng.randint(1, 3)}": 1,
+        sunday: 1,
+        "mon-fri": 1,
+        "sun-sat/2": 1,
+        f"*/{rng.randint(2, 7)}": 1,
+    }
+    return rng.choices(list(choices), weights=list(choices.values()))[0]
+
+
+def _differential_expression(rng: random.Random, near: datetime) -> str:
+    """A 5-field expression whose fire times cluster around the local wall time ``near``."""
+    hour, day = near.hour, near.day
+    first, last = _pick_range(rng, 0, 59, 40)
+    minutes = {
+        "*": 2,
+        f"*/{rng.randint(2, 30)}": 2,
+        str(rng.choice([0, 15, 30, 45, rng.randint(0, 59)])): 3,
+        "0,30": 1,
+        f"{first}-{last}": 1,
+        f"{first}-{last}/{rng.randint(2, 20)}": 1,
+        _random_field(rng, 0, 59): 1,
+    }
+    minute = rng.choices(list(minutes), weights=list(minutes.values()))[0]
+    hour_choices = {
+        "*": 2,
+        str(hour): 2,
+        str((hour + 1) % 24): 3,  # the skipped or repeated hour when ``near`` precedes a change
+        f"{max(hour - 1, 0)}-{min(hour + 1, 23)}": 2,
+        f"*/{rng.randint(2, 6)}": 1,
+        "0-23": 1,
+        f"{hour},{(hour + 12) % 24}": 1,
+        _random_field(rng, 0, 23): 1,
+    }
+    hours = rng.choices(list(hour_choices), weights=list(hour_choices.values()))[0]
+    doms = {"*": 4, str(day): 2, f"{max(day - 1, 1)}-{min(day + 1, 31)}": 2, "*/2": 1, "1-15": 1}
+    dom = rng.choices(list(doms), weights=list(doms.values()))[0]
+    month = _month_field(rng, near.month)
+    dow = _dow_field(rng, near.isoweekday() % 7)
+    return f"{minute} {hours} {dom} {month} {dow}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("zone_name", DIFFERENTIAL_ZONES)
+def test_differential_against_cron_c(zone_name: str) -> None:
+    """Random expressions, names in ranges and steps, around every offset change of two years.
+
+    The schedule's fire times in a window must be exactly the simulated cron.c daemon's. UTC
+    has no change: its windows lie at random instants of the two years.
+    """
+    zone = ZoneInfo(zone_name)
+    rng = random.Random(f"differential-{zone_name}")
+    changes = offset_changes(zone, 2024) + offset_changes(zone, 2025)
+    if not changes:
+        changes = [
+            utc(2024, 1, 1) + timedelta(minutes=rng.randrange(2 * 525_600)) for _ in range(4)
+        ]
+    assert len(changes) >= 4
+    compared = fired = 0
+    for change in changes:
+        for _ in range(24):
+            near = (change - timedelta(seconds=rng.choice([1, 1800, 3600]))).astimezone(zone)
+            expr = _differential_expression(rng, near)
+            start = change + timedelta(minutes=rng.randint(-300, 150), seconds=rng.choice([0, 30]))
+            end = change + timedelta(hours=rng.choice([4, 8]))
+            try:
+                schedule = parse_schedule(expr, zone)
+            except InvalidScheduleError as exc:
+                assert "never fires" in str(exc), expr
+                continue
+            expected = cron_c_fires(Reference.parse(expr), zone, start, end)
+            got = fires_until(schedule, start.astimezone(zone), end)
+            assert got == expected, (expr, zone_name, start)
+            compared += 1
+            fired += len(got)
+    assert compared >= 4 * 20
+    assert fired > 500
+
+
+def test_random_expressions_with_names_match_the_reference_in_utc() -> None:
+    """Next fire times from random instants, names in ranges and steps, against a day scan."""
+    rng = random.Random(20240229)
+    checked = 0
+    for _ in range(300):
+        near = utc(2000, 1, 1) + timedelta(minutes=rng.randrange(60 * 525_600))
+        expr = _differential_expression(rng, near)
+        if rng.random() < 0.3:  # dates that some months lack
+            parts = expr.split()
+            parts[2] = rng.choice(["29", "30", "31", "30,31", "*/29", "31-31"])
+            expr = " ".join(parts)
+        reference = Reference.parse(expr)
+        try:
+            schedule = parse_schedule(expr, "UTC")
+        except InvalidScheduleError as exc:
+            assert "never fires" in str(exc), expr
+            assert reference.next_utc(utc(2000, 1, 1), years=400) is None, expr
+            continue
+        after = near - timedelta(seconds=rng.randrange(86400 * 60))
+        for _ in range(3):
+            fire = schedule.next_after(after)
+            assert fire == reference.next_utc(after, years=60), (expr, after)
+            assert fire is not None
+            after = fire
+            checked += 1
+    assert checked > 600
+
+
+@pytest.mark.parametrize("zone_name", DIFFERENTIAL_ZONES[1:])
+def test_every_zone_s_changes_match_cron_c_from_every_start(zone_name: str) -> None:
+    """Jobs in, before and after each skipped or repeated stretch of 2024, from 12 starts.
+
+    Fixed-time jobs in a skipped stretch fire as the clocks jump; in a repeated one, only in its
+    first pass; wildcard jobs follow real time. Starts lie before the change, in either pass,
+    on the change itself, and between whole seconds.
+    """
+    zone = ZoneInfo(zone_name)
+    jumps = 0
+    for change in offset_changes(zone, 2024):
+        before = (change - SECOND).astimezone(zone)  # the last wall time before the change
+        hour, following = before.hour, (before.hour + 1) % 24
+        exprs = [f"{minute} {following} * * *" for minute in (0, 15, 29, 30, 45, 59)]
+        exprs += [f"{minute} {hour} * * *" for minute in (0, 30, 59)]
+        exprs += [
+            f"0,20,40 {hour},{following} * * *",
+            f"*/10 {following} * * *",
+            f"* {hour} * * *",
+            "*/15 * * * *",
+            "0 */2 * * *",
+            f"30 {following} {before.day} {_MONTH_NAMES[before.month - 1]} *",
+        ]
+        low, high = change - 4 * HOUR, change + 3 * HOUR
+        for expr in exprs:
+            schedule = parse_schedule(expr, zone)
+            expected = cron_c_fires(Reference.parse(expr), zone, low, high)
+            jumps += change in expected and not Reference.parse(expr).matches(
+                change.astimezone(zone).replace(tzinfo=None)
+            )
+            for minutes in (-150, -61, -30, -1, 0, 1, 15, 29, 30, 59, 75, 119):
+                start = change + timedelta(minutes=minutes, seconds=minutes % 2 * 30)
+                got = fires_until(schedule, start.astimezone(zone), high)
+                assert got == [fire for fire in expected if fire > start], (expr, start)
+    assert jumps >= 4  # fixed-time jobs in the skipped stretch did fire as the clocks jumped
