@@ -200,8 +200,9 @@ def test_requests_made_before_an_instance_started_are_not_replayed(
     observer.wait_settled(2, 1, workers=[first])
     with admin_for(zk_hosts) as admin:
         admin.trigger()
+        # Sent at once, stop-run could cancel the triggered runs before their do() started.
+        wait_until(lambda: len(ledger.snapshot()) == 2, 5, what="the triggered runs")
         admin.stop_run()
-    wait_until(lambda: len(ledger.snapshot()) == 2, 5)
     Cluster.stop(first)
     second = cluster.make(ledger.handler(), total=2, cron=HOURLY)
     observer.wait_settled(2, 1, workers=[second])
