@@ -5,16 +5,13 @@ shows (decimal tokens, ISO 8601 times, health names, interrupted runs)."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import loguru_restored
 
 from goworker_py.cli import main
 from goworker_py.cluster.admin import ClusterAdmin, format_status
@@ -38,37 +35,25 @@ class Job(Handler):
 """
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The current directory, on ``sys.path``, for handler modules; loguru restored after."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    before = set(sys.modules)
-    with loguru_restored():
-        yield tmp_path
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
-
-
 def write_job(directory: Path, name: str) -> str:
     (directory / f"{name}.py").write_text(textwrap.dedent(TOKEN_JOB))
     return f"{name}:Job"
 
 
 def test_zk_and_service_without_cluster_flag_run_in_cluster_mode(
-    workdir: Path, zk_hosts: str, observer: Observer
+    handler_dir: Path, zk_hosts: str, observer: Observer
 ) -> None:
     """Started like this on N machines, a local-mode worker would run every shard N times."""
-    target = write_job(workdir, "token_job")
+    target = write_job(handler_dir, "token_job")
     # A cluster member runs until stopped (a run-once one too): --timeout stops it.
     assert main(["run", target, "--zk", zk_hosts, "--service", SERVICE, "--timeout", "3"]) == 0
-    ran = json.loads((workdir / "ran.json").read_text())
+    ran = json.loads((handler_dir / "ran.json").read_text())
     assert isinstance(ran["token"], int), "a fencing token: the run held a ZooKeeper claim"
     assert observer.marker(0) is not None and observer.marker(0)["state"] == "done"  # type: ignore[index]
 
 
 def test_a_settings_conflict_names_the_overwrite_flag(
-    workdir: Path,
+    handler_dir: Path,
     cluster: Cluster,
     observer: Observer,
     zk_hosts: str,
@@ -76,7 +61,7 @@ def test_a_settings_conflict_names_the_overwrite_flag(
 ) -> None:
     first = cluster.make(Ledger().handler(), total=2, cron=HOURLY)
     observer.wait_settled(2, 1, workers=[first])
-    target = write_job(workdir, "conflict_job")
+    target = write_job(handler_dir, "conflict_job")
     argv = ["run", target, "--zk", zk_hosts, "--service", SERVICE, "--shards", "3"]
     assert main([*argv, "--cron", HOURLY]) == 2
     err = capsys.readouterr().err
