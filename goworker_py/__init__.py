@@ -26,6 +26,7 @@ from goworker_py.config import (
     DiscoveryConfig,
     LoggerConfig,
     WorkerConfig,
+    config_from_environment,
     default_worker_config,
     load_config,
 )
@@ -36,6 +37,7 @@ from goworker_py.errors import (
     ConfigFileError,
     DiscoveryError,
     GoWorkerError,
+    HandlerImportError,
     InvalidHandlerError,
     InvalidParamsError,
     InvalidScheduleError,
@@ -44,6 +46,7 @@ from goworker_py.errors import (
     ScriptFailed,
     ScriptTimeout,
     ServiceConfigConflict,
+    ServicePaused,
     TryAgain,
     ZooKeeperUnavailable,
 )
@@ -97,6 +100,7 @@ __all__ = [
     "DiscoveryConfig",
     "LoggerConfig",
     "WorkerConfig",
+    "config_from_environment",
     "configure_logging",
     "default_worker_config",
     "load_config",
@@ -118,6 +122,7 @@ __all__ = [
     "ConfigFileError",
     "DiscoveryError",
     "GoWorkerError",
+    "HandlerImportError",
     "InvalidHandlerError",
     "InvalidParamsError",
     "InvalidScheduleError",
@@ -126,6 +131,7 @@ __all__ = [
     "ScriptFailed",
     "ScriptTimeout",
     "ServiceConfigConflict",
+    "ServicePaused",
     "TryAgain",
     "ZooKeeperUnavailable",
     # Version

@@ -16,8 +16,9 @@ A TOML file mirrors the dataclasses::
     session_timeout = 10
 
 Every key can be overridden from the environment: ``GOWORKER_SHUTDOWN_TIMEOUT=5``,
-``GOWORKER_LOGGER_LEVEL=DEBUG``, ``GOWORKER_DISCOVERY_HOSTS=...``. Unknown keys and values
-of the wrong type are errors that name the key and the file.
+``GOWORKER_LOGGER_LEVEL=DEBUG``, ``GOWORKER_DISCOVERY_HOSTS=...`` — also without a file
+(:func:`config_from_environment`). Unknown keys and values of the wrong type are errors that
+name the key and the file.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ else:  # pragma: no cover - Python 3.10
 
 MISFIRE_POLICIES = ("skip", "run_once")
 _ENV_PREFIX = "GOWORKER_"
+#: How errors name the source of settings that come from the environment alone.
+_ENVIRONMENT = "environment"
 
 
 @dataclass
@@ -161,8 +164,20 @@ def load_config(
         raise ConfigFileError(f"config file {source} cannot be read: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigFileError(f"config file {source} is not valid TOML: {exc}") from exc
-    _apply_environment(raw, os.environ if environ is None else environ, source)
+    _apply_environment(raw, os.environ if environ is None else environ, str(source))
     return config_from_mapping(raw, str(source))
+
+
+def config_from_environment(environ: Mapping[str, str] | None = None) -> WorkerConfig:
+    """The defaults with ``GOWORKER_*`` overrides applied: :func:`load_config` without a file.
+
+    The command line uses it when no ``--config`` is given, so ``GOWORKER_LOGGER_LEVEL=DEBUG``
+    or ``GOWORKER_DISCOVERY_HOSTS=zk1:2181`` work on their own. Raises
+    :class:`ConfigFileError` naming the variable for anything wrong.
+    """
+    raw: dict[str, Any] = {}
+    _apply_environment(raw, os.environ if environ is None else environ, _ENVIRONMENT)
+    return config_from_mapping(raw, _ENVIRONMENT)
 
 
 def config_from_mapping(raw: Mapping[str, Any], origin: str = "<mapping>") -> WorkerConfig:
@@ -228,7 +243,7 @@ def _allowed_types(hint: Any) -> tuple[type[Any], ...]:
     return (hint,) if isinstance(hint, type) else (object,)
 
 
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], source: Path) -> None:
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], source: str) -> None:
     """Fold ``GOWORKER_<KEY>`` and ``GOWORKER_<SECTION>_<KEY>`` variables into ``raw``."""
     for name, text in environ.items():
         if not name.startswith(_ENV_PREFIX):

@@ -29,6 +29,14 @@ class InvalidHandlerError(ConfigError):
     """Something passed as a handler that is not one (no callable ``do``)."""
 
 
+class HandlerImportError(InvalidHandlerError):
+    """The module named as ``module:Handler`` raised while being imported.
+
+    A syntax error or any exception at the handler module's import time: the message names the
+    module and the error; ``__cause__`` carries the original exception and its traceback.
+    """
+
+
 class InvalidParamsError(ConfigError):
     """A malformed ``params`` string (the format is ``"0=a,1=b"``)."""
 
@@ -54,6 +62,11 @@ class ZooKeeperUnavailable(ClusterError):
 
 class ServiceConfigConflict(ClusterError, ConfigError):
     """This instance's service settings disagree with the ones stored in ZooKeeper."""
+
+
+class ServicePaused(ClusterError):
+    """A request the service's state refuses: ``trigger`` on a paused service starts no run,
+    so it is refused (and not counted) rather than silently dropped."""
 
 
 # -- runs -----------------------------------------------------------------------------------------

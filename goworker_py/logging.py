@@ -6,14 +6,18 @@ sinks with one built from a :class:`~goworker_py.config.LoggerConfig`. kazoo's a
 standard-library logging is routed into loguru, so one sink shows everything.
 
 Every log line of a run is bound with ``worker``, ``service``, ``shard`` and ``run`` ids; the
-format that :func:`configure_logging` installs shows them.
+format that :func:`configure_logging` installs shows them. The library writes no line per run at
+DEBUG or above (a run's start and end are TRACE lines), so an application that keeps loguru's
+default DEBUG sink does not pay for two lines per run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -24,7 +28,13 @@ from goworker_py.errors import ConfigError
 if TYPE_CHECKING:
     from loguru import Record
 
-__all__ = ["DEFAULT_FORMAT", "configure_logging", "logger", "route_stdlib_logging"]
+__all__ = [
+    "DEFAULT_FORMAT",
+    "configure_logging",
+    "logger",
+    "route_stdlib_logging",
+    "silenced_stdlib_logging",
+]
 
 DEFAULT_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
@@ -75,11 +85,32 @@ def route_stdlib_logging(level: int = logging.INFO) -> None:
         _routed = True
 
 
+@contextlib.contextmanager
+def silenced_stdlib_logging(names: tuple[str, ...] = _ROUTED) -> Iterator[None]:
+    """Drop the standard-library log records of ``names`` (kazoo, APScheduler) for a while.
+
+    For one-shot commands (``goworker-py status``) that report a failure in one clear message
+    of their own: while ZooKeeper is unreachable kazoo logs a line per connection attempt.
+    The loggers' levels are restored on exit.
+    """
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in names]
+    for std, _ in saved:
+        std.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for std, level in saved:
+            std.setLevel(level)
+
+
 def configure_logging(config: LoggerConfig | None = None) -> list[int]:
     """Replace loguru's sinks with one built from ``config``; return the new sink ids.
 
-    ``sink`` may be ``"stderr"``, ``"stdout"`` or a file path (rotation and retention apply to
-    files only). ``serialize=True`` writes one JSON object per line.
+    ``None`` means :class:`LoggerConfig`'s defaults: INFO to stderr. Tracebacks never show
+    local variables' values (``diagnose=False``: a password in a failing handler's variable
+    must not reach the log). ``sink`` may be ``"stderr"``, ``"stdout"`` or a file path
+    (rotation and retention apply to files only). ``serialize=True`` writes one JSON object
+    per line.
     """
     cfg = config or LoggerConfig()
     try:

@@ -25,8 +25,14 @@ or ``goworker-py run ... --metrics-port 9100``. Exposed (label ``worker``; ``out
 ``goworker_up``                            1 while the worker is running
 =========================================  =====================================================
 
+Every labelled series of a tracked worker exists from the start at 0 (``outcome="failed"``
+before the first failure), so a rate or an alert on it works before its first event.
+
 ``/healthz`` answers 200 while every worker runs and none is ``RED``, else 503; its JSON body
 lists each worker's state, health, shards and paused flag.
+
+The server listens on 127.0.0.1 by default (this machine only); give ``host="0.0.0.0"`` (the
+command line's ``--metrics-host 0.0.0.0``) for a Prometheus on another machine to scrape it.
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ if TYPE_CHECKING:
     from goworker_py.handler import Context
     from goworker_py.run import RunResult
     from goworker_py.worker import Worker
+
+#: The label values of a worker's series, created at 0 when the worker is tracked.
+OUTCOMES = ("ok", "failed", "cancelled")
+STEPS = ("before", "do", "after")
 
 #: Histogram buckets (seconds) of run durations and of lateness behind the fire time.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600)
@@ -110,6 +120,8 @@ class GoWorkerMetrics:
             registry=self.registry,
         )
         self.registry.register(_WorkerCollector(self))
+        for worker in self.workers:
+            self._create_series(worker.name)
         add_observer(self)
 
     def track(self, worker: Worker) -> None:
@@ -117,6 +129,16 @@ class GoWorkerMetrics:
         with self._lock:
             if worker not in self.workers:
                 self.workers.append(worker)
+        self._create_series(worker.name)
+
+    def _create_series(self, name: str) -> None:
+        """Every labelled series of worker ``name`` at 0, before its first event."""
+        for outcome in OUTCOMES:
+            self.runs.labels(name, outcome)
+        for step in STEPS:
+            self.retries.labels(name, step)
+        for per_worker in (self.duration, self.lateness, self.misfires, self.failovers):
+            per_worker.labels(name)
 
     def close(self) -> None:
         """Stop counting runs."""
@@ -215,10 +237,11 @@ class MetricsServer:
 
     :param workers: the workers whose state ``/healthz`` and the gauges report.
     :param port: TCP port (0 picks a free one: see :attr:`port` after :meth:`start`).
-    :param host: address to listen on.
+    :param host: address to listen on: 127.0.0.1 (this machine only) unless given, e.g.
+        ``"0.0.0.0"`` for every interface.
     """
 
-    def __init__(self, *workers: Worker, port: int = 9100, host: str = "0.0.0.0") -> None:
+    def __init__(self, *workers: Worker, port: int = 9100, host: str = "127.0.0.1") -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"metrics port must be an int in 0..65535, got {port!r}")
         self.metrics = GoWorkerMetrics(*workers)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -254,3 +254,15 @@ class NotifySocket:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+@contextlib.contextmanager
+def loguru_restored() -> Iterator[None]:
+    """Put loguru's sinks and patcher back afterwards (for code that calls configure_logging,
+    such as ``goworker-py run`` called in-process)."""
+    core = logger._core  # type: ignore[attr-defined]
+    patcher = core.patcher
+    yield
+    logger.remove()
+    core.patcher = patcher
+    logger.add(sys.stderr)

@@ -11,6 +11,7 @@ from goworker_py.config import (
     DiscoveryConfig,
     LoggerConfig,
     WorkerConfig,
+    config_from_environment,
     config_from_mapping,
     default_worker_config,
     load_config,
@@ -330,6 +331,43 @@ def test_environment_section_override_when_the_file_section_is_not_a_table(
     path = write(tmp_path, "logger = 5\n")
     message = load_error(path, {"GOWORKER_LOGGER_LEVEL": "DEBUG"})
     assert "'logger' must be a table" in message and str(path) in message
+
+
+def test_environment_alone_without_a_file() -> None:
+    environ = {
+        "GOWORKER_LOGGER_LEVEL": "WARNING",
+        "GOWORKER_DISCOVERY_HOSTS": "zk9:2181",
+        "GOWORKER_MISFIRE_GRACE_TIME": "2.5",
+        "HOME": "/root",  # not ours: ignored
+    }
+    config = config_from_environment(environ)
+    assert config == WorkerConfig(
+        logger=LoggerConfig(level="WARNING"),
+        discovery=DiscoveryConfig(hosts="zk9:2181"),
+        misfire_grace_time=2.5,
+    )
+    assert config_from_environment({}) == default_worker_config()
+
+
+def test_environment_alone_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOWORKER_SHUTDOWN_TIMEOUT", "7")
+    assert config_from_environment().shutdown_timeout == 7.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("GOWORKER_SHUTDOWN_TIMEOUT", "abc", "must be a number"),
+        ("GOWORKER_NOPE", "1", "matches no config key"),
+        ("GOWORKER_MISFIRE_POLICY", "later", "misfire_policy must be one of"),
+    ],
+)
+def test_environment_alone_errors_name_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigFileError) as info:
+        config_from_environment({name: value})
+    message = str(info.value)
+    assert message.startswith("environment: ") and expected in message
+    assert name in message or name.removeprefix("GOWORKER_").lower() in message
 
 
 # -- config_from_mapping --------------------------------------------------------------------------

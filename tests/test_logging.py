@@ -243,3 +243,46 @@ def test_configure_logging_routes_stdlib_logging(tmp_path: Path) -> None:
 
 def test_default_format_shows_the_ids() -> None:
     assert "{extra[ids]}" in DEFAULT_FORMAT
+
+
+def test_configure_logging_defaults_to_info_without_local_variables(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging()
+    logger.debug("debug-line")
+    logger.info("info-line")
+
+    def connect(secret: str) -> None:
+        raise RuntimeError("login refused")
+
+    password = "hunter2-" + "topsecret"
+    try:
+        connect(password)
+    except RuntimeError:
+        logger.exception("connect failed")
+    err = capsys.readouterr().err
+    assert "info-line" in err and "debug-line" not in err
+    assert "login refused" in err and "Traceback" in err
+    assert "hunter2-topsecret" not in err, "diagnose=False: no local variable values"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="goworker_py/runner.py still logs 'run started'/'run finished' at DEBUG: they must "
+    "be TRACE (SPEC 6, issue 10 item 3.3); remove this marker with that change",
+)
+def test_a_run_writes_no_line_at_debug_or_above() -> None:
+    """An application that keeps loguru's default DEBUG sink must not pay two lines per run."""
+    from goworker_py import Context, Handler, Worker, WorkerConfig
+
+    class Quiet(Handler):
+        def do(self, ctx: Context) -> None:
+            pass
+
+    records, _ = collect()
+    worker = Worker(Quiet, config=WorkerConfig(timezone="UTC"), handle_signals=False)
+    worker.run()
+    worker.wait(5)
+    assert any("worker finished" in record["message"] for record in records)
+    per_run = [record["message"] for record in records if "run" in record["extra"]]
+    assert per_run == []

@@ -190,6 +190,39 @@ def test_healthz_follows_the_workers(workers: WorkerTracker, server: MetricsServ
     assert get(url(server, "/nope"))[0] == 404
 
 
+def test_every_labelled_series_exists_before_its_first_event(
+    workers: WorkerTracker, server: MetricsServer
+) -> None:
+    """A rate() or an alert on failures works before the first failure: the series is 0."""
+    early = workers.make(Mixed, UTC, "@every 1h", name="early")
+    with_worker = MetricsServer(early, port=0, host="127.0.0.1").start()
+    try:
+        texts = {"early": get(url(with_worker, "/metrics"))[1]}
+    finally:
+        with_worker.stop()
+    late = workers.make(Mixed, UTC, "@every 1h", name="late")
+    server.track(late)
+    texts["late"] = get(url(server, "/metrics"))[1]
+    for name, text in texts.items():
+        for outcome in ("ok", "failed", "cancelled"):
+            assert sample(text, "goworker_runs_total", worker=name, outcome=outcome) == 0
+        for step in ("before", "do", "after"):
+            assert sample(text, "goworker_retries_total", worker=name, step=step) == 0
+        for counter in ("goworker_misfires_total", "goworker_failovers_total"):
+            assert sample(text, counter, worker=name) == 0, counter
+        for histogram in ("goworker_run_duration_seconds", "goworker_run_lateness_seconds"):
+            assert sample(text, f"{histogram}_count", worker=name) == 0, histogram
+
+
+def test_metrics_listen_on_this_machine_only_by_default() -> None:
+    srv = MetricsServer(port=0).start()
+    try:
+        assert srv.host == "127.0.0.1"
+        assert srv._server is not None and srv._server.server_address[0] == "127.0.0.1"
+    finally:
+        srv.stop()
+
+
 def test_a_port_in_use_is_a_clear_error(server: MetricsServer) -> None:
     with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{server.port}"):
         MetricsServer(port=server.port, host="127.0.0.1").start()

@@ -10,7 +10,15 @@ from datetime import datetime, timezone
 import pytest
 from helpers import WorkerTracker, wait_until
 
-from goworker_py import Context, ExitReason, GoWorkerError, Handler, WorkerConfig, WorkerState
+from goworker_py import (
+    Context,
+    ExitReason,
+    GoWorkerError,
+    Handler,
+    Worker,
+    WorkerConfig,
+    WorkerState,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,6 +49,11 @@ class Recorder(Handler):
     def count(self) -> int:
         with self.lock:
             return len(self.runs)
+
+
+def in_flight(worker: Worker) -> list[int]:
+    """Shards whose run has begun and not yet ended (the handler may have returned already)."""
+    return sorted(shard for shard, runner in worker.host.runners.items() if runner.in_run)
 
 
 # -- trigger ------------------------------------------------------------------------------------
@@ -242,6 +255,8 @@ def test_stop_run_cancels_the_in_flight_run_and_keeps_the_worker(workers: Worker
     wait_until(lambda: handler.count() == 2, 5, what="two runs in flight")
     assert worker.stop_run() == 2
     wait_until(lambda: len(handler.cancelled) == 2, 5, what="both runs to see ctx.cancelled")
+    # do() has returned, but each run ends only after its bookkeeping: wait for that.
+    wait_until(lambda: not in_flight(worker), 5, what="both runs to end")
     assert worker.state is WorkerState.RUNNING
     assert worker.stop_run() == 0, "nothing in flight any more"
     # The shards go on: another run starts when asked.

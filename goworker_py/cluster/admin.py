@@ -10,13 +10,18 @@ and never claims a shard — and reads or writes a service's nodes (layout in
 
 ``pause`` / ``resume`` set the control node's ``paused`` flag: every instance keeps its shards
 and starts no run until resumed. ``trigger`` and ``stop_run`` increment a request counter: each
-instance then starts one run now on (or cancels the in-flight run of) every shard it owns.
-Writes are compare-and-set on the node's version, so concurrent requests are never lost.
+instance then starts one run now on (or cancels the in-flight run of) every shard it owns. A
+``trigger`` of a paused service is refused (:class:`~goworker_py.errors.ServicePaused`) and not
+counted: it would start nothing. Writes are compare-and-set on the node's version, so
+concurrent requests are never lost.
+
+A ZooKeeper that refuses connections on every host fails at once, not after the connect timeout.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,13 +35,16 @@ from kazoo.exceptions import (
     NodeExistsError,
     NoNodeError,
 )
+from kazoo.hosts import collect_hosts
 
-from goworker_py.cluster.nodes import CLAIMED, kazoo_client, service_root, start_client
+from goworker_py.cluster.nodes import CLAIMED, RUNNING, kazoo_client, service_root, start_client
 from goworker_py.config import DiscoveryConfig
 from goworker_py.errors import (
     ClusterError,
     DiscoveryError,
     InvalidScheduleError,
+    ServicePaused,
+    ZooKeeperUnavailable,
 )
 from goworker_py.instance import WorkerInstance
 from goworker_py.schedule import _zone, parse_schedule
@@ -57,9 +65,12 @@ class ShardStatus:
 
     shard: int
     owner: str | None = None
+    #: The owner's fencing token (the claim's creation zxid), as handlers see it.
     token: int | None = None
-    #: The last run's marker: ``running``, ``done``, ``failed``, ``cancelled``, ``interrupted``
-    #: (its fire is re-run by the next owner) or ``paused`` (None: never ran).
+    #: How the last run went: ``running``; ``interrupted`` (cut short by a hand-over, a stop or
+    #: self-fencing, or its marker still says running but the instance that ran it is gone: the
+    #: next owner re-runs it unless failover is off); ``done``, ``failed``, ``cancelled`` or
+    #: ``paused`` (the fire time passed while paused). None: the shard never ran.
     state: str | None = None
     run_id: str | None = None
     #: The fire time the last run served (Unix seconds).
@@ -82,16 +93,27 @@ class ServiceStatus:
     taken_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: datetimes as ISO 8601, instances as their published data."""
+        """JSON-ready, for ``status --json``: every time in ISO 8601 (UTC), health as its name."""
         data = asdict(self)
-        data["instances"] = [
-            {"rank": i.rank, "node": i.node, **json.loads(i.instance.to_json())}
-            for i in self.instances
-        ]
+        data["taken_at"] = _iso(self.taken_at)
+        data["instances"] = []
+        for member in self.instances:
+            published = json.loads(member.instance.to_json())
+            published["health"] = member.instance.health.name
+            published["created_at"] = _iso(member.instance.created_at)
+            data["instances"].append({"rank": member.rank, "node": member.node, **published})
         for shard in data["shards"]:
+            shard["fire_time"] = _iso(shard["fire_time"])
             if shard["next_fire"] is not None:
-                shard["next_fire"] = shard["next_fire"].isoformat()
+                shard["next_fire"] = shard["next_fire"].astimezone(timezone.utc).isoformat()
         return data
+
+
+def _iso(seconds: float | None) -> str | None:
+    """Unix seconds as ISO 8601 in UTC (microseconds kept), None as None."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
 
 
 class ClusterAdmin:
@@ -100,16 +122,17 @@ class ClusterAdmin:
     def __init__(self, config: DiscoveryConfig, service: str) -> None:
         if not config.hosts:
             raise DiscoveryError(
-                "no ZooKeeper hosts: pass --zk HOST:PORT (or a config file with [discovery] hosts)"
+                "ClusterAdmin needs ZooKeeper hosts: DiscoveryConfig(hosts='zk1:2181,zk2:2181')"
             )
         if not service:
-            raise ClusterError("no service name: pass --service NAME")
+            raise ClusterError("ClusterAdmin needs the name of the service to read or steer")
         self.config = config
         self.service = service
         self.root = service_root(config.namespace, service)
         self.client = kazoo_client(config)
 
     def __enter__(self) -> ClusterAdmin:
+        _fail_fast_if_refused(self.config)
         start_client(self.client, self.config)
         try:
             self._check_service()
@@ -170,8 +193,11 @@ class ClusterAdmin:
         settings = settings if isinstance(settings, dict) else None
         control = self.control()
         instances: list[InstanceStatus] = []
+        sessions: set[int] = set()
         for node in self._children(f"{self.root}/instances"):
-            data, _ = self._json(f"{self.root}/instances/{node}")
+            data, stat = self._json(f"{self.root}/instances/{node}")
+            if stat is not None:
+                sessions.add(stat.ephemeralOwner)
             if not isinstance(data, dict):
                 continue
             rank = node.rsplit("-", 1)[-1]
@@ -206,7 +232,7 @@ class ClusterAdmin:
                     shard=index,
                     owner=claim.get("owner") if isinstance(claim, dict) else None,
                     token=claim_stat.czxid if claim_stat is not None else None,
-                    state=marker.get("state"),
+                    state=_run_state(marker, sessions),
                     run_id=marker.get("run_id"),
                     fire_time=fire if isinstance(fire, (int, float)) else None,
                     next_fire=schedule.next_after(after) if schedule else None,
@@ -233,8 +259,20 @@ class ClusterAdmin:
         return self._update(lambda data: {**data, "paused": False})
 
     def trigger(self) -> dict[str, Any]:
-        """One run now on every shard (each instance on the shards it owns)."""
-        return self._update(lambda data: {**data, "trigger": int(data.get("trigger") or 0) + 1})
+        """One run now on every shard (each instance on the shards it owns).
+
+        Raises :class:`ServicePaused` (and counts nothing) while the service is paused.
+        """
+
+        def change(data: dict[str, Any]) -> dict[str, Any]:
+            if data.get("paused") is True:
+                raise ServicePaused(
+                    f"service {self.service!r} is paused: trigger starts no run while paused, so "
+                    "nothing was triggered; resume the service first"
+                )
+            return {**data, "trigger": int(data.get("trigger") or 0) + 1}
+
+        return self._update(change)
 
     def stop_run(self) -> dict[str, Any]:
         """Cancel every in-flight run of the service; the workers keep running."""
@@ -287,7 +325,7 @@ def format_status(status: ServiceStatus) -> str:
     lines.append(f"  {'shard':<6} {'owner':<13} {'token':<13} {'last run':<36} next fire")
     for shard in status.shards:
         owner = shard.owner[:12] if shard.owner else "(unowned)"
-        token = f"{shard.token:#x}" if shard.token is not None else "-"
+        token = str(shard.token) if shard.token is not None else "-"
         if shard.state is None:
             last = "never"
         else:
@@ -300,6 +338,54 @@ def format_status(status: ServiceStatus) -> str:
         upcoming = shard.next_fire.isoformat(timespec="seconds") if shard.next_fire else "-"
         lines.append(f"  {shard.shard:<6} {owner:<13} {token:<13} {last:<36} {upcoming}")
     return "\n".join(lines)
+
+
+def _run_state(marker: dict[str, Any], sessions: set[int]) -> str | None:
+    """The marker's state; ``interrupted`` for a ``running`` marker whose session is gone.
+
+    The marker records the session of the instance that ran it; a live instance's node is
+    owned by its session. No live member node of that session: nobody is running it.
+    """
+    state = marker.get("state")
+    if state == RUNNING and marker.get("session") not in sessions:
+        return "interrupted"
+    return state if isinstance(state, str) else None
+
+
+def _fail_fast_if_refused(config: DiscoveryConfig) -> None:
+    """Raise :class:`ZooKeeperUnavailable` at once if every host refuses connections.
+
+    kazoo retries refused connections until the connect timeout; a host that answers a TCP
+    connect with a refusal (nothing listens there) or whose name does not resolve will not
+    do better a few seconds later. Anything else (a host that does not answer at all, one
+    that accepts) is left to the client and its timeout.
+    """
+    try:
+        hosts, _ = collect_hosts(config.hosts)
+    except ValueError as exc:
+        raise DiscoveryError(f"bad ZooKeeper hosts {config.hosts!r}: {exc}") from exc
+    reasons: list[str] = []
+    for host, port in hosts:
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            reasons.append(f"{host}: unknown host ({exc.strerror})")
+            continue
+        for family, kind, proto, _, address in addresses:
+            try:
+                with socket.socket(family, kind, proto) as probe:
+                    probe.settimeout(min(config.connect_timeout, 2.0))
+                    probe.connect(address)
+            except ConnectionRefusedError:
+                continue
+            except OSError:
+                return  # no answer, or some other trouble: let the client try
+            return  # something listens there
+        reasons.append(f"{host}:{port} refused the connection")
+    raise ZooKeeperUnavailable(
+        f"cannot reach ZooKeeper at {config.hosts!r}: {'; '.join(reasons)}. "
+        "Is the server running and the address right?"
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -1,4 +1,5 @@
-"""Test against real ZooKeeper servers: start them, break them, expire sessions.
+"""Test handlers and clusters: a :class:`~goworker_py.Context` for a handler's unit tests
+(:func:`make_context`), and real ZooKeeper servers to start, break and expire sessions on.
 
 For pytest, add ``pytest_plugins = ["goworker_py.testing.pytest_plugin"]`` to a ``conftest.py``
 and use the fixtures ``zookeeper``, ``zk_chroot``, ``zk_hosts``, ``zk_client``,
@@ -16,6 +17,7 @@ what these need.
 
 from __future__ import annotations
 
+from goworker_py.testing.context import make_context
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
 from goworker_py.testing.errors import (
     FaultInjectionUnsupported,
@@ -30,6 +32,8 @@ from goworker_py.testing.sessions import expire_session
 from goworker_py.testing.zookeeper import ZooKeeperServer
 
 __all__ = [
+    # Handlers
+    "make_context",
     # Servers
     "ExternalZooKeeper",
     "ZooKeeperEnsemble",

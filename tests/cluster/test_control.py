@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from goworker_py import Context, DiscoveryConfig, GoWorkerError, Handler, Worker
 from goworker_py.cli import main
 from goworker_py.cluster.admin import ClusterAdmin, format_status
-from goworker_py.errors import ClusterError
+from goworker_py.errors import ClusterError, ServicePaused
 
 from .conftest import SERVICE, Cluster, Ledger, Observer, check_ledger, wait_until
 
@@ -34,6 +35,11 @@ def cli(*args: str) -> int:
     return main(list(args))
 
 
+def markers_done(observer: Observer, shards: Iterable[int]) -> bool:
+    """True once the last run of each of ``shards`` has ended ``done`` (its marker says so)."""
+    return all((observer.marker(shard) or {}).get("state") == "done" for shard in shards)
+
+
 # -- one worker's controls in cluster mode ---------------------------------------------------------
 
 
@@ -47,6 +53,8 @@ def test_trigger_runs_the_shards_this_instance_owns(cluster: Cluster, observer: 
     wait_until(lambda: len(ledger.snapshot()) == 2, 5, what="A's two triggered runs")
     records = ledger.snapshot()
     assert sorted(r.shard for r in records) == list(a.shards)
+    # The handler has returned; the run's marker is written at its end, just after.
+    wait_until(lambda: markers_done(observer, a.shards), 5, what="A's run markers to say done")
     claims = observer.claims()
     for record in records:
         assert record.instance == a.host.instance.id == owners[record.shard]
@@ -121,8 +129,10 @@ def test_cluster_pause_and_resume_hold_every_instance(
         assert late.paused
         time.sleep(0.5)
         assert len(ledger.snapshot()) == mark, "no run starts anywhere while paused"
-        # A trigger while paused starts nothing either.
-        admin.trigger()
+        # A trigger while paused would start nothing: it is refused, and not counted.
+        with pytest.raises(ServicePaused, match="is paused"):
+            admin.trigger()
+        assert admin.control().get("trigger") is None
         time.sleep(0.3)
         assert len(ledger.snapshot()) == mark
         # A local resume() does not undo a cluster-wide pause.
@@ -190,8 +200,9 @@ def test_requests_made_before_an_instance_started_are_not_replayed(
     observer.wait_settled(2, 1, workers=[first])
     with admin_for(zk_hosts) as admin:
         admin.trigger()
+        # Sent at once, stop-run could cancel the triggered runs before their do() started.
+        wait_until(lambda: len(ledger.snapshot()) == 2, 5, what="the triggered runs")
         admin.stop_run()
-    wait_until(lambda: len(ledger.snapshot()) == 2, 5)
     Cluster.stop(first)
     second = cluster.make(ledger.handler(), total=2, cron=HOURLY)
     observer.wait_settled(2, 1, workers=[second])
@@ -210,6 +221,7 @@ def test_status_shows_members_owners_last_runs_and_next_fire(
     owners = observer.wait_settled(3, 2, workers=workers)
     workers[0].trigger()
     wait_until(lambda: len(ledger.snapshot()) == len(workers[0].shards), 5)
+    wait_until(lambda: markers_done(observer, workers[0].shards), 5, what="the runs to end")
     with admin_for(zk_hosts) as admin:
         status = admin.status()
     assert status.settings == {"sharding_total_count": 3, "params": "", "schedule": "0 0 * * *"}
@@ -250,6 +262,7 @@ def test_cli_pause_status_trigger_resume_stop_run(
     wait_until(lambda: not worker.paused, 5)
     assert cli("trigger", *base) == 0
     wait_until(lambda: len(ledger.snapshot()) == 2, 5, what="runs from the CLI trigger")
+    wait_until(lambda: markers_done(observer, [0, 1]), 5, what="the triggered runs to end")
     assert cli("stop-run", *base) == 0
     assert "stop-run sent" in capsys.readouterr().out
     assert cli("status", "--json", *base) == 0

@@ -54,6 +54,12 @@ def test_session_rebalances_and_failovers_are_reported(
             5,
             what="a re-balance counted",
         )
+        # The failover run is counted when it ends, just after its handler returned.
+        wait_until(
+            lambda: scrape(server).get('goworker_failovers_total{worker="first"}', 0) >= 1,
+            5,
+            what="the failover run counted",
+        )
         values = scrape(server)
         assert values['goworker_zookeeper_connected{worker="first"}'] == 1
         assert values['goworker_failovers_total{worker="first"}'] == 1
