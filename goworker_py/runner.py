@@ -490,7 +490,7 @@ class ShardRunner:
     def _perform(self, ctx: Context) -> RunResult:
         settings = self.settings
         handler = settings.handler_factory()
-        ctx.logger.debug("run started for {}", ctx.scheduled_time)
+        ctx.logger.trace("run started for {}", ctx.scheduled_time)
         if settings.wants_watch:
             self._call_watch(handler, ctx)
         # Once cancelled, do is not started, but after still runs when before succeeded and
@@ -560,7 +560,7 @@ class ShardRunner:
             return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
         if cancelled:
             return RunResult(ctx.run_id, ok=False, cancelled=True)
-        ctx.logger.debug("run finished")
+        ctx.logger.trace("run finished")
         return RunResult(ctx.run_id, ok=True)
 
     def _set_attempt(self, ctx: Context, attempt: int) -> None:

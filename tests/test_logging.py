@@ -266,11 +266,6 @@ def test_configure_logging_defaults_to_info_without_local_variables(
     assert "hunter2-topsecret" not in err, "diagnose=False: no local variable values"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="goworker_py/runner.py still logs 'run started'/'run finished' at DEBUG: they must "
-    "be TRACE (SPEC 6, issue 10 item 3.3); remove this marker with that change",
-)
 def test_a_run_writes_no_line_at_debug_or_above() -> None:
     """An application that keeps loguru's default DEBUG sink must not pay two lines per run."""
     from goworker_py import Context, Handler, Worker, WorkerConfig

@@ -117,6 +117,9 @@ class ClusterHost(ServiceNodes):
         self.claims: dict[int, Claim] = {}
         self.rebalances = 0
         self.shards_moved = 0
+        #: Who owned each shard at the last pass: a member that left no longer publishes its
+        #: shards, and its shards move all the same.
+        self._owners: dict[int, str] = {}
         self._wake = wake
         self._members: tuple[WorkerInstance, ...] = ()
         self._views: dict[int, tuple[WorkerInstance, WorkerInstance]] = {}
@@ -398,7 +401,9 @@ class ClusterHost(ServiceNodes):
             claims[shard] = self.instance.id
         assignment = self.strategy.assign(ids, self.settings.total, claims)
         mine = set(assignment.get(self.instance.id, ()))
-        moved = moved_shards(claims, assignment)
+        before = {s: o for s, o in {**self._owners, **claims}.items() if s < self.settings.total}
+        moved = moved_shards(before, assignment)
+        self._owners = claims
         for shard in sorted(set(self.claims) - mine):
             if shard not in self._releasing:
                 self._release(shard)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from helpers import LogCapture
 
 from goworker_py import Context, Handler, ServiceConfigConflict, WatchInfo, Worker
 
@@ -311,3 +312,18 @@ def test_at_most_two_zookeeper_writes_per_run(cluster: Cluster, observer: Observ
     assert writes.count("SetData") <= runs + 2
     assert set(writes) <= {"Transaction", "SetData"}, f"unexpected writes: {set(writes)}"
     assert len(requests) == len(writes), f"reads during steady runs: {requests}"
+
+
+def test_a_leave_counts_the_shards_it_moves(cluster: Cluster, observer: Observer) -> None:
+    """The shards of a member that left are no longer published by anyone: they move all the
+    same, and the log line and ``shards_moved`` must say so (not "moves 0 shard(s)")."""
+    stays = cluster.make(total=4, cron="@every 1h")
+    leaves = cluster.make(total=4, cron="@every 1h")
+    observer.wait_settled(4, 2, workers=[stays, leaves])
+    moved_before = stays.host.shards_moved
+    with LogCapture("INFO") as logs:
+        cluster.stop(leaves)
+        observer.wait_settled(4, 1, workers=[stays])
+        wait_until(lambda: logs.contains("member(s); the new assignment moves"), 5)
+    assert logs.contains("membership changed: 1 member(s); the new assignment moves 2 shard(s)")
+    assert stays.host.shards_moved - moved_before == 2
