@@ -70,12 +70,15 @@ class RunEvent(threading.Event):
     """A run's cancellation flag (``ctx.event``) that also reaches a coroutine step at once.
 
     A plain :class:`threading.Event` for everyone else; :meth:`set` additionally tells the
-    coroutine step running at that moment, if any, on its own loop.
+    coroutine step running at that moment, if any, on its own loop - once: setting it again
+    (a stop after a ``stop_run``) does not cancel an ``after`` that started on the cancelled run.
     """
 
     _step: _Step | None = None
 
     def set(self) -> None:
+        if self.is_set():
+            return
         super().set()
         step = self._step
         if step is not None:
@@ -128,12 +131,16 @@ class _Step:
 
 
 class _TaskRecorder:
-    """The loop's task factory: remembers the tasks handler code starts during a step."""
+    """The loop's task factory: keeps the tasks handler code started and that still run.
+
+    A task leaves the set when it ends, so a long consumer step starting a task per message
+    holds only the running ones (and no running task is lost to garbage collection).
+    """
 
     __slots__ = ("tasks",)
 
     def __init__(self) -> None:
-        self.tasks: list[asyncio.Task[Any]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     def __call__(
         self,
@@ -142,7 +149,8 @@ class _TaskRecorder:
         **kwargs: Any,
     ) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
-        self.tasks.append(task)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         return task
 
 

@@ -7,7 +7,9 @@ cancellation of a run cancels the task of its coroutine step (goworker_py/aio.py
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
 from typing import Any
@@ -365,6 +367,34 @@ def test_an_async_after_is_cancelled_when_the_run_is_cancelled_during_it(
     assert steps == ["do", "after cancelled, ctx.cancelled=True"]
 
 
+def test_an_after_started_on_a_cancelled_run_is_not_cancelled_by_a_later_stop(
+    workers: WorkerTracker,
+) -> None:
+    steps: list[str] = []
+    in_do, in_after, proceed = threading.Event(), threading.Event(), threading.Event()
+
+    class Release(Handler):
+        async def do(self, ctx: Context) -> None:
+            in_do.set()
+            await asyncio.sleep(3600)
+
+        async def after(self, ctx: Context) -> None:
+            in_after.set()
+            await asyncio.to_thread(proceed.wait, 10)  # the worker is stopped meanwhile
+            steps.append(f"after done, ctx.cancelled={ctx.cancelled}")
+
+    worker = workers.make(Release(), UTC, HOURLY)
+    worker.run()
+    assert worker.trigger() == 1
+    assert in_do.wait(5)
+    assert worker.stop_run() == 1
+    assert in_after.wait(5)
+    worker.cancel()  # sets the run's (already set) event again
+    proceed.set()
+    assert worker.wait(timeout=5) is ExitReason.CANCELLED
+    assert steps == ["after done, ctx.cancelled=True"]
+
+
 def test_stop_run_cancels_the_tasks_and_the_worker_goes_on(workers: WorkerTracker) -> None:
     lock = threading.Lock()
     entered: list[int] = []
@@ -547,6 +577,28 @@ def test_tasks_a_step_leaves_running_are_cancelled_when_it_ends(workers: WorkerT
         assert worker.wait(timeout=10) is ExitReason.COMPLETED
     assert seen == ["do returned", "background cancelled", "after: background done=True"]
     assert log.contains("do left 1 task(s) running: cancelled")
+
+
+def test_a_long_step_keeps_no_finished_task_alive(workers: WorkerTracker) -> None:
+    """A consumer starting a task per message must not hold every finished one until it ends."""
+    alive: list[bool] = []
+
+    class Consumer(Handler):
+        async def do(self, ctx: Context) -> None:
+            refs = []
+            for n in range(100):
+                task = asyncio.get_running_loop().create_task(asyncio.sleep(0, n))
+                await task
+                refs.append(weakref.ref(task))
+                del task
+            await asyncio.sleep(0)  # the tasks' done callbacks run
+            gc.collect()
+            alive.extend(ref() is not None for ref in refs)
+
+    worker = workers.make(Consumer)
+    worker.run()
+    assert worker.wait(timeout=10) is ExitReason.COMPLETED
+    assert len(alive) == 100 and not any(alive)
 
 
 def test_async_watch_runs_before_each_run_and_when_notified(workers: WorkerTracker) -> None:
