@@ -4,7 +4,8 @@ A handler implements ``do`` and optionally ``before``, ``after``, ``error_messag
 ``watch``. Per run the order is ``watch`` → ``before`` → ``do`` → ``after``; a step that fails
 (after its retries) skips the steps after it. Once a run is cancelled ``do`` is not started,
 but ``after`` still runs when ``before`` succeeded and ``do`` did not fail, so resources that
-``before`` acquired are released.
+``before`` acquired are released. Any of the methods may be ``async def``: the step runs to
+completion on the shard's thread, in its event loop (:mod:`goworker_py.aio`).
 """
 
 from __future__ import annotations
