@@ -4,7 +4,8 @@ A handler implements ``do`` and optionally ``before``, ``after``, ``error_messag
 ``watch``. Per run the order is ``watch`` → ``before`` → ``do`` → ``after``; a step that fails
 (after its retries) skips the steps after it. Once a run is cancelled ``do`` is not started,
 but ``after`` still runs when ``before`` succeeded and ``do`` did not fail, so resources that
-``before`` acquired are released.
+``before`` acquired are released. Any of the methods may be ``async def``: the step runs to
+completion on the shard's thread, in its event loop (:mod:`goworker_py.aio`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from goworker_py import aio
 from goworker_py.errors import InvalidHandlerError, RunCancelled
 from goworker_py.instance import WorkerInstance
 
@@ -39,7 +41,8 @@ class Context:
     """Everything one run knows about itself. A new context is made for every run.
 
     Long ``do`` loops (message-queue consumers) poll :attr:`cancelled` or sleep with
-    :meth:`wait`, which returns early when the run is cancelled.
+    :meth:`wait`, which returns early when the run is cancelled; ``async def`` steps sleep with
+    ``await`` :meth:`sleep` instead (``wait`` would block their event loop).
     """
 
     __slots__ = (
@@ -144,6 +147,23 @@ class Context:
             self._clock.wait(self.event, min(end, self._lease()) - now)
         return True
 
+    async def sleep(self, seconds: float) -> bool:
+        """In an ``async def`` step: sleep up to ``seconds``, returning early if cancelled.
+
+        Returns True if the run was cancelled, like :meth:`wait`, which would block the event
+        loop. A cancellation wakes this sleep with True rather than cancelling the step's task;
+        the task is cancelled at its next other ``await``.
+        """
+        if self._lease is None:
+            return await aio.sleep(self.event, max(seconds, 0.0), self._clock)
+        end = time.monotonic() + max(seconds, 0.0)
+        while not self.cancelled:
+            now = time.monotonic()
+            if now >= end:
+                return False
+            await aio.sleep(self.event, min(end, self._lease()) - now, self._clock)
+        return True
+
     def raise_if_cancelled(self) -> None:
         """Leave the current step by raising :class:`RunCancelled` if the run was cancelled."""
         if self.cancelled:
@@ -159,6 +179,10 @@ class Context:
 class Handler:
     """Base class of a worker's handler; override :meth:`do` and any of the optional hooks.
 
+    Any of them may be ``async def``: the step then runs to completion in an event loop on the
+    shard's own thread (one loop per thread, reused), and cancelling the run cancels its task
+    (see :mod:`goworker_py.aio`). Retries and errors are the same as for plain methods.
+
     Pass the **class** to ``Worker`` to get a fresh instance per run (state set in ``before``
     is visible in ``do`` and ``after`` of the same run and never leaks into the next), or an
     **instance** to reuse it for every run (its methods then run on several shard threads at
@@ -170,19 +194,20 @@ class Handler:
     supervisor's thread or on the thread that decides self-fencing.
     """
 
-    def before(self, ctx: Context) -> None:
+    def before(self, ctx: Context) -> Awaitable[None] | None:
         """Prepare the run; raising fails the step (retried by the policy). Default: nothing."""
 
-    def do(self, ctx: Context) -> None:
+    def do(self, ctx: Context) -> Awaitable[None] | None:
         """The work of one run. Must be overridden."""
         raise NotImplementedError(f"{type(self).__name__}.do() is not implemented")
 
-    def after(self, ctx: Context) -> None:
+    def after(self, ctx: Context) -> Awaitable[None] | None:
         """Finish the run; runs only when ``before`` succeeded and ``do`` did not fail."""
 
-    def error_message(self, ctx: Context, err: BaseException) -> None:
+    def error_message(self, ctx: Context, err: BaseException) -> Awaitable[None] | None:
         """Receive every error of the run, in order, on the run's thread. Default: log it."""
         ctx.logger.opt(exception=err).error("{} failed: {!r}", ctx.step or "run", err)
+        return None
 
     # ``watch(info: WatchInfo) -> None`` is optional: define it to be told before each run
     # and whenever membership or ownership changes. It is not defined here so that the
@@ -194,7 +219,8 @@ def validate_handler(handler: Any) -> None:
 
     A handler is a :class:`Handler` subclass (or instance) that overrides ``do``, or any class
     or object with a callable ``do``; ``before``, ``after``, ``error_message`` and ``watch``, if
-    present, must be callable too.
+    present, must be callable too. Each may be a plain or an ``async def`` method, but not a
+    generator (``yield`` in the body): calling one would not run its body.
     """
     target = handler
     if isinstance(handler, type):
@@ -214,6 +240,8 @@ def validate_handler(handler: Any) -> None:
         value = getattr(target, hook, None)
         if value is not None and not callable(value):
             raise InvalidHandlerError(f"handler attribute {hook!r} must be a method, got {value!r}")
+    for method in ("do", "before", "after", "error_message", "watch"):
+        _reject_generator(target, method)
     if isinstance(handler, type):
         try:
             inspect.signature(handler).bind()
@@ -222,3 +250,19 @@ def validate_handler(handler: Any) -> None:
                 f"handler class {handler.__name__} must be constructible without arguments "
                 f"(a fresh instance is made per run): {exc}; pass an instance instead"
             ) from exc
+
+
+def _reject_generator(target: Any, method: str) -> None:
+    """A generator method returns a generator without running its body: refuse it up front."""
+    value = getattr(target, method, None)
+    if inspect.isasyncgenfunction(value):
+        kind = "an async generator (async def with yield)"
+    elif inspect.isgeneratorfunction(value):
+        kind = "a generator (def with yield)"
+    else:
+        return
+    name = target.__name__ if isinstance(target, type) else type(target).__name__
+    raise InvalidHandlerError(
+        f"{name}.{method} is {kind}: the worker would get a generator and never run its body; "
+        f"make it a plain method or an async def without yield"
+    )

@@ -22,6 +22,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from goworker_py import aio
 from goworker_py.errors import AttemptsExhausted, RunCancelled
 from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
@@ -437,7 +438,7 @@ class ShardRunner:
         self.failover_fire = None
         if ticket is None:
             return RunResult(run_id="", ok=False, cancelled=True)
-        event = threading.Event()
+        event = aio.RunEvent()  # an async step's task is cancelled the moment it is set
         with self._lock:
             self._cancel_cause = None
             self._run_event = event
@@ -514,7 +515,9 @@ class ShardRunner:
                 # The first attempt is a plain call: the retry machinery is built only when
                 # it fails, which keeps a run's framework cost at a few microseconds.
                 try:
-                    method(ctx)
+                    result = method(ctx)
+                    if result is not None:  # an async def method: run it to completion here
+                        aio.run_step(result, ctx)
                     if step == "do" and ctx.cancelled:
                         # Returned early because it was cancelled (the usual way a long
                         # step stops): the run did not complete.
@@ -526,7 +529,7 @@ class ShardRunner:
                 except Exception as first_error:  # noqa: BLE001 - retried and reported below
                     outcome = StepRetrier(
                         policy=settings.retry_policy,
-                        call=functools.partial(method, ctx),
+                        call=functools.partial(_call_step, method, ctx),
                         report=lambda err: self._report(handler, ctx, err),
                         set_attempt=functools.partial(self._set_attempt, ctx),
                         cancelled=lambda: ctx.cancelled,
@@ -542,6 +545,7 @@ class ShardRunner:
                 )
                 return RunResult(ctx.run_id, ok=False, error=exc, failed_step=step)
             if outcome.ok:
+                cancelled = cancelled or (step == "do" and ctx.cancelled)
                 continue
             if outcome.reason == "cancelled":
                 ctx.logger.info("run cancelled during {}", step)
@@ -576,7 +580,7 @@ class ShardRunner:
     def _call_watch(self, handler: Any, ctx: Context) -> None:
         info = WatchInfo(ctx.instance, self.shard.param, self.host.members())
         try:
-            handler.watch(info)
+            aio.run_callback(handler.watch(info), ctx.event, ctx.logger)
         except Exception as exc:  # noqa: BLE001 - a failing watch must not stop the run
             ctx.logger.opt(exception=exc).error("watch() raised {!r}", exc)
 
@@ -589,7 +593,7 @@ class ShardRunner:
             self.host.instance_for(self.shard.index), self.shard.param, self.host.members()
         )
         try:
-            handler.watch(info)
+            aio.run_callback(handler.watch(info), None, self.logger)
         except Exception as exc:  # noqa: BLE001
             self.logger.opt(exception=exc).error("watch() raised {!r}", exc)
 
@@ -599,6 +603,13 @@ class ShardRunner:
             ctx.logger.error("{} failed: {!r}", ctx.step, err)
             return
         try:
-            report(ctx, err)
+            aio.run_callback(report(ctx, err), ctx.event, ctx.logger)
         except Exception as exc:  # noqa: BLE001 - spec: logged and swallowed
             ctx.logger.opt(exception=exc).error("error_message() raised {!r}", exc)
+
+
+def _call_step(method: Any, ctx: Context) -> None:
+    """One attempt of a step after the first (the retry path): plain or ``async def``."""
+    result = method(ctx)
+    if result is not None:
+        aio.run_step(result, ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -77,6 +78,34 @@ def _do(ctx: Context) -> None:
     pass
 
 
+class AsyncHooks(Handler):
+    """Every method ``async def``: accepted, the worker runs each on the shard's loop."""
+
+    async def before(self, ctx: Context) -> None:
+        pass
+
+    async def do(self, ctx: Context) -> None:
+        pass
+
+    async def after(self, ctx: Context) -> None:
+        pass
+
+    async def error_message(self, ctx: Context, err: BaseException) -> None:
+        pass
+
+    async def watch(self, info: WatchInfo) -> None:
+        pass
+
+
+class AsyncDuck:
+    async def do(self, ctx: Context) -> None:
+        pass
+
+
+async def _async_do(ctx: Context) -> None:
+    pass
+
+
 @pytest.mark.parametrize(
     "handler",
     [
@@ -90,6 +119,11 @@ def _do(ctx: Context) -> None:
         NeedsArgs("db://"),  # an instance is fine: nothing needs constructing
         types.SimpleNamespace(do=_do),
         types.SimpleNamespace(do=_do, before=_do, after=None),  # None means "no hook"
+        AsyncHooks,
+        AsyncHooks(),
+        AsyncDuck,
+        AsyncDuck(),
+        types.SimpleNamespace(do=_async_do, before=_do),
     ],
     ids=lambda h: h.__name__ if isinstance(h, type) else f"{type(h).__name__}()",
 )
@@ -154,3 +188,31 @@ def test_invalid_handler_error_is_a_config_error() -> None:
     assert issubclass(InvalidHandlerError, ConfigError)
     with pytest.raises(ConfigError):
         validate_handler(None)
+
+
+async def _async_generator(self: Any, ctx: Context) -> AsyncIterator[None]:
+    yield None
+
+
+def _generator(self: Any, ctx: Context) -> Iterator[None]:
+    yield None
+
+
+@pytest.mark.parametrize("method", ["do", "before", "after", "error_message", "watch"])
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (_async_generator, "an async generator (async def with yield)"),
+        (_generator, "a generator (def with yield)"),
+    ],
+    ids=["async-generator", "generator"],
+)
+def test_generator_methods_are_rejected(method: str, body: Any, kind: str) -> None:
+    """Calling a generator method returns a generator without running its body."""
+    methods = {"do": lambda self, ctx: None, method: body}
+    bad = type("Streams", (Handler,), methods)
+    for handler in (bad, bad()):
+        with pytest.raises(InvalidHandlerError) as info:
+            validate_handler(handler)
+        assert f"Streams.{method} is {kind}" in str(info.value)
+        assert "never run its body" in str(info.value)

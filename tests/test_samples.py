@@ -34,6 +34,7 @@ def _gaps(times: list[float]) -> list[float]:
 def test_every_local_sample_is_covered() -> None:
     needs_zookeeper = {"cluster.py"}  # cluster mode: the cluster test suite runs it
     covered = {
+        "async_handler.py",
         "cron.py",  # tests/test_signals.py
         "custom_config.py",
         "custom_retry_policy.py",
@@ -142,3 +143,29 @@ def test_script_task(processes: list[Process]) -> None:
     assert "[stdout] shard 0 of 2: param eu" in out
     assert "[stdout] shard 1 of 2: param us" in out
     assert process.stdout[-1] == "worker ended: completed"
+
+
+def test_async_handler(processes: list[Process]) -> None:
+    process = _run(processes, "async_handler.py")
+    assert process.finish(timeout=25) == 0, process.report()
+    lines = process.stdout
+    assert lines[-1] == "worker ended: timed_out", process.report()
+    echoes = [line.removeprefix("echo: ").split() for line in lines if line.startswith("echo: ")]
+    assert len(echoes) == len(lines) - 1, process.report()  # nothing else: no "err:" line
+    runs: dict[tuple[str, str], list[str]] = {}
+    for _, shard, fire, _, n in echoes:
+        runs.setdefault((shard, fire), []).append(n)
+    for shard in ("0", "1"):
+        complete = [fire for (s, fire), ns in runs.items() if s == shard and ns == ["1", "2", "3"]]
+        assert len(complete) >= 2, process.report()  # before -> do (3 echoes) -> after, per run
+    assert "Traceback" not in process.stderr
+
+
+def test_async_handler_stops_at_ctrl_c(processes: list[Process]) -> None:
+    process = _run(processes, "async_handler.py")
+    process.wait_for_stdout("echo: ", timeout=15)
+    process.proc.send_signal(signal.SIGINT)
+    assert process.finish(timeout=10) == 0, process.report()
+    assert process.stdout[-1] == "worker ended: signalled", process.report()
+    assert not any(line.startswith("err:") for line in process.stdout), process.report()
+    assert "Traceback" not in process.stderr

@@ -20,12 +20,12 @@ ids a worker binds (so ``ctx.logger`` lines look like a real run's). Pass a
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from loguru import logger as _logger
 
+from goworker_py.aio import RunEvent
 from goworker_py.clock import SYSTEM_CLOCK, Clock
 from goworker_py.errors import ConfigError
 from goworker_py.handler import Context, Shard
@@ -80,7 +80,7 @@ def make_context(
         instance = WorkerInstance(
             id="test-instance", service=service_name, shards=(shard,), shard_index=shard
         )
-    event = threading.Event()
+    event = RunEvent()  # as a run's: setting it also cancels an async step's task
     if cancelled:
         event.set()
     bound = logger or _logger.bind(worker=worker_name, service=service_name)
