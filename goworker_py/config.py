@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from goworker_py.errors import ConfigError, ConfigFileError
+from goworker_py.errors import ConfigError, ConfigFileError, DiscoveryError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -70,9 +70,14 @@ class LoggerConfig:
 class DiscoveryConfig:
     """Where the cluster's members find each other (the seed's ``WorkerDiscoveryConfig``).
 
-    ``hosts`` is a ZooKeeper connection string (``"zk1:2181,zk2:2181"``, optionally with a
-    chroot ``"/path"``); timeouts are seconds; ``auth_user``/``auth_password`` enable digest
-    authentication and ACL-protected nodes.
+    ``protocol`` names the coordination backend: ``"zookeeper"`` (the default), ``"etcdv3"``
+    (alias ``"etcd"``), ``"redis"`` or ``"memory"``. For every backend ``hosts`` is
+    ``"host:port[,host:port...]"`` (ZooKeeper may add a chroot: ``"zk1:2181,zk2:2181/path"``;
+    ``memory`` takes any name: instances with the same name share one in-process store).
+    Timeouts are seconds; the session timeout is the lease's time to live. ``auth_user`` /
+    ``auth_password`` authenticate (ZooKeeper digest with ACL-protected nodes, etcd users,
+    Redis ``AUTH``/ACL users); ``use_ssl`` and the certificate paths enable TLS; ``database`` is
+    Redis's database number. :meth:`from_url` reads the same from a URL.
     """
 
     protocol: str = "zookeeper"
@@ -87,6 +92,70 @@ class DiscoveryConfig:
     keyfile: str | None = None
     ca: str | None = None
     verify_certs: bool = True
+    database: int = 0
+
+    @classmethod
+    def from_url(cls, url: str, **settings: Any) -> DiscoveryConfig:
+        """A configuration from a discovery URL (``settings`` set the other fields).
+
+        ``zookeeper://[user:password@]h1:2181,h2:2181[/chroot]``,
+        ``etcd://[user:password@]h1:2379,h2:2379`` (``etcds://`` for TLS),
+        ``redis://[[user]:password@]host:6379[/db]`` (``rediss://`` for TLS),
+        ``memory://name``. Raises :class:`~goworker_py.errors.DiscoveryError` naming what is wrong.
+        """
+        return _parse_discovery_url(url, settings)
+
+
+#: URL schemes of :meth:`DiscoveryConfig.from_url`: ``scheme: (protocol, TLS)``.
+DISCOVERY_SCHEMES = {
+    "zookeeper": ("zookeeper", False),
+    "zk": ("zookeeper", False),
+    "etcd": ("etcdv3", False),
+    "etcds": ("etcdv3", True),
+    "etcdv3": ("etcdv3", False),
+    "redis": ("redis", False),
+    "rediss": ("redis", True),
+    "memory": ("memory", False),
+}
+
+
+def _parse_discovery_url(url: str, settings: dict[str, Any]) -> DiscoveryConfig:
+    from urllib.parse import unquote
+
+    scheme, sep, rest = str(url).partition("://")
+    known = ", ".join(f"{name}://" for name in DISCOVERY_SCHEMES)
+    if not sep or scheme.lower() not in DISCOVERY_SCHEMES:
+        raise DiscoveryError(f"discovery URL {url!r}: unknown scheme (known: {known})")
+    protocol, tls = DISCOVERY_SCHEMES[scheme.lower()]
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        userinfo, location = "", rest
+    hosts, slash, path = location.partition("/")
+    fields: dict[str, Any] = {"protocol": protocol, "use_ssl": tls}
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        fields["auth_user"] = unquote(user) or None
+        fields["auth_password"] = unquote(password) if colon else None
+    if not hosts:
+        raise DiscoveryError(f"discovery URL {url!r} names no host")
+    if protocol != "memory":
+        for host in hosts.split(","):
+            name, colon, port = host.rpartition(":")
+            if not colon or not name or not port.isdigit() or not 0 < int(port) < 65536:
+                raise DiscoveryError(
+                    f"discovery URL {url!r}: {host!r} is not host:port (e.g. 127.0.0.1:2181)"
+                )
+    if protocol == "zookeeper" and slash and path:
+        hosts = f"{hosts}/{path}"  # kazoo's chroot
+    elif protocol == "redis" and slash and path:
+        if not path.isdigit():
+            raise DiscoveryError(f"discovery URL {url!r}: the Redis database must be a number")
+        fields["database"] = int(path)
+    elif slash and path:
+        raise DiscoveryError(f"discovery URL {url!r}: a {protocol} URL takes no path ({path!r})")
+    fields["hosts"] = hosts
+    fields.update(settings)
+    return DiscoveryConfig(**fields)
 
 
 @dataclass

@@ -56,8 +56,32 @@ class ClusterError(GoWorkerError):
     """Cluster mode could not start or keep going."""
 
 
-class ZooKeeperUnavailable(ClusterError):
+class BackendError(ClusterError):
+    """The coordination backend (ZooKeeper, etcd, Redis) failed a request.
+
+    Every backend translates its client's errors into this tree; nothing above the seam
+    (:mod:`goworker_py.cluster.backend`) sees a client library's exceptions.
+    """
+
+
+class BackendUnavailable(BackendError):
+    """The coordination server could not be reached, or did not answer in time."""
+
+
+class ZooKeeperUnavailable(BackendUnavailable):
     """ZooKeeper could not be reached within the connect timeout."""
+
+
+class LeaseLost(BackendError):
+    """The request needed this instance's lease (session), and the server expired it."""
+
+
+class AccessDenied(BackendError, DiscoveryError):
+    """The coordination server refused the credentials (or their rights on the service)."""
+
+
+class BackendMissing(DiscoveryError):
+    """The discovery protocol's client library is not installed (``pip install`` its extra)."""
 
 
 class ServiceConfigConflict(ClusterError, ConfigError):
