@@ -263,7 +263,7 @@ class WorkerPool:
 
 def member_sequence(worker: Any) -> int:
     """The rank sequence of a running cluster worker (from its instance node's name)."""
-    node = worker.host.zk.node or ""
+    node = worker.host.backend.node or ""
     try:
         return int(node.rsplit("-", 1)[1])
     except (IndexError, ValueError):
@@ -632,9 +632,9 @@ def _log_publishes(events: str, pid: int) -> None:
     An instance publishes whenever its claims change (after claiming and starting, or after
     releasing): the parent rebuilds who owned what, when, from these lines.
     """
-    from goworker_py.cluster.zookeeper import ZooKeeperDiscovery
+    from goworker_py.cluster.backends.zookeeper import ZooKeeperBackend
 
-    original = ZooKeeperDiscovery.publish
+    original = ZooKeeperBackend.publish
 
     def publish(self: Any, instance: Any) -> None:
         original(self, instance)
@@ -648,7 +648,7 @@ def _log_publishes(events: str, pid: int) -> None:
         }
         _append(events, record)
 
-    ZooKeeperDiscovery.publish = publish  # type: ignore[method-assign]
+    ZooKeeperBackend.publish = publish  # type: ignore[method-assign]
 
 
 def worker_main(argv: Sequence[str]) -> int:
@@ -742,8 +742,8 @@ def worker_main(argv: Sequence[str]) -> int:
             "t": time.time(),
             "startup_s": time.time() - started,
             "instance": host.instance.id,
-            "node": host.zk.node,
-            "session": host.zk.session_id,
+            "node": host.backend.node,
+            "session": host.backend.session_id,
         },
     )
     reason = worker.wait()

@@ -96,9 +96,9 @@ def in_process(zk: ZkTarget, trials: int) -> dict[str, Any]:
             released: list[float] = []
             unregistered: list[float] = []
             claimed: list[float] = []
-            _instrument(owner.host.zk, "release", released, lambda r: True)
-            _instrument(owner.host.zk, "unregister", unregistered, lambda r: True)
-            _instrument(standby.host.zk, "claim", claimed, lambda r: r is not None)
+            _instrument(owner.host.backend, "release", released, lambda r: True)
+            _instrument(owner.host.backend, "unregister", unregistered, lambda r: True)
+            _instrument(standby.host.backend, "claim", claimed, lambda r: r is not None)
             armed, stamp = clock.expect(shard_thread_name(standby.name, 0))
             start = time.perf_counter()
             owner.cancel()

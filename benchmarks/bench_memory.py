@@ -87,7 +87,7 @@ def child_cluster(hosts: str, shards: int, fires: int) -> dict[str, Any]:
     from _cluster import EVERY_SECOND, cluster_worker, service_name, settled
     from _common import quiet_logging, remove_file
 
-    import goworker_py.cluster.zookeeper  # noqa: F401 - imported lazily by a cluster worker
+    import goworker_py.cluster.backends.zookeeper  # noqa: F401 - imported lazily by a cluster worker
     from goworker_py import Context, DiscoveryConfig, Handler
 
     rss_import = rss_mb()

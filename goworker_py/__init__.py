@@ -16,9 +16,9 @@ Everything a user needs is importable from here::
 
 from goworker_py.cluster import (
     AverageStrategy,
+    CoordinationBackend,
     ShardingStrategy,
     StickyStrategy,
-    WorkerDiscovery,
     get_discovery,
     set_discovery,
 )
@@ -98,7 +98,7 @@ __all__ = [
     "AverageStrategy",
     "ShardingStrategy",
     "StickyStrategy",
-    "WorkerDiscovery",
+    "CoordinationBackend",
     "get_discovery",
     "set_discovery",
     # Configuration and logging

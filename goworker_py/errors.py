@@ -76,6 +76,11 @@ class LeaseLost(BackendError):
     """The request needed this instance's lease (session), and the server expired it."""
 
 
+class MemberGone(BackendError):
+    """This instance's member entry vanished while its lease lives (deleted from outside):
+    the instance gives its shards up and registers again."""
+
+
 class AccessDenied(BackendError, DiscoveryError):
     """The coordination server refused the credentials (or their rights on the service)."""
 

@@ -20,7 +20,8 @@ or ``goworker-py run ... --metrics-port 9100``. Exposed (label ``worker``; ``out
 ``goworker_rebalances_total``              membership changes that re-balanced (cluster mode)
 ``goworker_shards``                        shards the worker runs now
 ``goworker_health``                        0 GREEN, 1 YELLOW, 2 RED
-``goworker_zookeeper_connected``           1 while the ZooKeeper session is connected
+``goworker_backend_connected``             1 while connected to the coordination backend
+                                           (labels: worker, backend)
 ``goworker_paused``                        1 while paused
 ``goworker_up``                            1 while the worker is running
 =========================================  =====================================================
@@ -43,6 +44,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from goworker_py.cluster.backend import ConnectionState
 from goworker_py.errors import ConfigError
 from goworker_py.hooks import add_observer, remove_observer
 
@@ -206,10 +208,10 @@ class _WorkerCollector:
                 "goworker_health", "0 GREEN, 1 YELLOW, 2 RED", labels=["worker"]
             ),
             "paused": GaugeMetricFamily("goworker_paused", "1 while paused", labels=["worker"]),
-            "zk": GaugeMetricFamily(
-                "goworker_zookeeper_connected",
-                "1 while the ZooKeeper session is connected (cluster mode)",
-                labels=["worker"],
+            "connected": GaugeMetricFamily(
+                "goworker_backend_connected",
+                "1 while connected to the coordination backend with a live lease (cluster mode)",
+                labels=["worker", "backend"],
             ),
         }
         rebalances = CounterMetricFamily(
@@ -224,9 +226,10 @@ class _WorkerCollector:
             gauges["health"].add_metric([name], int(worker.health))
             gauges["paused"].add_metric([name], 1 if worker.paused else 0)
             host = worker.host
-            zk = getattr(host, "zk", None)
-            if zk is not None:
-                gauges["zk"].add_metric([name], 1 if zk.connected else 0)
+            backend = getattr(host, "backend", None)
+            if backend is not None:
+                connected = backend.state is ConnectionState.CONNECTED
+                gauges["connected"].add_metric([name, backend.protocol], 1 if connected else 0)
                 rebalances.add_metric([name], getattr(host, "rebalances", 0))
         yield from gauges.values()
         yield rebalances

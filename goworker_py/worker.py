@@ -305,7 +305,7 @@ class Worker:
         """Validate, start the shard threads and return at once.
 
         Raises a :class:`ConfigError` subclass for bad input, before any thread starts; in
-        cluster mode :class:`~goworker_py.errors.ZooKeeperUnavailable` after the connect
+        cluster mode :class:`~goworker_py.errors.BackendUnavailable` after the connect
         timeout, or :class:`~goworker_py.errors.ServiceConfigConflict`; and
         :class:`GoWorkerError` if the worker was already started.
         """

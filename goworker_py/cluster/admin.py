@@ -1,50 +1,39 @@
 """A service seen and steered from outside: ``goworker-py status|pause|resume|trigger|stop-run``.
 
-:class:`ClusterAdmin` connects to ZooKeeper as a plain client — it never registers as a member
-and never claims a shard — and reads or writes a service's nodes (layout in
-:mod:`goworker_py.cluster.zookeeper`)::
+:class:`ClusterAdmin` connects to a service's coordination backend (ZooKeeper, etcd, Redis) as a
+plain client — it never registers as a member and never claims a shard — and reads or writes
+through the seam of :mod:`goworker_py.cluster.backend`::
 
-    with ClusterAdmin(DiscoveryConfig(hosts="zk1:2181"), "billing") as admin:
+    with ClusterAdmin(DiscoveryConfig.from_url("etcd://127.0.0.1:2379"), "billing") as admin:
         print(format_status(admin.status()))
         admin.pause()
 
-``pause`` / ``resume`` set the control node's ``paused`` flag: every instance keeps its shards
+``pause`` / ``resume`` set the control state's ``paused`` flag: every instance keeps its shards
 and starts no run until resumed. ``trigger`` and ``stop_run`` increment a request counter: each
 instance then starts one run now on (or cancels the in-flight run of) every shard it owns. A
 ``trigger`` of a paused service is refused (:class:`~goworker_py.errors.ServicePaused`) and not
-counted: it would start nothing. Writes are compare-and-set on the node's version, so
-concurrent requests are never lost.
-
-A ZooKeeper that refuses connections on every host fails at once, not after the connect timeout.
+counted: it would start nothing. Writes are compare-and-set, so concurrent requests are never
+lost. A server that refuses connections on every host fails at once, not after the connect
+timeout.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from kazoo.exceptions import (
-    AuthFailedError,
-    BadVersionError,
-    NoAuthError,
-    NodeExistsError,
-    NoNodeError,
-)
-from kazoo.hosts import collect_hosts
-
-from goworker_py.cluster.nodes import CLAIMED, RUNNING, kazoo_client, service_root, start_client
+from goworker_py.cluster.backend import ControlState, RunRecord, RunState, server_name
+from goworker_py.cluster.discovery import get_discovery
 from goworker_py.config import DiscoveryConfig
 from goworker_py.errors import (
     ClusterError,
     DiscoveryError,
     InvalidScheduleError,
     ServicePaused,
-    ZooKeeperUnavailable,
 )
 from goworker_py.instance import WorkerInstance
 from goworker_py.schedule import _zone, parse_schedule
@@ -117,23 +106,23 @@ def _iso(seconds: float | None) -> str | None:
 
 
 class ClusterAdmin:
-    """Reads and steers one service in ZooKeeper (a context manager: connects on entry)."""
+    """Reads and steers one service through its coordination backend (a context manager:
+    connects on entry). It never registers as a member and never claims a shard."""
 
     def __init__(self, config: DiscoveryConfig, service: str) -> None:
         if not config.hosts:
             raise DiscoveryError(
-                "ClusterAdmin needs ZooKeeper hosts: DiscoveryConfig(hosts='zk1:2181,zk2:2181')"
+                "ClusterAdmin needs the discovery hosts: DiscoveryConfig(hosts='zk1:2181,zk2:2181')"
             )
         if not service:
             raise ClusterError("ClusterAdmin needs the name of the service to read or steer")
         self.config = config
         self.service = service
-        self.root = service_root(config.namespace, service)
-        self.client = kazoo_client(config)
+        self.root = "/" + "/".join(p for p in (config.namespace.strip("/"), service) if p)
+        self.backend = get_discovery(config, service)
 
     def __enter__(self) -> ClusterAdmin:
-        _fail_fast_if_refused(self.config)
-        start_client(self.client, self.config)
+        self.backend.connect()
         try:
             self._check_service()
         except BaseException:
@@ -145,65 +134,31 @@ class ClusterAdmin:
         self.close()
 
     def close(self) -> None:
-        self.client.stop()
-        self.client.close()
+        self.backend.close()
 
     def _check_service(self) -> None:
-        try:
-            found = self.client.exists(self.root) is not None
-            if found:
-                self.client.get_children(self.root)
-        except (NoAuthError, AuthFailedError) as exc:
-            raise DiscoveryError(
-                f"ZooKeeper denied access to {self.root}: check auth_user/auth_password"
-            ) from exc
-        if not found:
+        backend = self.backend
+        if not (backend.read_settings() or backend.members() or backend.runs()):
             raise ClusterError(
-                f"no service {self.service!r} in ZooKeeper at {self.config.hosts!r} (no node "
-                f"{self.root}): check the service name and the namespace"
+                f"no service {self.service!r} in {server_name(self.backend.protocol)} at "
+                f"{self.config.hosts!r} (nothing under {self.root}): check the service name "
+                "and the namespace"
             )
 
     # -- reading --------------------------------------------------------------------------------
 
-    def _json(self, path: str) -> tuple[Any, Any]:
-        """``(parsed data, stat)`` of ``path``; ``(None, None)`` if it does not exist."""
-        try:
-            raw, stat = self.client.get(path)
-        except NoNodeError:
-            return None, None
-        try:
-            return json.loads(raw.decode() or "null"), stat
-        except ValueError:
-            return None, stat
-
-    def _children(self, path: str) -> list[str]:
-        try:
-            return list(self.client.get_children(path))
-        except NoNodeError:
-            return []
-
     def control(self) -> dict[str, Any]:
-        """The control node's data (``{}`` when nothing was ever requested)."""
-        data, _ = self._json(f"{self.root}/control")
-        return data if isinstance(data, dict) else {}
+        """The control state (nothing requested when none was written)."""
+        return self.backend.read_control().to_dict()
 
     def status(self, zone: str | tzinfo | None = "UTC") -> ServiceStatus:
         """Read everything at once; next fire times are computed with the schedule in ``zone``."""
-        settings, _ = self._json(f"{self.root}/config")
-        settings = settings if isinstance(settings, dict) else None
-        control = self.control()
-        instances: list[InstanceStatus] = []
-        sessions: set[int] = set()
-        for node in self._children(f"{self.root}/instances"):
-            data, stat = self._json(f"{self.root}/instances/{node}")
-            if stat is not None:
-                sessions.add(stat.ephemeralOwner)
-            if not isinstance(data, dict):
-                continue
-            rank = node.rsplit("-", 1)[-1]
-            instance = WorkerInstance.from_json(json.dumps(data))
-            instances.append(InstanceStatus(int(rank) if rank.isdigit() else -1, node, instance))
-        instances.sort(key=lambda i: i.rank)
+        backend = self.backend
+        settings = backend.read_settings()
+        control = backend.read_control()
+        members = backend.members()
+        instances = [InstanceStatus(m.rank, m.key, m.instance) for m in members]
+        leases = {m.lease for m in members}
         schedule = None
         cron = (settings or {}).get("schedule")
         if cron:
@@ -211,30 +166,29 @@ class ClusterAdmin:
                 schedule = parse_schedule(str(cron), _zone(zone))
             except InvalidScheduleError:
                 schedule = None
+        claims = backend.claims()
+        runs = backend.runs()
         total = (settings or {}).get("sharding_total_count")
         indexes = set(range(total)) if isinstance(total, int) else set()
-        for kind in ("claims", "running"):
-            indexes.update(int(c) for c in self._children(f"{self.root}/{kind}") if c.isdigit())
+        indexes.update(claims, runs)
         now = datetime.now(timezone.utc)
         shards = []
         for index in sorted(indexes):
-            claim, claim_stat = self._json(f"{self.root}/claims/{index}")
-            marker, _ = self._json(f"{self.root}/running/{index}")
-            marker = marker if isinstance(marker, dict) else {}
-            if marker.get("state") == CLAIMED:
-                marker = {}  # claimed, never run yet
-            fire = marker.get("fire_time")
+            claim = claims.get(index)
+            record = runs.get(index)
+            if record is not None and record.state is RunState.CLAIMED:
+                record = None  # claimed, never run yet
             after = now
-            if isinstance(fire, (int, float)):
-                after = max(now, datetime.fromtimestamp(fire, timezone.utc))
+            if record is not None:
+                after = max(now, datetime.fromtimestamp(record.fire_time, timezone.utc))
             shards.append(
                 ShardStatus(
                     shard=index,
-                    owner=claim.get("owner") if isinstance(claim, dict) else None,
-                    token=claim_stat.czxid if claim_stat is not None else None,
-                    state=_run_state(marker, sessions),
-                    run_id=marker.get("run_id"),
-                    fire_time=fire if isinstance(fire, (int, float)) else None,
+                    owner=claim.owner if claim is not None else None,
+                    token=claim.token if claim is not None else None,
+                    state=_run_state(record, leases),
+                    run_id=record.run_id if record is not None else None,
+                    fire_time=record.fire_time if record is not None else None,
                     next_fire=schedule.next_after(after) if schedule else None,
                 )
             )
@@ -242,8 +196,8 @@ class ClusterAdmin:
             service=self.service,
             root=self.root,
             settings=settings,
-            paused=control.get("paused") is True,
-            requests={key: int(control.get(key) or 0) for key in ("trigger", "stop_run")},
+            paused=control.paused,
+            requests={"trigger": control.trigger, "stop_run": control.stop_run},
             instances=tuple(instances),
             shards=tuple(shards),
         )
@@ -252,11 +206,11 @@ class ClusterAdmin:
 
     def pause(self) -> dict[str, Any]:
         """Pause the whole service: every instance keeps its shards and starts no run."""
-        return self._update(lambda data: {**data, "paused": True})
+        return self._update(lambda state: replace(state, paused=True))
 
     def resume(self) -> dict[str, Any]:
         """Undo :meth:`pause`."""
-        return self._update(lambda data: {**data, "paused": False})
+        return self._update(lambda state: replace(state, paused=False))
 
     def trigger(self) -> dict[str, Any]:
         """One run now on every shard (each instance on the shards it owns).
@@ -264,36 +218,23 @@ class ClusterAdmin:
         Raises :class:`ServicePaused` (and counts nothing) while the service is paused.
         """
 
-        def change(data: dict[str, Any]) -> dict[str, Any]:
-            if data.get("paused") is True:
+        def change(state: ControlState) -> ControlState:
+            if state.paused:
                 raise ServicePaused(
                     f"service {self.service!r} is paused: trigger starts no run while paused, so "
                     "nothing was triggered; resume the service first"
                 )
-            return {**data, "trigger": int(data.get("trigger") or 0) + 1}
+            return replace(state, trigger=state.trigger + 1)
 
         return self._update(change)
 
     def stop_run(self) -> dict[str, Any]:
         """Cancel every in-flight run of the service; the workers keep running."""
-        return self._update(lambda data: {**data, "stop_run": int(data.get("stop_run") or 0) + 1})
+        return self._update(lambda state: replace(state, stop_run=state.stop_run + 1))
 
-    def _update(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-        """Compare-and-set the control node with ``change(current data)``; return the new data."""
-        path = f"{self.root}/control"
-        while True:
-            data, stat = self._json(path)
-            current = data if isinstance(data, dict) else {}
-            updated = {**change(current), "updated_at": time.time()}
-            raw = json.dumps(updated, sort_keys=True).encode()
-            try:
-                if stat is None:
-                    self.client.create(path, raw)
-                else:
-                    self.client.set(path, raw, version=stat.version)
-            except (BadVersionError, NodeExistsError, NoNodeError):
-                continue  # someone else wrote in between: read again
-            return updated
+    def _update(self, change: Callable[[ControlState], ControlState]) -> dict[str, Any]:
+        """Compare-and-set the control state with ``change``; return the new state."""
+        return self.backend.update_control(change).to_dict()
 
 
 def format_status(status: ServiceStatus) -> str:
@@ -340,52 +281,17 @@ def format_status(status: ServiceStatus) -> str:
     return "\n".join(lines)
 
 
-def _run_state(marker: dict[str, Any], sessions: set[int]) -> str | None:
-    """The marker's state; ``interrupted`` for a ``running`` marker whose session is gone.
+def _run_state(record: RunRecord | None, leases: set[str]) -> str | None:
+    """The record's state; ``interrupted`` for a ``running`` record whose lease is gone.
 
-    The marker records the session of the instance that ran it; a live instance's node is
-    owned by its session. No live member node of that session: nobody is running it.
+    The record names the lease of the instance that ran it; every live member holds a lease.
+    No live member of that lease: nobody is running it any more.
     """
-    state = marker.get("state")
-    if state == RUNNING and marker.get("session") not in sessions:
-        return "interrupted"
-    return state if isinstance(state, str) else None
-
-
-def _fail_fast_if_refused(config: DiscoveryConfig) -> None:
-    """Raise :class:`ZooKeeperUnavailable` at once if every host refuses connections.
-
-    kazoo retries refused connections until the connect timeout; a host that answers a TCP
-    connect with a refusal (nothing listens there) or whose name does not resolve will not
-    do better a few seconds later. Anything else (a host that does not answer at all, one
-    that accepts) is left to the client and its timeout.
-    """
-    try:
-        hosts, _ = collect_hosts(config.hosts)
-    except ValueError as exc:
-        raise DiscoveryError(f"bad ZooKeeper hosts {config.hosts!r}: {exc}") from exc
-    reasons: list[str] = []
-    for host, port in hosts:
-        try:
-            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            reasons.append(f"{host}: unknown host ({exc.strerror})")
-            continue
-        for family, kind, proto, _, address in addresses:
-            try:
-                with socket.socket(family, kind, proto) as probe:
-                    probe.settimeout(min(config.connect_timeout, 2.0))
-                    probe.connect(address)
-            except ConnectionRefusedError:
-                continue
-            except OSError:
-                return  # no answer, or some other trouble: let the client try
-            return  # something listens there
-        reasons.append(f"{host}:{port} refused the connection")
-    raise ZooKeeperUnavailable(
-        f"cannot reach ZooKeeper at {config.hosts!r}: {'; '.join(reasons)}. "
-        "Is the server running and the address right?"
-    )
+    if record is None:
+        return None
+    if record.state is RunState.RUNNING and record.lease not in leases:
+        return RunState.INTERRUPTED.value
+    return record.state.value
 
 
 def _duration(seconds: float) -> str:

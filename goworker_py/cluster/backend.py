@@ -210,6 +210,15 @@ class ControlState:
         return {"paused": self.paused, "trigger": self.trigger, "stop_run": self.stop_run}
 
 
+#: How messages name each built-in backend's server.
+SERVER_NAMES = {"zookeeper": "ZooKeeper", "etcdv3": "etcd", "redis": "Redis", "memory": "memory"}
+
+
+def server_name(protocol: str) -> str:
+    """``"ZooKeeper"``, ``"etcd"``, ... for messages (the protocol name for others)."""
+    return SERVER_NAMES.get(protocol, protocol)
+
+
 class CoordinationBackend(Protocol):
     """One instance's (or one admin client's) connection to a coordination server.
 

@@ -1,95 +1,31 @@
 """The discovery registry (the seed's ``SetDiscovery`` / ``GetDiscovery``).
 
-A discovery backend is what cluster mode talks to for membership, claims and run markers.
-``"zookeeper"`` is built in; another backend registers a factory under its protocol name::
+A discovery backend is what cluster mode talks to for membership, claims and run records: a
+:class:`~goworker_py.cluster.backend.CoordinationBackend`. Built in, with the seed's names:
+``"zookeeper"`` (the default), ``"etcdv3"`` (alias ``"etcd"``; extra ``goworker-py[etcd]``),
+``"redis"`` (extra ``goworker-py[redis]``) and ``"memory"`` (in-process). Another backend
+registers a factory under its protocol name::
 
-    set_discovery("myproto", lambda config, service: MyDiscovery(config, service))
+    set_discovery("myproto", lambda config, service: MyBackend(config, service))
 
-and is chosen with ``DiscoveryConfig(protocol="myproto", ...)``. A backend implements the
-:class:`WorkerDiscovery` protocol (``ZooKeeperDiscovery`` is the reference).
+and is chosen with ``DiscoveryConfig(protocol="myproto", ...)``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
 
+from goworker_py.cluster.backend import CoordinationBackend
 from goworker_py.config import DiscoveryConfig
-from goworker_py.errors import DiscoveryError
-from goworker_py.instance import WorkerInstance
+from goworker_py.errors import BackendMissing, DiscoveryError
 
-
-class WorkerDiscovery(Protocol):
-    """What cluster mode needs from a discovery backend."""
-
-    protocol: str
-    node: str | None
-    config_dirty: bool
-    control_dirty: bool
-    on_change: Callable[[], None]
-    on_state: Callable[[str], None]
-
-    @property
-    def negotiated_timeout(self) -> float:
-        """The session (lease) timeout the server granted, in seconds."""
-
-    @property
-    def answered_at(self) -> float:
-        """``time.monotonic()`` send time of the latest request the server answered."""
-
-    def lease_valid_until(self) -> float:
-        """``time.monotonic()`` instant before which the server certainly keeps our session;
-        from completed replies only (self-fencing counts from it)."""
-
-    def round_trip(self, timeout: float) -> None:
-        """One request answered by the server within ``timeout`` s; raises otherwise."""
-
-    @property
-    def session_id(self) -> int: ...
-
-    @property
-    def connected(self) -> bool: ...
-
-    def connect(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def register(self, instance: WorkerInstance) -> str: ...
-
-    def unregister(self) -> None: ...
-
-    def node_exists(self) -> bool: ...
-
-    def publish(self, instance: WorkerInstance) -> None: ...
-
-    def members(self) -> list[Any]: ...
-
-    def claim(self, shard: int, owner: str) -> Any: ...
-
-    def release(self, claim: Any) -> None: ...
-
-    def read_marker(self, shard: int) -> Any: ...
-
-    def adopt_marker(self, shard: int, marker: Any) -> None: ...
-
-    def begin_run(self, claim: Any, marker: Any) -> bool: ...
-
-    def end_run(self, marker: Any) -> None: ...
-
-    def read_service_config(self, watch: bool = True) -> dict[str, Any] | None: ...
-
-    def write_service_config(self, settings: dict[str, Any], create_only: bool) -> bool: ...
-
-    def read_control(self) -> dict[str, Any] | None: ...
-
-    def watch_marker(self, service: str, shard: int, callback: Callable[[Any], bool]) -> None: ...
-
-
-DiscoveryFactory = Callable[[DiscoveryConfig, str], WorkerDiscovery]
+DiscoveryFactory = Callable[[DiscoveryConfig, str], CoordinationBackend]
 
 _lock = threading.Lock()
 _factories: dict[str, DiscoveryFactory] = {}
+#: Other names of built-in protocols.
+ALIASES = {"etcd": "etcdv3"}
 
 
 def set_discovery(protocol: str, factory: DiscoveryFactory) -> None:
@@ -102,11 +38,12 @@ def set_discovery(protocol: str, factory: DiscoveryFactory) -> None:
         _factories[protocol] = factory
 
 
-def get_discovery(config: DiscoveryConfig, service: str) -> WorkerDiscovery:
-    """Build the discovery backend ``config.protocol`` names; unknown protocols are an error."""
+def get_discovery(config: DiscoveryConfig, service: str) -> CoordinationBackend:
+    """Build the backend ``config.protocol`` names; unknown protocols are an error."""
+    protocol = ALIASES.get(config.protocol, config.protocol)
     with _lock:
-        factory = _factories.get(config.protocol)
-        known = ", ".join(sorted(_factories))
+        factory = _factories.get(protocol)
+        known = ", ".join(sorted([*_factories, *ALIASES]))
     if factory is None:
         raise DiscoveryError(
             f"unknown discovery protocol {config.protocol!r}: registered protocols are {known} "
@@ -115,10 +52,25 @@ def get_discovery(config: DiscoveryConfig, service: str) -> WorkerDiscovery:
     return factory(config, service)
 
 
-def _zookeeper(config: DiscoveryConfig, service: str) -> WorkerDiscovery:
-    from goworker_py.cluster.zookeeper import ZooKeeperDiscovery
+def missing_extra(protocol: str, extra: str, exc: ImportError) -> BackendMissing:
+    """The error of a backend whose client library is not installed."""
+    return BackendMissing(
+        f"discovery protocol {protocol!r} needs its client library ({exc.name or exc}): "
+        f"pip install 'goworker-py[{extra}]'"
+    )
 
-    return ZooKeeperDiscovery(config, service)
+
+def _zookeeper(config: DiscoveryConfig, service: str) -> CoordinationBackend:
+    from goworker_py.cluster.backends.zookeeper import ZooKeeperBackend
+
+    return ZooKeeperBackend(config, service)
+
+
+def _memory(config: DiscoveryConfig, service: str) -> CoordinationBackend:
+    from goworker_py.cluster.backends.memory import MemoryBackend
+
+    return MemoryBackend(config, service)
 
 
 set_discovery("zookeeper", _zookeeper)
+set_discovery("memory", _memory)

@@ -1,7 +1,7 @@
 """Cluster membership: which shards this instance runs, kept right as the cluster changes.
 
 :class:`ClusterHost` is the :class:`~goworker_py.run.ShardHost` of a cluster-mode worker. All
-of its work happens on the worker's supervisor thread, woken by kazoo callbacks (which only
+of its work happens on the worker's supervisor thread, woken by the backend's callbacks (which only
 signal): it reads the members, computes the assignment with the sharding strategy, releases
 shards it should no longer own (stopping their threads first, releasing the claim only once the
 thread has ended) and claims the ones it should own (starting their threads only once the claim
@@ -17,7 +17,7 @@ lifted only after a round trip on the current session: a reconnect with the same
 returns to ``GREEN`` with every shard kept (runs the fence cut short are re-run); a lost session
 re-registers as a new member.
 
-Threads: the supervisor (this class, woken by kazoo callbacks that only signal), the fence (never
+Threads: the supervisor (this class, woken by backend callbacks that only signal), the fence (never
 runs handler code nor I/O), the callback thread (``watch()`` on membership changes), and one
 thread per owned shard (everything else a handler does).
 
@@ -35,27 +35,21 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from kazoo.client import KazooState
-from kazoo.exceptions import ConnectionLoss, KazooException, NoNodeError, SessionExpiredError
-from kazoo.handlers.threading import KazooTimeoutError
-
 from goworker_py.callbacks import CallbackThread
-from goworker_py.cluster.discovery import WorkerDiscovery
-from goworker_py.cluster.fence import Fence
-from goworker_py.cluster.nodes import (
-    CANCELLED,
-    CLAIMED,
+from goworker_py.cluster.backend import (
     COMPLETED_KEPT,
-    DONE,
-    FAILED,
-    INTERRUPTED,
-    PAUSED,
-    RUNNING,
-    Claim,
-    RunMarker,
+    Change,
+    ConnectionState,
+    CoordinationBackend,
+    Member,
+    RunRecord,
+    RunState,
+    ShardClaim,
 )
+from goworker_py.cluster.fence import Fence
 from goworker_py.cluster.service import ServiceNodes
 from goworker_py.cluster.sharding import ShardingStrategy, StickyStrategy, moved_shards
+from goworker_py.errors import BackendError, BackendUnavailable, LeaseLost, MemberGone
 from goworker_py.handler import Context
 from goworker_py.instance import HealthStatus, WorkerInstance
 from goworker_py.run import FENCE, HANDOVER, RunResult, RunSettings, RunTicket
@@ -81,7 +75,7 @@ class ClusterHost(ServiceNodes):
     def __init__(
         self,
         settings: RunSettings,
-        discovery: WorkerDiscovery,
+        backend: CoordinationBackend,
         wake: threading.Event,
         logger: Logger,
         *,
@@ -101,7 +95,7 @@ class ClusterHost(ServiceNodes):
 
             settings = replace(settings, feed=UpstreamFeed(settings.total))
         self.settings = settings
-        self.zk = discovery
+        self.backend = backend
         self.strategy: ShardingStrategy = strategy or StickyStrategy()
         self.failover = failover
         self.overwrite = overwrite
@@ -114,7 +108,7 @@ class ClusterHost(ServiceNodes):
         #: Health as last set (:meth:`_set_health`); :attr:`health` adds the lease's own clock.
         self._health = HealthStatus.GREEN
         self.runners: dict[int, ShardRunner] = {}
-        self.claims: dict[int, Claim] = {}
+        self.claims: dict[int, ShardClaim] = {}
         self.rebalances = 0
         self.shards_moved = 0
         #: Who owned each shard at the last pass: a member that left no longer publishes its
@@ -129,9 +123,12 @@ class ClusterHost(ServiceNodes):
         self._member_ids: tuple[str, ...] = ()
         self._releasing: dict[int, float] = {}
         self._stuck_reported: set[int] = set()
-        self._suspended_at: float | None = None
-        self._session_lost = False
-        self._session = 0
+        #: The lease this instance registered with ("" before), and its member entry.
+        self._lease = ""
+        self._member: Member | None = None
+        #: Set by backend events (any thread); the supervisor reads the state again.
+        self._settings_dirty = True
+        self._control_dirty = True
         #: ``{shard: fire times completed}`` carried by every run marker this instance writes.
         self._completed: dict[int, tuple[float, ...]] = {}
         name = settings.worker_name
@@ -142,19 +139,17 @@ class ClusterHost(ServiceNodes):
         self._retry_at: float | None = None
         #: What our instance node holds (see _publish).
         self._published: WorkerInstance | None = None
-        discovery.on_change = wake.set
-        discovery.on_state = self._on_state
 
     # -- start and stop --------------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Connect, check the service settings and register; raise clear errors on failure."""
-        self.zk.connect()
+        self.backend.connect(self._on_change)
         try:
             self._check_service_config()
             self._register()
         except BaseException:
-            self.zk.close()
+            self.backend.close()
             raise
 
     def start(self) -> None:
@@ -163,18 +158,16 @@ class ClusterHost(ServiceNodes):
         self.step()
 
     def _register(self) -> None:
-        self._session = self.zk.session_id
+        self._lease = self.backend.lease_id
         self.instance = replace(
             WorkerInstance.create(self.settings.service), shards=(), health=HealthStatus.GREEN
         )
-        node = self.zk.register(self.instance)
+        self._member = self.backend.register(self.instance)
         self._published = self.instance
-        # The config and control watches belonged to the old session.
-        self.zk.config_dirty = True
-        self.zk.control_dirty = True
-        self._session_lost = False
+        # A new lease: whatever changed meanwhile was not reported to us.
+        self._settings_dirty = self._control_dirty = True
         self._set_health(HealthStatus.GREEN)
-        self.logger.info("registered as {} (session {:#x})", node, self._session)
+        self.logger.info("registered as {} (lease {})", self._member.key, self._lease)
 
     def stop_runners(self) -> None:
         """Ask every shard thread to stop (graceful shutdown)."""
@@ -198,10 +191,10 @@ class ClusterHost(ServiceNodes):
                     self.claims[shard] = claim
                     stuck[shard] = runner
             elif claim is not None:
-                self._safely(self.zk.release, claim)
-        self._safely(self.zk.unregister)
+                self._safely(self.backend.release, claim)
+        self._safely(self.backend.unregister)
         if not stuck:
-            self._safely(self.zk.close)
+            self._safely(self.backend.close)
             return
         self.logger.warning(
             "keeping the claim of stuck shard(s) {} until their handlers return",
@@ -217,14 +210,14 @@ class ClusterHost(ServiceNodes):
             runner.join()
             claim = self.claims.pop(shard, None)
             if claim is not None:
-                self._safely(self.zk.release, claim)
-        self._safely(self.zk.close)
+                self._safely(self.backend.release, claim)
+        self._safely(self.backend.close)
 
     def _safely(self, action: Any, *args: Any) -> None:
         try:
             action(*args)
-        except (KazooException, OSError) as exc:
-            self.logger.debug("ZooKeeper call during shutdown failed: {!r}", exc)
+        except BackendError as exc:
+            self.logger.debug("backend call during shutdown failed: {!r}", exc)
 
     # -- supervisor -------------------------------------------------------------------------------
 
@@ -233,21 +226,18 @@ class ClusterHost(ServiceNodes):
         """A cluster member never completes on its own: it runs until stopped."""
         return False
 
-    def _on_state(self, state: str) -> None:
-        # kazoo's thread: record only.
-        if state == KazooState.SUSPENDED:
-            if self._suspended_at is None:
-                self._suspended_at = time.monotonic()
-        elif state == KazooState.LOST:
-            self._session_lost = True
-            self._suspended_at = None
-        else:
-            self._suspended_at = None
+    def _on_change(self, change: Change) -> None:
+        # The backend's thread: record and signal only.
+        if change is Change.SETTINGS:
+            self._settings_dirty = True
+        elif change is Change.CONTROL:
+            self._control_dirty = True
+        self._wake.set()
 
     def _fence_deadline(self) -> float:
         """When runs must stop unless ZooKeeper answers meanwhile (``time.monotonic()``)."""
-        timeout = self.zk.negotiated_timeout
-        return self.zk.lease_valid_until() - (1.0 - FENCE_AFTER) * timeout
+        timeout = self.backend.negotiated_timeout
+        return self.backend.lease_valid_until() - (1.0 - FENCE_AFTER) * timeout
 
     @property
     def health(self) -> HealthStatus:
@@ -287,33 +277,33 @@ class ClusterHost(ServiceNodes):
     def step(self) -> None:
         """One supervisor pass: follow the connection state, then re-balance."""
         self._retry_at = None
-        if self._session_lost or (
-            self._session and self.zk.connected and self.zk.session_id != self._session
-        ):
+        state = self.backend.state
+        lease = self.backend.lease_id
+        if self._lease and (state is ConnectionState.LOST or (lease and lease != self._lease)):
             self._lose_session()
         if self.fence.tripped and not self._lift_fence():
             return
-        if self._suspended_at is not None:
+        if state is ConnectionState.SUSPENDED:
             self._set_health(HealthStatus.YELLOW)
             return
-        if not self.zk.connected:
+        if state is not ConnectionState.CONNECTED:
             return
         try:
-            if self.zk.session_id != self._session or self.zk.node is None:
+            if self.backend.lease_id != self._lease or self._member is None:
                 self._register()
             self._set_health(HealthStatus.GREEN)
             self._follow_service_config()
             self._follow_control()
             self.rebalance()
-        except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
-            self.logger.info("ZooKeeper unavailable during re-balance: {!r}", exc)
+        except (BackendUnavailable, LeaseLost) as exc:
+            self.logger.info("coordination server unavailable during re-balance: {!r}", exc)
             self._retry_at = time.monotonic() + RETRY_PAUSE
-        except NoNodeError as exc:
-            # Our own instance node is gone (deleted, or its session expired server-side
-            # before we heard).
-            self._node_vanished(repr(exc))
-        except KazooException as exc:
-            self.logger.opt(exception=exc).error("ZooKeeper error during re-balance: {!r}", exc)
+        except MemberGone as exc:
+            # Our own member entry is gone (deleted, or its lease expired server-side before
+            # we heard).
+            self._node_vanished(str(exc))
+        except BackendError as exc:
+            self.logger.opt(exception=exc).error("backend error during re-balance: {!r}", exc)
             self._retry_at = time.monotonic() + RETRY_PAUSE
 
     def _lift_fence(self) -> bool:
@@ -326,19 +316,19 @@ class ClusterHost(ServiceNodes):
         fenced_at = self.fence.fenced_at
         if fenced_at is None:
             return True
-        if not self.zk.connected or self._suspended_at is not None:
+        if self.backend.state is not ConnectionState.CONNECTED:
             return False
-        if self.zk.answered_at <= fenced_at:
+        if self.backend.answered_at <= fenced_at:
             try:
-                self.zk.round_trip(self.zk.negotiated_timeout / 3.0)
-            except (KazooException, KazooTimeoutError) as exc:
-                self.logger.info("still fenced: ZooKeeper did not answer ({!r})", exc)
+                self.backend.round_trip(self.backend.negotiated_timeout / 3.0)
+            except BackendError as exc:
+                self.logger.info("still fenced: the server did not answer ({!r})", exc)
                 return False
-            if self.zk.answered_at <= fenced_at:
+            if self.backend.answered_at <= fenced_at:
                 return False
         self.fence.lift()
         self.logger.info(
-            "ZooKeeper answered on session {:#x}: the fence is lifted", self.zk.session_id
+            "the server answered on lease {}: the fence is lifted", self.backend.lease_id
         )
         return True
 
@@ -369,15 +359,15 @@ class ClusterHost(ServiceNodes):
         )
 
     def _lose_session(self) -> None:
-        self._session_lost = False
-        self.fence.trip("session lost")
+        self.fence.trip(f"lease {self._lease} lost")
+        self._lease = ""
         # The session's ephemeral claims are gone: another instance may own these shards now.
         for runner in self.runners.values():
             runner.stop(HANDOVER)
         for shard in list(self.claims):
             self._releasing.setdefault(shard, time.monotonic())
         self.claims.clear()
-        self.zk.node = None
+        self._member = None
 
     # -- re-balancing ----------------------------------------------------------------------------
 
@@ -385,11 +375,11 @@ class ClusterHost(ServiceNodes):
         """Claim what the strategy assigns to us, release what it does not."""
         # A release finished here changes our shards too: it must be published like any other.
         changed = self._finish_releases()
-        members = self.zk.members()
+        members = self.backend.members()
         ids = [member.instance.id for member in members]
         if self.instance.id not in ids:
-            if self.zk.node is not None and not self.zk.node_exists():
-                self._node_vanished("deleted from ZooKeeper")
+            if self._member is not None and not self.backend.registered():
+                self._node_vanished("deleted from the coordination server")
             return  # not registered yet (or re-registering): nothing to own
         claims: dict[int, str] = {}
         for member in members:
@@ -411,7 +401,7 @@ class ClusterHost(ServiceNodes):
             runner = self.runners.get(shard)
             if runner is not None and runner.alive:
                 continue  # our previous thread for it has not ended yet
-            claim = self.zk.claim(shard, self.instance.id)
+            claim = self.backend.claim(shard, self.instance.id)
             if claim is None:
                 continue
             self.claims[shard] = claim
@@ -454,7 +444,7 @@ class ClusterHost(ServiceNodes):
         for shard in sorted(self.claims):
             if shard not in self._releasing:
                 self._release(shard)
-        self.zk.node = None
+        self._member = None
         self._retry_at = time.monotonic() + RETRY_PAUSE
 
     def _release(self, shard: int) -> None:
@@ -503,7 +493,7 @@ class ClusterHost(ServiceNodes):
                 continue
             claim = self.claims.pop(shard, None)
             if claim is not None:
-                self.zk.release(claim)
+                self.backend.release(claim)
             self.runners.pop(shard, None)
             self._completed.pop(shard, None)
             self._releasing.pop(shard)
@@ -518,32 +508,31 @@ class ClusterHost(ServiceNodes):
         if instance == self._published:
             return
         self.instance = instance
-        self.zk.publish(instance)
+        self.backend.publish(instance)
         self._published = instance
 
-    def _start_runner(self, shard: int, claim: Claim) -> None:
+    def _start_runner(self, shard: int, claim: ShardClaim) -> None:
         """Start the shard's thread, continuing from where its previous owner left it."""
-        marker = self.zk.read_marker(shard)
-        self.zk.adopt_marker(shard, marker)
+        marker = self.backend.read_run(shard)
         self._completed[shard] = () if marker is None else marker.completed
         failover_fire: datetime | None = None
         start_after: datetime | None = None
         if marker is None:
             # Never run anywhere: note when it was first claimed, so that a fire time due
             # after now is owed by whoever owns the shard then, even before its first run.
-            self._write_marker(claim, shard, "", self.settings.clock.time(), CLAIMED)
+            self._write_marker(claim, shard, self.settings.clock.time())
         else:
             last = datetime.fromtimestamp(marker.fire_time, timezone.utc).astimezone(
                 self.settings.zone
             )
             start_after = last
-            owed = marker.state == INTERRUPTED or (
-                marker.state == RUNNING and marker.session != self.zk.session_id
+            owed = marker.state is RunState.INTERRUPTED or (
+                marker.state is RunState.RUNNING and marker.lease != self._lease
             )
             if owed:
                 how = (
                     "was cut short by a hand-over or a stop"
-                    if marker.state == INTERRUPTED
+                    if marker.state is RunState.INTERRUPTED
                     else "was interrupted on a dead instance"
                 )
                 if self.failover:
@@ -569,28 +558,31 @@ class ClusterHost(ServiceNodes):
         if self.upstreams and self.settings.feed is not None:
             from goworker_py.cluster.upstream import UpstreamWatch
 
-            UpstreamWatch(self.zk, runner, self.settings.feed, self.upstreams, self.logger)
+            UpstreamWatch(self.backend, runner, self.settings.feed, self.upstreams, self.logger)
         runner.start()
 
-    def _write_marker(
-        self, claim: Claim, shard: int, run_id: str, fire_time: float, state: str
-    ) -> bool:
-        """Write a marker that is no run (``claimed``) in one fenced transaction."""
-        marker = RunMarker(
+    def _write_marker(self, claim: ShardClaim, shard: int, fire_time: float) -> bool:
+        """Note that the shard was claimed at ``fire_time`` before any run (one fenced write)."""
+        record = self._record(claim, shard, "", fire_time, RunState.CLAIMED)
+        try:
+            return self.backend.begin_run(claim, record)
+        except BackendError as exc:
+            self.logger.info("could not write the run record of shard {}: {!r}", shard, exc)
+            return False
+
+    def _record(
+        self, claim: ShardClaim | None, shard: int, run_id: str, fire_time: float, state: RunState
+    ) -> RunRecord:
+        return RunRecord(
             shard=shard,
             owner=self.instance.id,
-            session=self.zk.session_id,
+            lease=self._lease,
             run_id=run_id,
             fire_time=fire_time,
-            token=claim.token,
+            token=0 if claim is None else claim.token,
             state=state,
             completed=self._completed.get(shard, ()),
         )
-        try:
-            return bool(self.zk.begin_run(claim, marker))
-        except KazooException as exc:
-            self.logger.info("could not write the run marker of shard {}: {!r}", shard, exc)
-            return False
 
     # -- ShardHost --------------------------------------------------------------------------------
 
@@ -614,7 +606,7 @@ class ClusterHost(ServiceNodes):
         return False
 
     def begin_run(self, runner: ShardRunner, fire_time: datetime, run_id: str) -> RunTicket | None:
-        claim: Claim | None = runner.claim
+        claim: ShardClaim | None = runner.claim
         if claim is None or runner.stopping:
             return None
         if runner.failover_pending and not self.failover:
@@ -625,18 +617,12 @@ class ClusterHost(ServiceNodes):
                 "not starting the run for {}: health is {}", fire_time.isoformat(), health.name
             )
             return None
-        marker = RunMarker(
-            shard=runner.shard.index,
-            owner=self.instance.id,
-            session=self.zk.session_id,
-            run_id=run_id,
-            fire_time=fire_time.timestamp(),
-            token=claim.token,
-            completed=self._completed.get(runner.shard.index, ()),
+        marker = self._record(
+            claim, runner.shard.index, run_id, fire_time.timestamp(), RunState.RUNNING
         )
         try:
-            began = self.zk.begin_run(claim, marker)
-        except (ConnectionLoss, SessionExpiredError, KazooException):
+            began = self.backend.begin_run(claim, marker)
+        except BackendError:
             began = False
         if not began:
             runner.logger.warning("not starting the run: this instance no longer holds the claim")
@@ -653,7 +639,7 @@ class ClusterHost(ServiceNodes):
             runner.logger.warning(
                 "skipped the run for {}: it could begin only {:.2f} s late", fire_time, late
             )
-            self._record_end(runner, replace(marker, state=CANCELLED))
+            self._record_end(runner, replace(marker, state=RunState.CANCELLED))
             return None
         return RunTicket(
             fencing_token=claim.token,
@@ -666,22 +652,16 @@ class ClusterHost(ServiceNodes):
         ``interrupted``: its fire time is owed (SPEC 4.3)."""
         shard, fire = runner.shard.index, ctx.scheduled_time.timestamp()
         if result.ok:
-            state = DONE
+            state = RunState.DONE
             done = sorted({*self._completed.get(shard, ()), fire})
             self._completed[shard] = tuple(done[-COMPLETED_KEPT:])
         elif result.cancelled:
-            state = INTERRUPTED if result.interrupted else CANCELLED
+            state = RunState.INTERRUPTED if result.interrupted else RunState.CANCELLED
         else:
-            state = FAILED
-        marker = RunMarker(
-            shard=shard,
-            owner=self.instance.id,
-            session=self.zk.session_id,
-            run_id=ctx.run_id,
-            fire_time=fire,
+            state = RunState.FAILED
+        marker = replace(
+            self._record(runner.claim, shard, ctx.run_id, fire, state),
             token=ctx.fencing_token or 0,
-            state=state,
-            completed=self._completed.get(shard, ()),
         )
         self._record_end(runner, marker)
         if not result.ok and not result.cancelled:
@@ -690,24 +670,19 @@ class ClusterHost(ServiceNodes):
     def skip_fire(self, runner: ShardRunner, fire_time: datetime) -> None:
         """A fire time passed while paused: record it, so that the shard's next owner does
         not take it for a missed one."""
-        claim: Claim | None = runner.claim
-        marker = RunMarker(
-            shard=runner.shard.index,
-            owner=self.instance.id,
-            session=self.zk.session_id,
-            run_id="",
-            fire_time=fire_time.timestamp(),
-            token=0 if claim is None else claim.token,
-            state=PAUSED,
-            completed=self._completed.get(runner.shard.index, ()),
+        marker = self._record(
+            runner.claim, runner.shard.index, "", fire_time.timestamp(), RunState.PAUSED
         )
         self._record_end(runner, marker)
 
     def runner_exited(self, runner: ShardRunner) -> None:
         self._wake.set()
 
-    def _record_end(self, runner: ShardRunner, marker: RunMarker) -> None:
+    def _record_end(self, runner: ShardRunner, marker: RunRecord) -> None:
+        claim: ShardClaim | None = runner.claim
+        if claim is None:
+            return
         try:
-            self.zk.end_run(marker)
-        except (ConnectionLoss, SessionExpiredError, KazooException) as exc:
+            self.backend.end_run(claim, marker)
+        except BackendError as exc:
             runner.logger.warning("could not record the end of the run: {!r}", exc)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from goworker_py.cluster.backend import server_name
 from goworker_py.errors import ConfigError, ServiceConfigConflict
 from goworker_py.params import check_params_fit, resolve_cluster_parameter
 from goworker_py.schedule import parse_schedule
@@ -23,8 +24,7 @@ from goworker_py.schedule import parse_schedule
 if TYPE_CHECKING:
     from loguru import Logger
 
-    from goworker_py.cluster.discovery import WorkerDiscovery
-    from goworker_py.cluster.zookeeper import Claim
+    from goworker_py.cluster.backend import CoordinationBackend, ShardClaim
     from goworker_py.run import RunSettings
     from goworker_py.runner import ShardRunner
 
@@ -33,14 +33,16 @@ class ServiceNodes:
     """Follows the service's settings node and control node (a ``ClusterHost`` mixin)."""
 
     settings: RunSettings
-    zk: WorkerDiscovery
+    backend: CoordinationBackend
     logger: Logger
     cron: str
     overwrite: bool
-    claims: dict[int, Claim]
+    claims: dict[int, ShardClaim]
+    _settings_dirty: bool
+    _control_dirty: bool
     runners: dict[int, ShardRunner]
     _releasing: dict[int, float]
-    #: Settings from ZooKeeper this instance could not use (reported once).
+    #: Settings from the coordination server this instance could not use (reported once).
     _refused_config: dict[str, Any] | None = None
     #: The control node's request counters last acted on (None: not read yet).
     _control_seen: dict[str, int] | None = None
@@ -57,19 +59,19 @@ class ServiceNodes:
 
     def _check_service_config(self) -> None:
         mine = self._service_settings()
-        stored = self.zk.read_service_config()
-        if stored is None and self.zk.write_service_config(mine, create_only=True):
+        stored = self.backend.read_settings()
+        if stored is None and self.backend.write_settings(mine, create_only=True):
             return
-        stored = self.zk.read_service_config()
+        stored = self.backend.read_settings()
         if stored == mine:
             return
         if self.overwrite:
             self.logger.warning("overwriting the service settings {} with {}", stored, mine)
-            self.zk.write_service_config(mine, create_only=False)
+            self.backend.write_settings(mine, create_only=False)
             return
         differing = sorted(k for k in mine if (stored or {}).get(k) != mine[k])
         raise ServiceConfigConflict(
-            f"service {self.settings.service!r} in ZooKeeper has "
+            f"service {self.settings.service!r} in {server_name(self.backend.protocol)} has "
             + ", ".join(f"{k}={(stored or {}).get(k)!r}" for k in differing)
             + " but this instance has "
             + ", ".join(f"{k}={mine[k]!r}" for k in differing)
@@ -83,9 +85,14 @@ class ServiceNodes:
         old count would leave shards unowned. All shards are released and claimed again, so
         each shard thread restarts with its new total, param and schedule.
         """
-        if not self.zk.config_dirty:
+        if not self._settings_dirty:
             return
-        stored = self.zk.read_service_config()
+        self._settings_dirty = False
+        try:
+            stored = self.backend.read_settings()
+        except BaseException:
+            self._settings_dirty = True  # read again on the next pass
+            raise
         if stored is None or stored == self._service_settings():
             return
         try:
@@ -94,15 +101,17 @@ class ServiceNodes:
             if stored != self._refused_config:
                 self._refused_config = stored
                 self.logger.error(
-                    "the service settings in ZooKeeper changed to {}, which this instance "
+                    "the service settings stored in {} changed to {}, which this instance "
                     "cannot use ({}): it keeps running {}",
+                    server_name(self.backend.protocol),
                     stored,
                     exc,
                     self._service_settings(),
                 )
             return
         self.logger.warning(
-            "the service settings in ZooKeeper changed from {} to {}: re-balancing with them",
+            "the service settings stored in {} changed from {} to {}: re-balancing with them",
+            server_name(self.backend.protocol),
             self._service_settings(),
             stored,
         )
@@ -119,12 +128,17 @@ class ServiceNodes:
         shards this instance owns at that moment. Requests made before this instance first
         read the node are not replayed.
         """
-        if not self.zk.control_dirty:
+        if not self._control_dirty:
             return
-        data = self.zk.read_control() or {}
-        counters = {key: _counter(data.get(key)) for key in ("trigger", "stop_run")}
+        self._control_dirty = False
+        try:
+            state = self.backend.read_control()
+        except BaseException:
+            self._control_dirty = True
+            raise
+        counters = {"trigger": state.trigger, "stop_run": state.stop_run}
         seen, self._control_seen = self._control_seen, counters
-        control, paused = self.settings.control, data.get("paused") is True
+        control, paused = self.settings.control, state.paused
         if paused != control.cluster:
             control.cluster = paused
             self.logger.info("service {} cluster-wide", "paused" if paused else "resumed")
@@ -156,8 +170,3 @@ class ServiceNodes:
         return replace(
             self.settings, total=total, params=params, params_map=params_map, schedule=schedule
         )
-
-
-def _counter(value: Any) -> int:
-    """A control node request counter (a missing or malformed one counts as 0)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

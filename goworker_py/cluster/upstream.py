@@ -1,4 +1,4 @@
-"""Dependencies between cluster-mode workers of a WorkerGroup, through ZooKeeper run markers.
+"""Dependencies between cluster-mode workers of a WorkerGroup, through their run records.
 
 A downstream shard's owner watches the run markers of the upstream shards it waits for (shard
 ``i`` of an upstream with as many shards, else every shard of it), wherever those run. Each
@@ -20,14 +20,14 @@ import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from goworker_py.cluster.nodes import COMPLETED_KEPT, DONE, RunMarker
+from goworker_py.cluster.backend import COMPLETED_KEPT, RunRecord, RunState
 from goworker_py.group import required_upstream_shards
 from goworker_py.hooks import OBSERVERS
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-    from goworker_py.cluster.discovery import WorkerDiscovery
+    from goworker_py.cluster.backend import CoordinationBackend
     from goworker_py.group import UpstreamFeed
     from goworker_py.runner import ShardRunner
 
@@ -40,7 +40,7 @@ class UpstreamWatch:
 
     def __init__(
         self,
-        zk: WorkerDiscovery,
+        backend: CoordinationBackend,
         runner: ShardRunner,
         feed: UpstreamFeed,
         upstreams: tuple[tuple[str, int], ...],
@@ -60,18 +60,18 @@ class UpstreamWatch:
         self._lock = threading.Lock()
         feed.reset(shard)
         for service, up_shard in self._required:
-            zk.watch_marker(
+            backend.watch_runs(
                 service, up_shard, functools.partial(self._on_marker, (service, up_shard))
             )
 
-    def _on_marker(self, key: tuple[str, int], marker: RunMarker | None) -> bool:
-        """kazoo's thread: note completed upstream runs; feed fire times now complete."""
+    def _on_marker(self, key: tuple[str, int], marker: RunRecord | None) -> bool:
+        """The backend's thread: note completed upstream runs; feed fire times now complete."""
         if self.runner.stopping:
             return False  # the shard moved or the worker stops: drop the watch
         if marker is None:
             return True
         completed = set(marker.completed)
-        if marker.state == DONE:
+        if marker.state is RunState.DONE:
             completed.add(marker.fire_time)
         with self._lock:
             self._seen.add(key)

@@ -150,7 +150,7 @@ def test_status_shows_a_run_whose_instance_is_gone_as_interrupted(
     # Shard 0's marker says running, written by a session that no longer exists.
     marker = {
         "owner": "gone",
-        "session": 12345,
+        "lease": "0x3039",
         "run_id": "r0",
         "fire_time": time.time() - 60,
         "token": 1,

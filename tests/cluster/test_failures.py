@@ -9,7 +9,9 @@ import pytest
 from kazoo.client import KazooClient
 
 from goworker_py import DiscoveryConfig, HealthStatus, Worker, WorkerInstance
-from goworker_py.cluster.zookeeper import DONE, RUNNING, RunMarker, ZooKeeperDiscovery
+from goworker_py.cluster.backend import ConnectionState, RunState
+from goworker_py.cluster.backend import RunRecord as Record
+from goworker_py.cluster.backends.zookeeper import ZooKeeperBackend
 from goworker_py.testing import ZooKeeperServer, expire_session
 
 from .conftest import Cluster, Ledger, Observer, RunRecord, Sampler, check_ledger, wait_until
@@ -47,7 +49,7 @@ def test_forced_session_expiry_re_registers_without_double_owners(
     workers = [cluster.make(handler, total=6, cron="@every 100ms") for _ in range(2)]
     observer.wait_settled(6, 2, workers=workers)
     victim, other = workers
-    old_id, old_session = victim.host.instance.id, victim.host.zk.session_id
+    old_id, old_session = victim.host.instance.id, victim.host.backend.session_id
     health = record_health(victim)
 
     def running(pairs: set[tuple[int, str]]) -> bool:
@@ -57,11 +59,11 @@ def test_forced_session_expiry_re_registers_without_double_owners(
     wait_until(lambda: running(set(owners.items())), 5.0, what="every shard in a run")
     with Sampler(observer) as sampler:
         expiring = time.monotonic()
-        expire_session(victim.host.zk.client)
+        expire_session(victim.host.backend.client)
         lost = time.monotonic()
         wait_until(
             lambda: (
-                victim.host.zk.session_id not in (0, old_session)
+                victim.host.backend.session_id not in (0, old_session)
                 and victim.health is HealthStatus.GREEN
             ),
             10.0,
@@ -117,15 +119,15 @@ def test_a_stale_owner_never_clears_the_new_owners_run_marker(
     workers = [cluster.make(handler, total=4, cron="@every 100ms") for _ in range(2)]
     owners = observer.wait_settled(4, 2, workers=workers)
     victim = workers[0]
-    old_id, old_session = victim.host.instance.id, victim.host.zk.session_id
+    old_id, old_session = victim.host.instance.id, victim.host.backend.session_id
     wait_until(lambda: set(owners.items()) <= set(ledger.in_flight()), 5.0, what="runs")
-    expire_session(victim.host.zk.client)
+    expire_session(victim.host.backend.client)
     wait_until(
         lambda: len([r for r in ledger.snapshot() if r.instance == old_id]) == 2,
         5.0,
         what="the victim's interrupted runs end",
     )
-    assert victim.host.zk.session_id not in (0, old_session), "ended before reconnecting"
+    assert victim.host.backend.session_id not in (0, old_session), "ended before reconnecting"
     # The victim's late end of run is done; every run in flight must still have its marker.
     observer.wait_settled(4, 2, workers=workers)
     in_flight = [(s, i) for (s, i) in list(ledger.in_flight()) if i != old_id]
@@ -138,43 +140,44 @@ def test_a_stale_owner_never_clears_the_new_owners_run_marker(
 
 
 def test_a_claim_lost_with_its_session_cannot_begin_or_end_a_run(zk_hosts: str) -> None:
-    """Discovery level: a claim of an expired session is refused at run start, even once the
+    """Backend level: a claim of an expired session is refused at run start, even once the
     client has a new session and another instance holds the shard (claims never change, so
     their version alone cannot tell an old claim from a new one); and the stale run's end
-    does not delete the new owner's marker."""
+    does not overwrite the new owner's record."""
     config = DiscoveryConfig(hosts=zk_hosts, session_timeout=2.0, connect_timeout=5.0)
-    first, second = ZooKeeperDiscovery(config, "svc"), ZooKeeperDiscovery(config, "svc")
+    first, second = ZooKeeperBackend(config, "svc"), ZooKeeperBackend(config, "svc")
     try:
         for zk in (first, second):
             zk.connect()
             zk.register(WorkerInstance.create("svc"))
         claim = first.claim(0, "first")
         assert claim is not None
-        first.adopt_marker(0, first.read_marker(0))
-        marker = RunMarker(0, "first", first.session_id, "r1", 1.0, claim.token)
+        marker = Record(0, "first", first.lease_id, "r1", 1.0, claim.token)
         assert first.begin_run(claim, marker)
         old_session = first.session_id
         expire_session(first.client)
-        wait_until(lambda: first.connected and first.session_id != old_session, 10.0)
+        wait_until(
+            lambda: first.state is ConnectionState.CONNECTED and first.session_id != old_session,
+            10.0,
+        )
         taken = second.claim(0, "second")
         assert taken is not None and taken.token > claim.token
-        stale = second.read_marker(0)
-        assert stale is not None and stale.owner == "first" and stale.state == RUNNING
-        second.adopt_marker(0, stale)
-        new = RunMarker(0, "second", second.session_id, "r2", 2.0, taken.token)
+        stale = second.read_run(0)
+        assert stale is not None and stale.owner == "first" and stale.state is RunState.RUNNING
+        new = Record(0, "second", second.lease_id, "r2", 2.0, taken.token)
         assert second.begin_run(taken, new)
         # The old owner, on its new session, ends the run of its old one:
-        first.end_run(replace(marker, state=DONE))
-        current = second.read_marker(0)
+        assert not first.end_run(claim, replace(marker, state=RunState.DONE))
+        current = second.read_run(0)
         assert current is not None and current.owner == "second", "a stale end overwrote it"
-        assert current.state == RUNNING
-        second.end_run(replace(new, state=DONE))
-        ended = second.read_marker(0)
-        assert ended is not None and ended.state == DONE and ended.fire_time == 2.0
+        assert current.state is RunState.RUNNING
+        assert second.end_run(taken, replace(new, state=RunState.DONE))
+        ended = second.read_run(0)
+        assert ended is not None and ended.state is RunState.DONE and ended.fire_time == 2.0
         # ... and tries to begin another with the claim of its old session:
         assert not first.begin_run(claim, marker), "a lost claim began a run"
-        after = second.read_marker(0)
-        assert after is not None and after.owner == "second" and after.state == DONE
+        after = second.read_run(0)
+        assert after is not None and after.owner == "second" and after.state is RunState.DONE
     finally:
         first.close()
         second.close()
@@ -196,14 +199,17 @@ def test_server_restart_shorter_than_the_session_keeps_every_shard(
         observer = Observer(client)
         observer.wait_settled(6, 2, workers=workers)
         before = observer.claims()
-        sessions = [w.host.zk.session_id for w in workers]
+        sessions = [w.host.backend.session_id for w in workers]
         shards = [w.shards for w in workers]
         changes = [record_health(w) for w in workers]
         began = time.monotonic()
         zookeeper_private.restart(down_for=1.0, kill=kill)
         serving = time.monotonic()
         wait_until(
-            lambda: all(w.health is HealthStatus.GREEN and w.host.zk.connected for w in workers),
+            lambda: all(
+                w.health is HealthStatus.GREEN and w.host.backend.state.name == "CONNECTED"
+                for w in workers
+            ),
             10.0,
             what="both workers GREEN again",
         )
@@ -211,7 +217,7 @@ def test_server_restart_shorter_than_the_session_keeps_every_shard(
         wait_until(lambda: client.connected, 10.0, what="the observer reconnects")
         observer.wait_settled(6, 2, workers=workers)
         assert observer.claims() == before, "claims moved (owner or fencing token changed)"
-        assert [w.host.zk.session_id for w in workers] == sessions
+        assert [w.host.backend.session_id for w in workers] == sessions
         assert [w.shards for w in workers] == shards
         for change in changes:
             assert HealthStatus.YELLOW in [h for _, h in change], change

@@ -1,9 +1,9 @@
 """The self-fencing clock: only completed replies count as "heard from ZooKeeper" (real server).
 
 The lease an instance fences itself by counts from the send time of the latest request the
-server answered (``goworker_py.cluster.kazoo_clock``). A read that discovers a dead connection,
-and a reply that waited in a buffer, must not renew it: either would delay the fence past the
-server's expiry of the session.
+server answered (``goworker_py.cluster.backends.zookeeper.clock``). A read that discovers a
+dead connection, and a reply that waited in a buffer, must not renew it: either would delay
+the fence past the server's expiry of the session.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from helpers import wait_until
 from kazoo.client import KazooClient
 
-from goworker_py.cluster.kazoo_clock import ReplyClock, check_kazoo
+from goworker_py.cluster.backends.zookeeper.clock import ReplyClock, check_kazoo
 from goworker_py.errors import ClusterError
 from goworker_py.testing import ZooKeeperServer
 

@@ -61,7 +61,7 @@ def test_session_rebalances_and_failovers_are_reported(
             what="the failover run counted",
         )
         values = scrape(server)
-        assert values['goworker_zookeeper_connected{worker="first"}'] == 1
+        assert values['goworker_backend_connected{backend="zookeeper",worker="first"}'] == 1
         assert values['goworker_failovers_total{worker="first"}'] == 1
         assert values['goworker_shards{worker="first"}'] == 1
         assert values['goworker_health{worker="first"}'] == 0

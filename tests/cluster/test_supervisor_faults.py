@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kazoo.handlers.threading import KazooTimeoutError
 
-from goworker_py import DiscoveryConfig, set_discovery
-from goworker_py.cluster.zookeeper import ZooKeeperDiscovery
+from goworker_py import BackendUnavailable, DiscoveryConfig, set_discovery
+from goworker_py.cluster.backends.zookeeper import ZooKeeperBackend
 
 from .conftest import NAMESPACE, SERVICE, Cluster, Ledger, Observer, wait_until
 
@@ -23,9 +22,9 @@ def test_a_deleted_instance_node_re_registers_and_takes_shards_again(
     a = cluster.make(ledger.handler(), total=4, cron="@every 100ms")
     b = cluster.make(ledger.handler(), total=4, cron="@every 100ms")
     observer.wait_settled(4, 2, workers=[a, b])
-    old_id, old_node = a.host.instance.id, a.host.zk.node
+    old_id, old_node = a.host.instance.id, a.host.backend.node
     zk_client.delete(f"/{NAMESPACE}/{SERVICE}/instances/{old_node}")
-    wait_until(lambda: a.host.zk.node not in (None, old_node), 10, what="a registers again")
+    wait_until(lambda: a.host.backend.node not in (None, old_node), 10, what="a registers again")
     owners = observer.wait_settled(4, 2, workers=[a, b])
     assert a.host.instance.id != old_id
     assert a.host.instance.id in owners.values(), "the re-registered instance owns shards"
@@ -45,7 +44,7 @@ def test_a_member_whose_shards_do_not_change_writes_nothing_on_a_join(
     observer.wait_settled(2, 2, workers=owners)
     writes: list[str] = []
     for worker in owners:
-        client: Any = worker.host.zk.client
+        client: Any = worker.host.backend.client
         original = client._call
 
         def counting(request: Any, async_object: Any, original: Any = original) -> Any:
@@ -60,7 +59,7 @@ def test_a_member_whose_shards_do_not_change_writes_nothing_on_a_join(
     assert writes == [], f"owners rewrote unchanged data on a standby's join: {writes}"
 
 
-class FlakyDiscovery(ZooKeeperDiscovery):
+class FlakyDiscovery(ZooKeeperBackend):
     """Real ZooKeeper; members() times out the first few times it is asked after arming."""
 
     failures = 0
@@ -68,7 +67,7 @@ class FlakyDiscovery(ZooKeeperDiscovery):
     def members(self) -> list[Any]:
         if type(self).failures > 0:
             type(self).failures -= 1
-            raise KazooTimeoutError("injected: members() timed out")
+            raise BackendUnavailable("injected: members() timed out")
         return super().members()
 
 

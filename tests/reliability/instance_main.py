@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def session_hex() -> str:
         assert worker is not None
-        return format(worker.host.zk.session_id, "#x")
+        return format(worker.host.backend.session_id, "#x")
 
     class Recording(Handler):
         def do(self, ctx: Context) -> None:
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         # kazoo's connection thread: record only, the watcher thread writes it out.
         states.append((time.time(), str(state)))
 
-    worker.host.zk.client.add_listener(on_state)
+    worker.host.backend.client.add_listener(on_state)
     stop_watching = threading.Event()
 
     def watch() -> None:
@@ -273,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             if host.health != health:
                 health = host.health
                 history.write("health", health=health.name)
-            client_id = host.zk.client.client_id
-            node = host.zk.node
+            client_id = host.backend.client.client_id
+            node = host.backend.node
             if client_id and node and (client_id[0], node) != registered:
                 registered = (client_id[0], node)
                 history.write(
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                     session_passwd=bytes(client_id[1]).hex(),
                     node=node,
                     member=host.instance.id,
-                    timeout=host.zk.negotiated_timeout,
+                    timeout=host.backend.negotiated_timeout,
                 )
             if stop_watching.wait(0.01):
                 return

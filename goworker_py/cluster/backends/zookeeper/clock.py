@@ -1,5 +1,7 @@
 """When ZooKeeper last answered us: the one place goworker-py reaches into kazoo's internals.
 
+(Also :func:`abort_connection`, which cuts a connect attempt short.)
+
 Self-fencing (SPEC 4.2) needs a lower bound of the moment the server last heard from this
 client: the server expires a session about one session timeout ``T`` after that, and an
 instance that stops its runs well before then can never overlap the shard's next owner.
@@ -25,6 +27,8 @@ when a kazoo release changes these internals; a test calls it against the instal
 from __future__ import annotations
 
 import collections
+import contextlib
+import socket
 import time
 from typing import Any
 
@@ -113,3 +117,13 @@ class ReplyClock:
     def lease_valid_until(self) -> float:
         """``time.monotonic()`` instant before which the server certainly keeps our session."""
         return self.answered_at + self.negotiated_timeout
+
+
+def abort_connection(client: KazooClient) -> None:
+    """Shut the socket of a connect attempt in progress, so that ``client.stop()`` returns at
+    once: kazoo waits for the server's answer to its connect request for a whole session
+    timeout, and a server that accepts connections but never answers would hold it that long."""
+    sock = getattr(getattr(client, "_connection", None), "_socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
