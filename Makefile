@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check goworker_py tests samples benchmarks
 	$(VENV)/bin/ruff format --check goworker_py tests samples benchmarks
 	$(VENV)/bin/mypy goworker_py
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP) zookeeper
 	$(PY) benchmarks/run_all.py

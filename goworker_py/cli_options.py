@@ -56,6 +56,7 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 
 #: ``run`` options that only mean something in cluster mode: any of them turns it on.
 CLUSTER_OPTIONS = {
+    "discovery": "--discovery",
     "zk": "--zk",
     "service": "--service",
     "namespace": "--namespace",
@@ -66,8 +67,8 @@ CLUSTER_OPTIONS = {
 }
 
 _EPILOG = """\
-cluster mode: on with --cluster, and also whenever a cluster-only option is given (--zk,
---service, --namespace, --session-timeout, --connect-timeout, --overwrite, --no-failover) or
+cluster mode: on with --cluster, and also whenever a cluster-only option is given (--discovery,
+--zk, --service, --namespace, --session-timeout, --connect-timeout, --overwrite, --no-failover) or
 the config holds ZooKeeper hosts ([discovery] hosts, GOWORKER_DISCOVERY_HOSTS).
 
 settings: defaults < --config FILE < GOWORKER_* environment variables < flags.
@@ -185,6 +186,29 @@ _WORKER_FLAGS = {
 }
 
 
+def _discovery_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``--discovery URL`` (or its alias ``--zk HOSTS``) and the other discovery flags set."""
+    url = getattr(args, "discovery", None)
+    changes = _changes(args, _DISCOVERY_FLAGS)
+    if url is None:
+        return changes
+    if "hosts" in changes:
+        raise DiscoveryError("pass --discovery URL or --zk HOSTS, not both")
+    try:
+        parsed = DiscoveryConfig.from_url(url)
+    except DiscoveryError as exc:
+        raise DiscoveryError(f"--discovery: {exc}") from None
+    from_url = {
+        "protocol": parsed.protocol,
+        "hosts": parsed.hosts,
+        "use_ssl": parsed.use_ssl,
+        "database": parsed.database,
+    }
+    if parsed.auth_user is not None or parsed.auth_password is not None:
+        from_url.update(auth_user=parsed.auth_user, auth_password=parsed.auth_password)
+    return {**from_url, **changes}
+
+
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """The :class:`WorkerConfig` of ``goworker-py run``: file or environment, then the flags.
 
@@ -192,7 +216,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     configures logging (INFO to stderr by default) where a library leaves it alone.
     """
     config = _base_config(args)
-    discovery_changes = _changes(args, _DISCOVERY_FLAGS)
+    discovery_changes = _discovery_changes(args)
     discovery = config.discovery
     if discovery_changes:
         discovery = dataclasses.replace(discovery or DiscoveryConfig(), **discovery_changes)
@@ -205,14 +229,16 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 
 
 def discovery_from_args(args: argparse.Namespace) -> DiscoveryConfig:
-    """The ZooKeeper settings of ``status``/``pause``/...: file or environment, then flags."""
+    """The discovery settings of ``status``/``pause``/...: file or environment, then flags."""
     config = _base_config(args)
     discovery = dataclasses.replace(
-        config.discovery or DiscoveryConfig(), **_changes(args, _DISCOVERY_FLAGS)
+        config.discovery or DiscoveryConfig(), **_discovery_changes(args)
     )
     if not discovery.hosts:
         raise DiscoveryError(
-            "no ZooKeeper hosts: pass --zk HOST:PORT (or --config FILE with [discovery] hosts)"
+            "no discovery hosts: pass --discovery URL (e.g. zookeeper://zk1:2181, "
+            "etcd://127.0.0.1:2379, redis://127.0.0.1:6379/0) or --zk HOST:PORT (or --config "
+            "FILE with [discovery] hosts)"
         )
     return discovery
 
@@ -236,8 +262,8 @@ def check_run_args(args: argparse.Namespace, config: WorkerConfig, cluster: str 
         implied = "" if cluster == "--cluster" else f" (implied by {cluster})"
         if config.discovery is None or not config.discovery.hosts:
             raise DiscoveryError(
-                f"cluster mode{implied} needs ZooKeeper hosts: pass --zk HOST:PORT[,HOST:PORT...] "
-                "(or --config FILE with [discovery] hosts)"
+                f"cluster mode{implied} needs discovery hosts: pass --discovery URL or --zk "
+                "HOST:PORT[,HOST:PORT...] (or --config FILE with [discovery] hosts)"
             )
         if not args.service:
             raise ConfigError(
@@ -266,14 +292,26 @@ def check_run_args(args: argparse.Namespace, config: WorkerConfig, cluster: str 
 
 def _add_zookeeper_options(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
-        "--zk", metavar="HOSTS", help="ZooKeeper hosts, e.g. zk1:2181,zk2:2181 (or with /chroot)"
+        "--discovery",
+        metavar="URL",
+        help="the coordination backend: zookeeper://h1:2181,h2:2181[/chroot], "
+        "etcd://h1:2379,h2:2379 (etcds:// for TLS), redis://[user:password@]host:6379/0 "
+        "(rediss:// for TLS)",
     )
-    parser.add_argument("--namespace", metavar="NS", help="ZooKeeper namespace (default: goworker)")
+    parser.add_argument(
+        "--zk",
+        metavar="HOSTS",
+        help="ZooKeeper hosts, e.g. zk1:2181,zk2:2181 (or with /chroot): "
+        "--discovery zookeeper://HOSTS",
+    )
+    parser.add_argument(
+        "--namespace", metavar="NS", help="namespace of the service's keys (default: goworker)"
+    )
     parser.add_argument(
         "--connect-timeout",
         type=_seconds(True),
         metavar="SECONDS",
-        help="give up connecting to ZooKeeper after this long (default 10)",
+        help="give up connecting to the coordination server after this long (default 10)",
     )
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from loguru import Logger
 
     from goworker_py.clock import Clock
-    from goworker_py.group import UpstreamFeed
+    from goworker_py.feed import UpstreamFeed
     from goworker_py.runner import ShardRunner
     from goworker_py.schedule import Schedule
 

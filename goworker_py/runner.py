@@ -42,7 +42,7 @@ from goworker_py.run import (
 from goworker_py.schedule import IntervalSchedule
 
 if TYPE_CHECKING:
-    from goworker_py.group import UpstreamFeed
+    from goworker_py.feed import UpstreamFeed
     from goworker_py.schedule import Schedule
 
 __all__ = [

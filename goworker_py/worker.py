@@ -46,7 +46,7 @@ __all__ = ["ExitReason", "Model", "Worker", "WorkerState"]
 
 if TYPE_CHECKING:
     from goworker_py.cluster.sharding import ShardingStrategy
-    from goworker_py.group import UpstreamFeed
+    from goworker_py.feed import UpstreamFeed
 
 
 #: Seconds before the supervisor tries again after a pass failed on an unexpected error.

@@ -1,11 +1,14 @@
 """Cluster mode (the seed's cluster example): a service with 2 shards, params "0=a,1=b".
 
-Start it in several terminals against one ZooKeeper; the instances split the shards between
-them, and when one stops (Ctrl-C) or dies (kill -9) its shards move to the others.
+Start it in several terminals against one coordination server; the instances split the shards
+between them, and when one stops (Ctrl-C) or dies (kill -9) its shards move to the others.
 
-    python samples/cluster.py                      # ZooKeeper at 127.0.0.1:2181
-    python samples/cluster.py 127.0.0.1:2181 "*/2 * * * * *"
-    ZK_HOSTS=zk1:2181,zk2:2181 python samples/cluster.py
+    python samples/cluster.py                                  # ZooKeeper at 127.0.0.1:2181
+    python samples/cluster.py zookeeper://127.0.0.1:2181 "*/2 * * * * *"
+    python samples/cluster.py etcd://127.0.0.1:2379            # etcd v3 (goworker-py[etcd])
+    python samples/cluster.py redis://127.0.0.1:6379/0         # Redis (goworker-py[redis])
+    python samples/cluster.py 127.0.0.1:2181                   # plain hosts: ZooKeeper
+    DISCOVERY=etcd://10.0.0.5:2379 python samples/cluster.py
 """
 
 from __future__ import annotations
@@ -46,12 +49,14 @@ class PrintShard(Handler):
 
 
 def main() -> int:
-    hosts = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("ZK_HOSTS", "127.0.0.1:2181")
+    where = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DISCOVERY", "127.0.0.1:2181")
     cron = sys.argv[2] if len(sys.argv) > 2 else "*/5 * * * * *"
-    config = WorkerConfig(
-        discovery=DiscoveryConfig(hosts=hosts, session_timeout=4.0, connect_timeout=5.0),
-        shutdown_timeout=5,
-    )
+    timeouts = {"session_timeout": 4.0, "connect_timeout": 5.0}
+    if "://" in where:
+        discovery = DiscoveryConfig.from_url(where, **timeouts)
+    else:
+        discovery = DiscoveryConfig(hosts=where, **timeouts)
+    config = WorkerConfig(discovery=discovery, shutdown_timeout=5)
     worker = Worker(
         PrintShard,
         config=config,

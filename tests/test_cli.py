@@ -79,7 +79,10 @@ def test_log_level_from_the_environment_and_the_flag(
         (["--cron", "* * *"], "goworker-py: --cron: invalid cron expression"),
         (["--params", "oops"], "goworker-py: --params: params item 1 'oops' has no '='"),
         (["--params", "5=a", "--shards", "2"], "--params names shard(s) 5 but --shards is 2"),
-        (["--cluster"], "cluster mode needs ZooKeeper hosts: pass --zk HOST:PORT"),
+        (
+            ["--cluster"],
+            "cluster mode needs discovery hosts: pass --discovery URL or --zk HOST:PORT",
+        ),
         (["--cluster", "--zk", "h:1"], "cluster mode needs --service NAME"),
         (["--config", "missing.toml"], "config file missing.toml does not exist"),
     ],

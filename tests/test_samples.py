@@ -32,7 +32,7 @@ def _gaps(times: list[float]) -> list[float]:
 
 
 def test_every_local_sample_is_covered() -> None:
-    needs_zookeeper = {"cluster.py"}  # cluster mode: the cluster test suite runs it
+    needs_zookeeper = {"cluster.py"}  # cluster mode: tests/cluster/test_cluster_sample.py
     covered = {
         "async_handler.py",
         "cron.py",  # tests/test_signals.py
@@ -169,3 +169,13 @@ def test_async_handler_stops_at_ctrl_c(processes: list[Process]) -> None:
     assert process.stdout[-1] == "worker ended: signalled", process.report()
     assert not any(line.startswith("err:") for line in process.stdout), process.report()
     assert "Traceback" not in process.stderr
+
+
+def test_the_cluster_sample_on_the_memory_backend(processes: list[Process]) -> None:
+    """One process, an in-process store: the instance owns both shards."""
+    process = _run(processes, "cluster.py", "memory://sample", "* * * * * *")
+    process.wait_for_stdout("shard 1/2 param='b'", timeout=15)
+    process.wait_for_stdout("shard 0/2 param='a'", timeout=15)
+    process.proc.send_signal(signal.SIGINT)
+    assert process.finish(timeout=15) == 0, process.report()
+    assert process.stdout[-1] == "worker ended: signalled"

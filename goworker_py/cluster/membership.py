@@ -91,7 +91,7 @@ class ClusterHost(ServiceNodes):
         #: shards run the fire times their upstream shards completed (see cluster.upstream).
         self.upstreams = upstreams
         if upstreams:
-            from goworker_py.group import UpstreamFeed
+            from goworker_py.feed import UpstreamFeed
 
             settings = replace(settings, feed=UpstreamFeed(settings.total))
         self.settings = settings

@@ -21,14 +21,14 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from goworker_py.cluster.backend import COMPLETED_KEPT, RunRecord, RunState
-from goworker_py.group import required_upstream_shards
+from goworker_py.feed import required_upstream_shards
 from goworker_py.hooks import OBSERVERS
 
 if TYPE_CHECKING:
     from loguru import Logger
 
     from goworker_py.cluster.backend import CoordinationBackend
-    from goworker_py.group import UpstreamFeed
+    from goworker_py.feed import UpstreamFeed
     from goworker_py.runner import ShardRunner
 
 #: Completed fire times remembered per upstream shard (upstream shards may be apart).
