@@ -87,6 +87,7 @@ shutdown_timeout = 12.5
 timezone = "Europe/Berlin"
 misfire_policy = "run_once"
 misfire_grace_time = 3.5
+handover_timeout = 4.5
 
 [logger]
 level = "WARNING"
@@ -111,6 +112,7 @@ certfile = "/etc/goworker/client.pem"
 keyfile = "/etc/goworker/client.key"
 ca = "/etc/goworker/ca.pem"
 verify_certs = false
+database = 2
 """
 
 #: (flags, the field they set as a path into WorkerConfig, the value they set)

@@ -200,9 +200,13 @@ def test_r2_pause_longer_than_the_session_timeout(scenario: Scenario) -> None:
     assert accepted == 0, f"{accepted} fenced write(s) of the zombie were accepted"
     assert rejected >= 1, "the zombie's interrupted run made no (rejected) fenced write"
     assert lost_at - resumed <= 0.3, f"resume -> LOST took {lost_at - resumed:.3f} s"
+    # Until it resumes, the frozen victim may hold the fenced store's lock (it was frozen
+    # mid-write): the new owner's run then waits for it and overruns the next fire time.
     scenario.check(
         fenced_overlap_tolerance=0.3,
-        lost_ok_between=[(stopped - PERIOD, max(r["start"] for r in takeover) + PERIOD)],
+        lost_ok_between=[
+            (stopped - PERIOD, max(max(r["start"] for r in takeover), resumed) + 2 * PERIOD)
+        ],
     )
 
 
