@@ -264,7 +264,7 @@ def test_a_refused_connection_fails_fast_with_one_line(
 
 def test_service_commands_name_missing_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--service", "reports"]) == 2
-    assert "pass --zk HOST:PORT" in capsys.readouterr().err
+    assert "pass --discovery URL (e.g. zookeeper://zk1:2181" in capsys.readouterr().err
     assert main(["pause", "--zk", "h:1", "--service", ""]) == 2
     assert "--service must name the service" in capsys.readouterr().err
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 # -- cluster mode: on with --cluster or with any cluster-only option -------------------------------
 
 CLUSTER_ARGS = {
+    "discovery": ["--discovery", "etcd://127.0.0.1:2379"],
     "zk": ["--zk", "zk1:2181"],
     "service": ["--service", "reports"],
     "namespace": ["--namespace", "jobs"],
@@ -45,7 +46,7 @@ def test_a_cluster_only_option_alone_turns_cluster_mode_on(
     assert main(["run", f"{name}:Job", *CLUSTER_ARGS[option]]) == 2
     err = capsys.readouterr().err
     assert f"cluster mode (implied by {flag}) needs" in err
-    assert ("--service NAME" if option == "zk" else "--zk HOST:PORT") in err
+    assert ("--service NAME" if option in ("zk", "discovery") else "--zk HOST:PORT") in err
 
 
 @pytest.mark.parametrize("option", sorted(CLUSTER_ARGS))
@@ -53,7 +54,8 @@ def test_with_hosts_and_service_every_cluster_option_builds_a_cluster_worker(
     handler_dir: Path, option: str
 ) -> None:
     name = module(handler_dir, f"job_c_{option}")
-    base = ["--zk", "zk1:2181", "--service", "reports"]
+    hosts = [] if option == "discovery" else ["--zk", "zk1:2181"]
+    base = [*hosts, "--service", "reports"]
     worker = build_worker(args_of("run", f"{name}:Job", *base, *CLUSTER_ARGS[option]))
     assert worker.model is Model.CLUSTER
     assert worker.service_name == "reports"
@@ -183,6 +185,38 @@ def test_every_config_field_survives_every_cli_path(
     args = args_of("run", f"{name}:Job", "--config", str(config_path), "--service", "s", *flags)
     assert config_from_args(args) == expected
     assert build_worker(args).config == expected  # what the worker is given
+
+
+def test_a_discovery_url_sets_what_it_names_and_keeps_the_rest(handler_dir: Path) -> None:
+    config_path, from_file = file_config(handler_dir)
+    assert from_file.discovery is not None
+    name = module(handler_dir, "job_url")
+    url = "rediss://bob:pw@cache:6380/4"
+    args = args_of("run", f"{name}:Job", "--config", str(config_path), "--discovery", url)
+    expected = dataclasses.replace(
+        from_file,
+        discovery=dataclasses.replace(
+            from_file.discovery,
+            protocol="redis",
+            hosts="cache:6380",
+            use_ssl=True,
+            auth_user="bob",
+            auth_password="pw",
+            database=4,
+        ),
+    )
+    assert config_from_args(args) == expected
+
+
+def test_a_discovery_url_and_zk_hosts_together_are_refused(
+    handler_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = module(handler_dir, "job_both")
+    both = ["--discovery", "etcd://e:2379", "--zk", "z:2181", "--service", "s"]
+    assert main(["run", f"{name}:Job", *both]) == 2
+    assert "pass --discovery URL or --zk HOSTS, not both" in capsys.readouterr().err
+    assert main(["run", f"{name}:Job", "--discovery", "ftp://x:1", "--service", "s"]) == 2
+    assert "--discovery: discovery URL 'ftp://x:1': unknown scheme" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flags", "path", "value"), FLAG_PATHS, ids=lambda p: None)

@@ -196,9 +196,9 @@ def test_r10_connection_reset_keeps_the_session(scenario: Scenario) -> None:
 MISFIRE_GRACE = 1.0  # WorkerConfig.misfire_grace_time's default
 
 
-def lone_instance_via_proxy(scenario: Scenario) -> Instance:
+def lone_instance_via_proxy(scenario: Scenario, run_seconds: float = 0.1) -> Instance:
     """One instance owning the only shard, through its own proxy, with a run done already."""
-    scenario.defaults.update(shards=1, run_seconds=0.1)
+    scenario.defaults.update(shards=1, run_seconds=run_seconds)
     victim = scenario.spawn(1, via_proxy=True)[0]
     scenario.observer.wait_settled(1, 1)
     scenario.wait_runs(lambda runs: [r for r in runs if r["end"]], 5.0, "a first run")
@@ -240,11 +240,18 @@ def test_r10_a_begin_whose_reply_was_lost_respects_the_misfire_grace(
 def test_r10_an_end_whose_reply_was_lost_does_not_cost_the_next_run(
     scenario: Scenario,
 ) -> None:
-    """The reply to a run's end (the marker write) is lost with its connection. The write may
-    have been applied: the next run's begin must not be refused for it (a lost fire)."""
-    victim = lone_instance_via_proxy(scenario)
+    """The reply to a run's end (the record's fenced write, a transaction) is lost with its
+    connection. The write may have been applied: the next run's begin must not be refused for
+    it (a lost fire)."""
+    victim = lone_instance_via_proxy(scenario, run_seconds=0.5)
     assert victim.proxy is not None
-    rule = victim.proxy.drop_next_reply(op="set_data", path_contains="/running/")
+    # A run in flight (it began: its transaction is answered): the next transaction is its end.
+    scenario.wait_runs(
+        lambda runs: [r for r in runs if r["end"] is None and time.time() - r["start"] < 0.2],
+        5.0,
+        "a run just begun",
+    )
+    rule = victim.proxy.drop_next_reply(op="multi")
     assert rule.wait(5.0), "no run ended"
     lost_at = scenario.note("end_reply_lost", instance=victim.name)
     scenario.wait_runs(

@@ -183,7 +183,7 @@ class ZooKeeperBackend:
                         path = found[0]
             except BackendUnavailable:
                 continue
-            self.node = path.rsplit("/", 1)[1]
+            self.node = path.rsplit("/", 1)[-1]
             return Member(self.node, _rank(self.node), self.lease_id, instance)
         raise BackendUnavailable("could not register the instance in ZooKeeper after 10 attempts")
 
