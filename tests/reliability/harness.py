@@ -35,7 +35,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from .checker import check_fenced_writes, check_history
-from .proxy import TcpProxy
+from .proxy import PartitionMode, TcpProxy
 
 INSTANCE_MAIN = Path(__file__).with_name("instance_main.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -63,15 +63,18 @@ _VALUE_FLAGS = (
     "shutdown_timeout",
     "gil_hog",
     "connect_timeout",
+    "tick",
+    "slow_watch",
+    "handover_timeout",
 )
-_BOOL_FLAGS = ("ignore_cancel", "fork_child")
+_BOOL_FLAGS = ("ignore_cancel", "fork_child", "tick_busy")
 _ZK_ERRORS = (KazooException, KazooTimeoutError, OSError)
 
 _T = TypeVar("_T")
 
 
 def wait_for(
-    predicate: Callable[[], _T], timeout: float, what: str = "", interval: float = 0.01
+    predicate: Callable[[], _T | None], timeout: float, what: str = "", interval: float = 0.01
 ) -> _T:
     """Poll ``predicate`` until it returns something truthy and return that; fail after
     ``timeout`` seconds, saying ``what`` was awaited."""
@@ -600,7 +603,8 @@ class Scenario:
         """Start ``n`` instances; with ``wait`` (default), return once each has registered.
 
         ``opts`` are ``instance_main.py`` flags in Python spelling (``run_seconds=0.5``,
-        ``ignore_cancel=True``, ``gil_hog=4.0``, ``fork_child=True``, ...) over
+        ``ignore_cancel=True``, ``gil_hog=4.0``, ``fork_child=True``, ``tick=0.04``,
+        ``tick_busy=True``, ``slow_watch=6.0``, ``handover_timeout=5.0``, ...) over
         :attr:`defaults`. ``via_proxy=True`` puts a proxy of its own in front of each instance
         (``instance.proxy``); an existing :class:`TcpProxy` may be passed instead (armed
         beforehand, e.g. ``drop_next_reply``). ``fence_dir=True`` uses the scenario's fenced
@@ -669,9 +673,16 @@ class Scenario:
 
     def blackhole(self, instance: Instance) -> float:
         """Partition ``instance`` (spawned ``via_proxy``) from ZooKeeper; return when."""
+        return self.partition(instance, "drop")
+
+    def partition(self, instance: Instance, mode: PartitionMode) -> float:
+        """Partition ``instance`` (spawned ``via_proxy``) from ZooKeeper the way ``mode`` says
+        (:meth:`TcpProxy.partition`); return when. The history notes a ``blackhole`` fault for
+        ``"drop"``, else ``partition_<mode>``."""
         assert instance.proxy is not None, f"{instance.name} was not spawned via_proxy"
-        at = self._cut(instance.name, "blackhole", instance=instance.name)
-        instance.proxy.blackhole()
+        fault = "blackhole" if mode == "drop" else f"partition_{mode}"
+        at = self._cut(instance.name, fault, instance=instance.name)
+        instance.proxy.partition(mode)
         return at
 
     def heal(self, instance: Instance) -> float:
@@ -773,13 +784,19 @@ class Scenario:
         return self.pair_runs(self.history())
 
     def wait_history(
-        self, predicate: Callable[[list[dict[str, Any]]], _T], timeout: float, what: str = ""
+        self,
+        predicate: Callable[[list[dict[str, Any]]], _T | None],
+        timeout: float,
+        what: str = "",
     ) -> _T:
         """Wait until ``predicate(history)`` is truthy; return its value."""
         return wait_for(lambda: predicate(self.history()), timeout, what, interval=0.01)
 
     def wait_runs(
-        self, predicate: Callable[[list[dict[str, Any]]], _T], timeout: float, what: str = ""
+        self,
+        predicate: Callable[[list[dict[str, Any]]], _T | None],
+        timeout: float,
+        what: str = "",
     ) -> _T:
         """Wait until ``predicate(runs)`` is truthy; return its value."""
         return wait_for(lambda: predicate(self.runs()), timeout, what, interval=0.01)
