@@ -560,6 +560,9 @@ class Scenario:
         self._request = request
         self._names = 0
         self._observer: Observer | None = None
+        self._history_lock = threading.Lock()
+        self._history_offset = 0
+        self._history_events: list[dict[str, Any]] = []
         #: ``{instance name or "*": [(start, end or None)]}``: when instances could not reach
         #: ZooKeeper because of a fault the harness injected ("*": all of them).
         self.cut_off: dict[str, list[list[float | None]]] = {}
@@ -734,15 +737,22 @@ class Scenario:
         return when
 
     def history(self) -> list[dict[str, Any]]:
-        """Every event so far, in file order (a line still being written is left out)."""
-        events = []
-        with open(self.history_path, "rb") as history:
-            for line in history:
-                if not line.endswith(b"\n"):
-                    break
+        """Every event so far, in file order (a line still being written is left out).
+
+        The file only grows, so only what was appended since the last call is read and parsed
+        (tests poll the history every few ms, and ticking handlers write thousands of lines).
+        The list is the caller's; the events in it are shared: read them, do not change them.
+        """
+        with self._history_lock:
+            with open(self.history_path, "rb") as history:
+                history.seek(self._history_offset)
+                chunk = history.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self._history_offset += len(complete)
+            for line in complete.splitlines():
                 with contextlib.suppress(ValueError):
-                    events.append(json.loads(line))
-        return events
+                    self._history_events.append(json.loads(line))
+            return list(self._history_events)
 
     def events(self, kind: str, **match: Any) -> list[dict[str, Any]]:
         """Events of one kind whose fields equal ``match``."""

@@ -303,17 +303,20 @@ class TcpProxy:
 
     def _loop(self) -> None:
         while not self._closed:
-            for key, mask in self._selector.select():
-                if key.data is None:
-                    self._run_commands()
-                elif key.data == "listen":
-                    self._accept()
-                else:
-                    conn, which = key.data
-                    if not conn.closed:
-                        self._service(conn, which, mask)
-                if self._closed:
-                    break
+            self._dispatch(self._selector.select())
+
+    def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in ready:
+            if key.data is None:
+                self._run_commands()
+            elif key.data == "listen":
+                self._accept()
+            else:
+                conn, which = key.data
+                if not conn.closed:
+                    self._service(conn, which, mask)
+            if self._closed:
+                return
 
     def _run_commands(self) -> None:
         with contextlib.suppress(OSError):

@@ -211,14 +211,14 @@ def test_r22_a_resumed_owner_sees_its_lease_lapsed_at_once(
         assert len(victims) == 3, f"trial {trial}: owners {victims}"
 
         def fresh_runs(
-            runs: list[dict[str, Any]], victims: list[Instance] = victims
+            runs: list[dict[str, Any]], sessions: dict[str, str | None] = sessions
         ) -> dict[str, dict[str, Any]] | None:
             found: dict[str, dict[str, Any]] = {}
-            for v in victims:
-                run = run_in_flight(runs, {v.name}, max_age=0.3, session=v.session)
+            for name, session in sessions.items():
+                run = run_in_flight(runs, {name}, max_age=0.3, session=session)
                 if run is None:
                     return None
-                found[v.name] = run
+                found[name] = run
             return found
 
         runs = scenario.wait_runs(fresh_runs, 2 * R22_PERIOD, f"trial {trial}: fresh runs")
