@@ -173,8 +173,9 @@ R22_TRIALS = 2
 def test_r22_a_resumed_owner_sees_its_lease_lapsed_at_once(
     scenario: Scenario, freeze: float
 ) -> None:
-    """R22, two trials: SIGSTOP every owner of 3 shards mid-run (their runs fire together) for
-    ``freeze`` x T - and until the observer saw their sessions expire - then SIGCONT them.
+    """R22, two trials: SIGSTOP every owner of 3 shards mid-run (their runs fire together and
+    tick for 0.1-0.4 s already) for ``freeze`` x T - and until the observer saw their sessions
+    expire - then SIGCONT them.
 
     6 instances: 3 own a shard each, 3 stand by and take the frozen owners' shards; the
     resumed ones rejoin as standbys (nothing else moves), and are the next trial's standbys.
@@ -187,9 +188,10 @@ def test_r22_a_resumed_owner_sees_its_lease_lapsed_at_once(
     tick checked after the resume; at most one written after it - one checked before the
     freeze); its run ends cancelled; the instance never reports GREEN on the expired session
     (``health`` events carry the session read with them), nor starts a run on it. Over the
-    history: no overlapping runs of live processes beyond 50 ms (a resumed run's bookkeeping
-    after it saw ``cancelled``), no stale fenced write accepted. Figures: resume -> cancel seen
-    (goal <= 5 ms), ticks after the resume.
+    history: no overlapping runs of live processes beyond two ticks (80 ms: a handler checks
+    ``ctx.cancelled`` once per tick - the CPU-bound one may have been frozen just before its
+    40 ms of work - then ends its run), no stale fenced write accepted. Figures: resume ->
+    cancel seen (goal <= 5 ms), ticks after the resume.
     """
     scenario.defaults.update(cron=f"*/{R22_PERIOD:g} * * * * *", run_seconds=6.0, tick=R22_TICK)
     observer = scenario.observer
@@ -215,7 +217,7 @@ def test_r22_a_resumed_owner_sees_its_lease_lapsed_at_once(
         ) -> dict[str, dict[str, Any]] | None:
             found: dict[str, dict[str, Any]] = {}
             for name, session in sessions.items():
-                run = run_in_flight(runs, {name}, max_age=0.3, session=session)
+                run = run_in_flight(runs, {name}, min_age=0.1, max_age=0.4, session=session)
                 if run is None:
                     return None
                 found[name] = run
@@ -305,7 +307,7 @@ def test_r22_a_resumed_owner_sees_its_lease_lapsed_at_once(
     problems += problems_of_check(
         scenario,
         fenced_writes=True,
-        fenced_overlap_tolerance=0.05,
+        fenced_overlap_tolerance=2 * R22_TICK,
         lost_ok_between=[(a - R22_PERIOD, b + 2 * R22_PERIOD) for a, b in freezes],
     )
     assert not problems, "\n".join(problems + details)
