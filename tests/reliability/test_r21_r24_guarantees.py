@@ -306,6 +306,9 @@ def test_r22_a_resumed_owner_sees_its_lease_lapsed_at_once(
     )
     problems += problems_of_check(
         scenario,
+        # 6 s runs of an 8 s schedule: a re-run after a hand-over (the joins of the set-up) or
+        # a failover makes the next fire skip, as the misfire policy says.
+        cron_period=None,
         fenced_writes=True,
         fenced_overlap_tolerance=2 * R22_TICK,
         lost_ok_between=[(a - R22_PERIOD, b + 2 * R22_PERIOD) for a, b in freezes],
