@@ -12,6 +12,9 @@ Times are ``time.time()`` of the one machine every process runs on.
 
 :func:`check_history` returns a list of violations (empty when the history is sound); each rule
 is documented there. :func:`check_fenced_writes` judges the fenced store's decisions.
+:func:`check_overlaps` is rule 1 of :func:`check_history` alone, and
+:func:`check_fires_completed` with :func:`fire_figures` judge hand-overs (R24): every fire a run
+started completes exactly once somewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 Run = Mapping[str, Any]
@@ -443,3 +447,103 @@ def stale_writes(
     ]
     accepted = sum(1 for e in writes if e["accepted"])
     return accepted, len(writes) - accepted
+
+
+# -- hand-overs: every fire a run started completes once ---------------------------------------
+
+
+def check_overlaps(
+    runs: Sequence[Run],
+    *,
+    ended: Mapping[str, float] | None = None,
+    frozen: Mapping[str, Sequence[Window]] | None = None,
+    tolerance: float = 0.0,
+) -> list[str]:
+    """Rule 1 of :func:`check_history` alone: no two runs of a shard in flight at once
+    (``ended``, ``frozen`` and ``tolerance`` as there: ``fenced_overlap_tolerance``)."""
+    by_shard: dict[int, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_shard[int(run["shard"])].append(run)
+    found: list[str] = []
+    for shard in sorted(by_shard):
+        shard_runs = sorted(by_shard[shard], key=lambda r: float(r["start"]))
+        found += _check_overlaps(shard, shard_runs, ended, frozen or {}, tolerance)
+    return found
+
+
+def _fires(runs: Sequence[Run], before: float | None) -> dict[tuple[int, float], list[Run]]:
+    """``{(shard, fire time): its runs in start order}``, fire times before ``before`` only."""
+    fires: dict[tuple[int, float], list[Run]] = defaultdict(list)
+    for run in sorted(runs, key=lambda r: float(r["start"])):
+        if before is None or float(run["fire"]) < before:
+            fires[(int(run["shard"]), _fire_key(run))].append(run)
+    return fires
+
+
+def check_fires_completed(
+    runs: Sequence[Run],
+    *,
+    before: float | None = None,
+    cut_off: Mapping[str, Sequence[Window]] | None = None,
+) -> list[str]:
+    """Every fire a run started completes exactly once (SPEC 4.3: a hand-over never abandons a
+    fire). Judged per (shard, fire time) that some run started, fire times before ``before``
+    only (later ones may still be in flight):
+
+    1. **No fire left incomplete.** One of its runs ended ``ok``. A run cancelled by a
+       hand-over or a graceful stop, or one whose process died, must be re-run by the next
+       owner until one completes.
+    2. **No fire completed twice.** At most one of its runs ended ``ok``, except the documented
+       at-least-once case: an ``ok`` run that ended while its instance was cut off from
+       ZooKeeper (``cut_off[instance]`` or ``cut_off["*"]``, see :func:`unrecorded`) could not
+       record its end, so the next owner may complete the fire again.
+    """
+    found: list[str] = []
+    for (shard, fire), group in sorted(_fires(runs, before).items()):
+        completed = [r for r in group if r.get("end") is not None and r.get("outcome") == "ok"]
+        if not completed:
+            found.append(
+                f"shard {shard}: fire {fire:.3f} started {len(group)} time(s) and never "
+                f"completed: " + ", ".join(_label(r) for r in group)
+            )
+            continue
+        for earlier, later in itertools.pairwise(completed):
+            if not unrecorded(earlier, cut_off):
+                found.append(
+                    f"shard {shard}: fire {fire:.3f} completed twice: {_label(earlier)} then "
+                    f"{_label(later)}"
+                )
+    return found
+
+
+@dataclass
+class FireFigures:
+    """What :func:`fire_figures` counted (fire times before its ``before`` only)."""
+
+    #: (shard, fire time) pairs some run started.
+    started: int = 0
+    #: Of those, the ones no run completed (``ok``).
+    incomplete: int = 0
+    #: Runs beyond the first of their fire (re-runs after an interruption).
+    reruns: int = 0
+    #: Fires with more than one ``ok`` run.
+    completed_twice: int = 0
+    #: Hand-over latencies (s): for each run of a fire that an earlier run of it on another
+    #: instance had left unfinished, that earlier run's end to this run's start.
+    handover_latencies: list[float] = field(default_factory=list)
+
+
+def fire_figures(runs: Sequence[Run], *, before: float | None = None) -> FireFigures:
+    """Count fires started, left incomplete, re-run, completed twice, and hand-over latencies."""
+    figures = FireFigures()
+    for group in _fires(runs, before).values():
+        figures.started += 1
+        completed = sum(1 for r in group if r.get("end") is not None and r.get("outcome") == "ok")
+        figures.incomplete += int(completed == 0)
+        figures.completed_twice += int(completed > 1)
+        figures.reruns += len(group) - 1
+        for earlier, later in itertools.pairwise(group):
+            end = earlier.get("end")
+            if end is not None and earlier.get("instance") != later.get("instance"):
+                figures.handover_latencies.append(float(later["start"]) - float(end))
+    return figures

@@ -35,7 +35,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from .checker import check_fenced_writes, check_history
-from .proxy import TcpProxy
+from .proxy import PartitionMode, TcpProxy
 
 INSTANCE_MAIN = Path(__file__).with_name("instance_main.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -63,15 +63,18 @@ _VALUE_FLAGS = (
     "shutdown_timeout",
     "gil_hog",
     "connect_timeout",
+    "tick",
+    "slow_watch",
+    "handover_timeout",
 )
-_BOOL_FLAGS = ("ignore_cancel", "fork_child")
+_BOOL_FLAGS = ("ignore_cancel", "fork_child", "tick_busy")
 _ZK_ERRORS = (KazooException, KazooTimeoutError, OSError)
 
 _T = TypeVar("_T")
 
 
 def wait_for(
-    predicate: Callable[[], _T], timeout: float, what: str = "", interval: float = 0.01
+    predicate: Callable[[], _T | None], timeout: float, what: str = "", interval: float = 0.01
 ) -> _T:
     """Poll ``predicate`` until it returns something truthy and return that; fail after
     ``timeout`` seconds, saying ``what`` was awaited."""
@@ -560,6 +563,9 @@ class Scenario:
         self._request = request
         self._names = 0
         self._observer: Observer | None = None
+        self._history_lock = threading.Lock()
+        self._history_offset = 0
+        self._history_events: list[dict[str, Any]] = []
         #: ``{instance name or "*": [(start, end or None)]}``: when instances could not reach
         #: ZooKeeper because of a fault the harness injected ("*": all of them).
         self.cut_off: dict[str, list[list[float | None]]] = {}
@@ -603,7 +609,8 @@ class Scenario:
         """Start ``n`` instances; with ``wait`` (default), return once each has registered.
 
         ``opts`` are ``instance_main.py`` flags in Python spelling (``run_seconds=0.5``,
-        ``ignore_cancel=True``, ``gil_hog=4.0``, ``fork_child=True``, ...) over
+        ``ignore_cancel=True``, ``gil_hog=4.0``, ``fork_child=True``, ``tick=0.04``,
+        ``tick_busy=True``, ``slow_watch=6.0``, ``handover_timeout=5.0``, ...) over
         :attr:`defaults`. ``via_proxy=True`` puts a proxy of its own in front of each instance
         (``instance.proxy``); an existing :class:`TcpProxy` may be passed instead (armed
         beforehand, e.g. ``drop_next_reply``). ``fence_dir=True`` uses the scenario's fenced
@@ -672,9 +679,16 @@ class Scenario:
 
     def blackhole(self, instance: Instance) -> float:
         """Partition ``instance`` (spawned ``via_proxy``) from ZooKeeper; return when."""
+        return self.partition(instance, "drop")
+
+    def partition(self, instance: Instance, mode: PartitionMode) -> float:
+        """Partition ``instance`` (spawned ``via_proxy``) from ZooKeeper the way ``mode`` says
+        (:meth:`TcpProxy.partition`); return when. The history notes a ``blackhole`` fault for
+        ``"drop"``, else ``partition_<mode>``."""
         assert instance.proxy is not None, f"{instance.name} was not spawned via_proxy"
-        at = self._cut(instance.name, "blackhole", instance=instance.name)
-        instance.proxy.blackhole()
+        fault = "blackhole" if mode == "drop" else f"partition_{mode}"
+        at = self._cut(instance.name, fault, instance=instance.name)
+        instance.proxy.partition(mode)
         return at
 
     def heal(self, instance: Instance) -> float:
@@ -726,15 +740,22 @@ class Scenario:
         return when
 
     def history(self) -> list[dict[str, Any]]:
-        """Every event so far, in file order (a line still being written is left out)."""
-        events = []
-        with open(self.history_path, "rb") as history:
-            for line in history:
-                if not line.endswith(b"\n"):
-                    break
+        """Every event so far, in file order (a line still being written is left out).
+
+        The file only grows, so only what was appended since the last call is read and parsed
+        (tests poll the history every few ms, and ticking handlers write thousands of lines).
+        The list is the caller's; the events in it are shared: read them, do not change them.
+        """
+        with self._history_lock:
+            with open(self.history_path, "rb") as history:
+                history.seek(self._history_offset)
+                chunk = history.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self._history_offset += len(complete)
+            for line in complete.splitlines():
                 with contextlib.suppress(ValueError):
-                    events.append(json.loads(line))
-        return events
+                    self._history_events.append(json.loads(line))
+            return list(self._history_events)
 
     def events(self, kind: str, **match: Any) -> list[dict[str, Any]]:
         """Events of one kind whose fields equal ``match``."""
@@ -776,13 +797,19 @@ class Scenario:
         return self.pair_runs(self.history())
 
     def wait_history(
-        self, predicate: Callable[[list[dict[str, Any]]], _T], timeout: float, what: str = ""
+        self,
+        predicate: Callable[[list[dict[str, Any]]], _T | None],
+        timeout: float,
+        what: str = "",
     ) -> _T:
         """Wait until ``predicate(history)`` is truthy; return its value."""
         return wait_for(lambda: predicate(self.history()), timeout, what, interval=0.01)
 
     def wait_runs(
-        self, predicate: Callable[[list[dict[str, Any]]], _T], timeout: float, what: str = ""
+        self,
+        predicate: Callable[[list[dict[str, Any]]], _T | None],
+        timeout: float,
+        what: str = "",
     ) -> _T:
         """Wait until ``predicate(runs)`` is truthy; return its value."""
         return wait_for(lambda: predicate(self.runs()), timeout, what, interval=0.01)

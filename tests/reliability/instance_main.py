@@ -4,21 +4,37 @@
         --session-timeout T --history FILE [--run-seconds D] [--shard-run-seconds 0=D0,1=D1] \\
         [--ignore-cancel] \\
         [--misfire-policy skip|run_once] [--shutdown-timeout S] [--name NAME] \\
-        [--gil-hog SECONDS] [--fork-child] [--fence-dir DIR]
+        [--gil-hog SECONDS] [--fork-child] [--fence-dir DIR] [--tick SECONDS] [--tick-busy] \
+        [--slow-watch SECONDS] [--handover-timeout SECONDS]
 
 A cluster-mode ``Worker`` whose handler appends what it does to the shared history file as JSON
 lines (``O_APPEND``, one ``os.write`` per line, so lines of several processes never mix):
 
 - ``start`` / ``end`` of every run (``end`` has ``outcome`` ``ok`` or ``cancelled``), with shard,
   instance name, pid, session (hex), fencing token, fire time, time and failover flag;
-- ``health`` whenever ``worker.health`` changes, ``zk_state`` for every kazoo state change
-  (``t`` is when kazoo reported it);
+- ``health`` whenever ``worker.health`` changes (polled every 10 ms), with the session the
+  client held then (``session``, hex, or None without one), ``zk_state`` for every kazoo state
+  change (``t`` is when kazoo reported it);
 - ``registered`` for every new session (with ``session_id`` and ``session_passwd`` in hex, so a
   test can expire the session from outside), ``exit`` with the exit code;
 - with ``--fence-dir``, ``fenced_write`` for every write to a small token-checking store (one at
   the start of ``do``, one when its work is done), accepted or rejected;
 - with ``--gil-hog``, ``gil_hog`` before and after the first run's long C call;
-- with ``--fork-child``, ``fork_child`` with the exit code of each run's forked child.
+- with ``--fork-child``, ``fork_child`` with the exit code of each run's forked child;
+- with ``--tick S``, ``do`` is a loop that checks ``ctx.cancelled`` first, then does one tick of
+  work - a ``tick`` event (``checked``: when it found ``ctx.cancelled`` false) and, with
+  ``--fence-dir``, a fenced write (``phase`` ``tick``) - and sleeps ``ctx.wait(S)``, until its run
+  length is over; the check that finds ``ctx.cancelled`` true writes ``cancel_seen`` (``t``: just
+  after that check) and ends the loop. With ``--tick-busy`` the pause between ticks is CPU work
+  (a loop holding the GIL) instead of ``ctx.wait``: a CPU-bound handler, which a freeze most
+  likely stops holding the GIL, so that once thawed it checks ``ctx.cancelled`` before any
+  other thread of the process runs;
+- with ``--slow-watch S``, the handler has a ``watch`` that blocks ``S`` seconds (``time.sleep``,
+  as blocking I/O would) the first time it is called for a set of members it has not seen (the
+  very first set excepted: start-up stays quick), and ``watch`` events (``phase`` ``begin`` and
+  ``end``, ``slow``, the calling thread, the member count) for every call.
+
+``--handover-timeout S`` is passed to ``WorkerConfig(handover_timeout=S)``, and only when given.
 
 SIGTERM/SIGINT stop the worker gracefully; the process then exits 0.
 """
@@ -46,6 +62,7 @@ from goworker_py import (
     ExitReason,
     Handler,
     Model,
+    WatchInfo,
     Worker,
     WorkerConfig,
 )
@@ -149,6 +166,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fork-child", action="store_true")
     parser.add_argument("--fence-dir", default="")
     parser.add_argument("--connect-timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--tick", type=float, default=0.0, help="a ticking do(): seconds between ticks"
+    )
+    parser.add_argument(
+        "--tick-busy", action="store_true", help="CPU work between ticks, not ctx.wait()"
+    )
+    parser.add_argument(
+        "--slow-watch", type=float, default=0.0, help="seconds watch() blocks on a new membership"
+    )
+    parser.add_argument(
+        "--handover-timeout",
+        type=float,
+        default=None,
+        help="WorkerConfig.handover_timeout (left to its default when not given)",
+    )
     return parser.parse_args(argv)
 
 
@@ -181,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     class Recording(Handler):
         def do(self, ctx: Context) -> None:
             shard, token = ctx.shard.index, ctx.fencing_token
-            common = {
+            common: dict[str, Any] = {
                 "shard": shard,
                 "session": session_hex(),
                 "member": ctx.instance.id,
@@ -207,12 +239,37 @@ def main(argv: list[str] | None = None) -> int:
             duration = run_seconds.get(shard, args.run_seconds)
             if args.ignore_cancel:
                 time.sleep(duration)
+            elif args.tick > 0:
+                self.tick(ctx, common, duration)
             elif duration > 0:
                 ctx.wait(duration)
             if store is not None:
                 self.fenced_write(common, "end")
             outcome = "cancelled" if ctx.cancelled else "ok"
             history.write("end", outcome=outcome, **common)
+
+        def tick(self, ctx: Context, common: dict[str, Any], duration: float) -> None:
+            """Tick every ``--tick`` s for ``duration`` s, checking ``ctx.cancelled`` first."""
+            deadline = time.monotonic() + duration
+            ticks = 0
+            while True:
+                checked = time.time()
+                if ctx.cancelled:
+                    history.write("cancel_seen", ticks=ticks, **common)
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                ticks += 1
+                history.write("tick", n=ticks, checked=checked, **common)
+                if store is not None:
+                    self.fenced_write(common, "tick")
+                if args.tick_busy:
+                    until = time.monotonic() + min(args.tick, left)
+                    while time.monotonic() < until:
+                        pass  # CPU work: the GIL is held but for the interpreter's switches
+                else:
+                    ctx.wait(min(args.tick, left))
 
         @staticmethod
         def fenced_write(common: dict[str, Any], phase: str) -> None:
@@ -228,8 +285,32 @@ def main(argv: list[str] | None = None) -> int:
                 **common,
             )
 
+    seen_members: list[frozenset[str]] = []
+    seen_lock = threading.Lock()
+
+    class SlowWatching(Recording):
+        def watch(self, info: WatchInfo) -> None:
+            members = frozenset(member.id for member in info.cluster_instances)
+            with seen_lock:
+                slow = bool(seen_members) and members != seen_members[-1]
+                if not seen_members or members != seen_members[-1]:
+                    seen_members.append(members)
+            fields: dict[str, Any] = {
+                "slow": slow,
+                "members": len(members),
+                "thread": threading.current_thread().name,
+                "shard": info.current_instance.shard_index,
+            }
+            history.write("watch", phase="begin", **fields)
+            if slow:
+                time.sleep(args.slow_watch)
+            history.write("watch", phase="end", **fields)
+
+    extra: dict[str, Any] = {}
+    if args.handover_timeout is not None:
+        extra["handover_timeout"] = args.handover_timeout
     worker = Worker(
-        Recording,
+        SlowWatching if args.slow_watch > 0 else Recording,
         config=WorkerConfig(
             discovery=DiscoveryConfig(
                 hosts=args.hosts,
@@ -238,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             shutdown_timeout=args.shutdown_timeout,
             misfire_policy=args.misfire_policy,
+            **extra,
         ),
         cron=args.cron,
         model=Model.CLUSTER,
@@ -272,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
                 history.write("zk_state", state=state, at=at)
             if host.health != health:
                 health = host.health
-                history.write("health", health=health.name)
+                # The session read after the health: a GREEN of an expired session shows it.
+                current = host.backend.client.client_id
+                history.write(
+                    "health",
+                    health=health.name,
+                    session=format(current[0], "#x") if current and current[0] else None,
+                )
             client_id = host.backend.client.client_id
             node = host.backend.node
             if client_id and node and (client_id[0], node) != registered:

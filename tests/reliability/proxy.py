@@ -10,6 +10,12 @@ a ``selectors`` loop (no busy waiting, no thread per connection). Faults:
   their SYNs would. :meth:`~TcpProxy.heal` ends it: connections whose end hung up meanwhile are
   reset without forwarding what they had sent (it was lost in the partition), the others carry
   on with what was buffered.
+- :meth:`~TcpProxy.partition` with a ``mode``: ``"drop"`` is :meth:`~TcpProxy.blackhole`;
+  ``"reset"`` resets every connection at once (a TCP RST to both ends) and every new one as soon
+  as it is accepted, while the partition lasts (a link whose far end is gone for good);
+  ``"reset_on_next_packet"`` forwards nothing, like a blackhole, but answers the next packet a
+  client sends on a connection with a RST (a router that has lost the connection's state) and
+  leaves new connections unaccepted. :meth:`~TcpProxy.heal` ends any of them.
 - :meth:`~TcpProxy.reset`: every connection is reset (``SO_LINGER`` 0: a TCP RST), both ways.
 - :meth:`~TcpProxy.drop_next_reply`: the server's reply to the next request (optionally of one
   opcode, or about one path) is swallowed. ZooKeeper loses a reply only with its connection,
@@ -18,7 +24,9 @@ a ``selectors`` loop (no busy waiting, no thread per connection). Faults:
 The proxy understands ZooKeeper's framing (a 4-byte big-endian length before every packet; the
 first packet each way is the connect request/response; then requests start with ``xid, type``
 and replies with ``xid, zxid, err``), which is how it finds "the reply to that request".
-Every public method returns once the loop has applied it.
+Every public method returns once the loop has applied it. :attr:`TcpProxy.last_client_packet`
+and :attr:`TcpProxy.client_resets` (``time.time()``) say when a client last sent something and
+when a partition reset a client's connection.
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 #: ZooKeeper request opcodes whose body starts with a path.
 _PATH_OPS = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 19, 21}
@@ -49,6 +59,9 @@ OPCODES = {
     "create_container": 19,
     "create_ttl": 21,
 }
+#: How a partition treats the connections (see the module doc).
+PartitionMode = Literal["drop", "reset", "reset_on_next_packet"]
+PARTITION_MODES: tuple[PartitionMode, ...] = ("drop", "reset", "reset_on_next_packet")
 _MAX_FRAME = 64 * 1024 * 1024
 _CHUNK = 65536
 
@@ -159,12 +172,18 @@ class TcpProxy:
         self._commands: list[tuple[Callable[[], None], threading.Event]] = []
         self._lock = threading.Lock()
         self._connections: list[_Connection] = []
-        self._blackholed = False
+        #: The partition in force, or None while forwarding.
+        self._partition: PartitionMode | None = None
         self._closed = False
         self._rules: list[DropRule] = []
         #: Counters for reports: connections accepted, resets done.
         self.accepted = 0
         self.resets = 0
+        #: ``time.time()`` of the last bytes received from a client (0.0: none yet).
+        self.last_client_packet = 0.0
+        #: ``time.time()`` of every RST a partition sent a client (``reset``,
+        #: ``reset_on_next_packet``).
+        self.client_resets: list[float] = []
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread = threading.Thread(
             target=self._loop, name=f"tcp-proxy:{self.address[1]}", daemon=True
@@ -179,26 +198,40 @@ class TcpProxy:
 
     @property
     def blackholed(self) -> bool:
-        """True between :meth:`blackhole` and :meth:`heal`."""
-        return self._blackholed
+        """True between :meth:`blackhole` (or any :meth:`partition`) and :meth:`heal`."""
+        return self._partition is not None
+
+    @property
+    def partition_mode(self) -> PartitionMode | None:
+        """The partition in force, or None while forwarding."""
+        return self._partition
 
     def __repr__(self) -> str:
-        state = "blackholed" if self._blackholed else "forwarding"
+        state = f"partitioned ({self._partition})" if self._partition else "forwarding"
         return f"<TcpProxy {self.hosts} -> {self.target[0]}:{self.target[1]} {state}>"
 
     # -- public API, any thread -----------------------------------------------------------------
 
     def blackhole(self) -> None:
         """Stop forwarding both ways; keep every socket open (a partition)."""
+        self.partition("drop")
+
+    def partition(self, mode: PartitionMode = "drop") -> None:
+        """Cut the clients off in one of the :data:`PARTITION_MODES` (see the module doc)."""
+        if mode not in PARTITION_MODES:
+            raise ValueError(f"unknown partition mode {mode!r}: one of {PARTITION_MODES}")
 
         def apply() -> None:
-            self._blackholed = True
+            self._partition = mode
+            if mode == "reset":
+                for conn in list(self._connections):
+                    self._reset_client(conn)
             self._rearm()
 
         self._call(apply)
 
     def heal(self) -> None:
-        """End a :meth:`blackhole`: forward again (connections abandoned meanwhile are reset)."""
+        """End a partition: forward again (connections abandoned meanwhile are reset)."""
         self._call(self._heal)
 
     def reset(self) -> None:
@@ -270,17 +303,20 @@ class TcpProxy:
 
     def _loop(self) -> None:
         while not self._closed:
-            for key, mask in self._selector.select():
-                if key.data is None:
-                    self._run_commands()
-                elif key.data == "listen":
-                    self._accept()
-                else:
-                    conn, which = key.data
-                    if not conn.closed:
-                        self._service(conn, which, mask)
-                if self._closed:
-                    break
+            self._dispatch(self._selector.select())
+
+    def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in ready:
+            if key.data is None:
+                self._run_commands()
+            elif key.data == "listen":
+                self._accept()
+            else:
+                conn, which = key.data
+                if not conn.closed:
+                    self._service(conn, which, mask)
+            if self._closed:
+                return
 
     def _run_commands(self) -> None:
         with contextlib.suppress(OSError):
@@ -302,6 +338,11 @@ class TcpProxy:
                 return
             except OSError:
                 return
+            if self._partition == "reset":
+                self.resets += 1
+                self.client_resets.append(time.time())  # before the RST: no one sees it earlier
+                _abort(client)
+                continue
             self.accepted += 1
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -321,8 +362,16 @@ class TcpProxy:
             return
         self._rearm_connection(conn)
 
+    def _reset_client(self, conn: _Connection) -> None:
+        """A partition resets ``conn``: a RST to both ends, nothing forwarded."""
+        if conn.closed:
+            return
+        self.resets += 1
+        self.client_resets.append(time.time())  # before the RST: no one sees it earlier
+        self._kill(conn)
+
     def _heal(self) -> None:
-        self._blackholed = False
+        self._partition = None
         for conn in list(self._connections):
             if conn.closed:
                 continue
@@ -350,9 +399,8 @@ class TcpProxy:
             self._connect_upstream(conn)
 
     def _rearm(self) -> None:
-        self._register(
-            self._listener, selectors.EVENT_READ if not self._blackholed else 0, "listen"
-        )
+        accepting = self._partition in (None, "reset")
+        self._register(self._listener, selectors.EVENT_READ if accepting else 0, "listen")
         for conn in list(self._connections):
             self._rearm_connection(conn)
 
@@ -372,9 +420,12 @@ class TcpProxy:
     def _rearm_connection(self, conn: _Connection) -> None:
         if conn.closed:
             return
-        if self._blackholed:
+        if self._partition is not None:
             for sock in conn.sockets():
                 self._register(sock, 0, None)
+            if self._partition == "reset_on_next_packet":
+                # Only to notice the client's next packet, which is answered with a RST.
+                self._register(conn.client, selectors.EVENT_READ, (conn, "client"))
             return
         upstream = conn.upstream
         if conn.connecting:
@@ -391,6 +442,11 @@ class TcpProxy:
     def _service(self, conn: _Connection, which: str, mask: int) -> None:
         sock = conn.client if which == "client" else conn.upstream
         assert sock is not None
+        if self._partition is not None:
+            if which == "client" and self._partition == "reset_on_next_packet":
+                self.last_client_packet = time.time()
+                self._reset_client(conn)
+            return
         if which == "upstream" and conn.connecting:
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
@@ -412,6 +468,7 @@ class TcpProxy:
                 return
             if data:
                 if which == "client":
+                    self.last_client_packet = time.time()
                     self._from_client(conn, data)
                 else:
                     self._from_upstream(conn, data)

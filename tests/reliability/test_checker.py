@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from .checker import check_fenced_writes, check_history, stale_writes
+from .checker import (
+    check_fenced_writes,
+    check_fires_completed,
+    check_history,
+    check_overlaps,
+    fire_figures,
+    stale_writes,
+)
 from .harness import Scenario, percentile, period_of
 
 pytestmark = pytest.mark.timeout(30)
@@ -223,6 +230,69 @@ def test_fenced_writes_are_judged() -> None:
         write(0.6, 10, True),
     ]
     assert any("stale write accepted" in v for v in check_fenced_writes(raced))
+
+
+def test_check_overlaps_is_rule_one_alone() -> None:
+    overlapping = [run(0, "a", 0.0, end=1.5, token=10), run(0, "b", 1.0, end=1.2, token=12)]
+    violations = check_overlaps(overlapping)
+    assert len(violations) == 1 and "two runs in flight at once" in violations[0]
+    # What rule 1 allows it allows: a frozen zombie, a fenced overlap within the tolerance.
+    zombie = run(0, "a", 0.0, end=3.52, token=10, outcome="ok")
+    taker = run(0, "b", 0.0, start=2.3, end=2.9, token=12, failover=True)
+    assert check_overlaps([zombie, taker], frozen={"a": [(T0 + 0.3, T0 + 3.5)]}) == []
+    cancelled = run(0, "a", 0.0, end=1.2, token=10, outcome="cancelled")
+    newer = run(0, "b", 0.0, start=1.0, end=1.5, token=12, failover=True)
+    assert check_overlaps([cancelled, newer], tolerance=0.3) == []
+    assert check_overlaps([cancelled, newer])
+    # Other rules are not its business: a fire run twice, one after the other, is no overlap.
+    assert check_overlaps([run(0, "a", 1.0), run(0, "b", 1.0, start=1.5, end=1.7)]) == []
+
+
+def test_a_fire_cancelled_by_a_hand_over_and_rerun_elsewhere_is_complete() -> None:
+    cancelled = run(0, "a", 1.0, end=1.1, token=10, outcome="cancelled")
+    rerun = run(0, "b", 1.0, start=1.15, end=1.4, token=12, failover=True)
+    runs = [run(0, "a", 0.0), cancelled, rerun, run(0, "b", 2.0, token=12)]
+    assert check_fires_completed(runs) == []
+    figures = fire_figures(runs)
+    assert (figures.started, figures.incomplete, figures.reruns, figures.completed_twice) == (
+        3,
+        0,
+        1,
+        0,
+    )
+    assert figures.handover_latencies == [pytest.approx(0.051, abs=1e-6)]  # starts are +1 ms
+
+
+def test_catches_fires_left_incomplete() -> None:
+    cancelled = run(0, "a", 1.0, end=1.1, token=10, outcome="cancelled")
+    killed = run(1, "a", 1.0, end=None, token=11)
+    retried = [
+        run(2, "a", 1.0, end=1.1, token=13, outcome="cancelled"),
+        run(2, "b", 1.0, start=1.2, end=1.3, token=14, outcome="cancelled", failover=True),
+    ]
+    runs = [run(0, "b", 2.0, token=12), cancelled, killed, *retried]
+    violations = check_fires_completed(runs)
+    assert len(violations) == 3, violations
+    assert all("never completed" in v for v in violations)
+    assert any("shard 2: fire" in v and "started 2 time(s)" in v for v in violations)
+    figures = fire_figures(runs)
+    assert (figures.started, figures.incomplete, figures.reruns) == (4, 3, 1)
+    # Fire times from ``before`` on are not judged (their runs may still be going).
+    assert check_fires_completed(runs, before=T0 + 1.0) == []
+    assert fire_figures(runs, before=T0 + 1.0).started == 0
+
+
+def test_catches_a_fire_completed_twice_except_after_a_run_ended_cut_off() -> None:
+    first = run(0, "a", 1.0, end=1.2, token=10)
+    again = run(0, "b", 1.0, start=3.1, end=3.3, token=12, failover=True)
+    violations = check_fires_completed([first, again])
+    assert len(violations) == 1 and "completed twice" in violations[0], violations
+    assert fire_figures([first, again]).completed_twice == 1
+    # At-least-once: the first run ended while its instance was cut off from ZooKeeper.
+    assert check_fires_completed([first, again], cut_off={"a": [(T0 + 1.1, T0 + 3.5)]}) == []
+    assert check_fires_completed([first, again], cut_off={"*": [(T0 + 1.1, T0 + 3.5)]}) == []
+    # Cut off only after its end: that end was recorded, the second completion is a duplicate.
+    assert check_fires_completed([first, again], cut_off={"a": [(T0 + 1.3, T0 + 3.5)]})
 
 
 def test_pairing_runs_from_events() -> None:
