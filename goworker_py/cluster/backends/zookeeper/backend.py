@@ -10,10 +10,13 @@ Layout under ``/<namespace>/<service>/``:
 - ``claims/<shard>`` — ephemeral, held by the owner of the shard. Its creation zxid
   (``czxid``) is the shard's **fencing token**: zxids only grow, so every new claim of a shard
   carries a larger token than any before it, across server restarts too.
+- ``fences/<shard>`` — persistent; every claim sets it in the transaction that creates the
+  claim node, so its version identifies the claim: a claim node looks the same for every
+  owner (same path, version 0), a fence version never repeats.
 - ``running/<shard>`` — persistent run record (:class:`~goworker_py.cluster.backend.RunRecord`).
-  Written with a transaction that checks the claim node's version and this instance's member
-  node (a later owner's claim of the same shard looks the same as ours: same path, version 0 —
-  the member node, unique per session, tells them apart).
+  Written with a transaction that checks the claim node, this claim's fence version and this
+  instance's member node (unique per session): a stale owner — a released claim, a lost
+  session — can never overwrite the record.
 - ``control`` — persistent, optional: the operator's :class:`ControlState`.
 
 The lease is the ZooKeeper session: ``lease_id`` is its id in hex. Watch callbacks run on
@@ -86,6 +89,7 @@ class ZooKeeperBackend:
         self.root = root
         self.instances_path = f"{root}/instances"
         self.claims_path = f"{root}/claims"
+        self.fences_path = f"{root}/fences"
         self.running_path = f"{root}/running"
         self.config_path = f"{root}/config"
         self.control_path = f"{root}/control"
@@ -96,6 +100,8 @@ class ZooKeeperBackend:
         self.node: str | None = None
         #: Shards whose run node exists (a create or a set is needed to write it).
         self._runs_exist: set[int] = set()
+        #: Shards whose fence node exists.
+        self._fences_exist: set[int] = set()
         self._members_session = -1
         self._member_list_dirty = True
         self._member_order: list[tuple[int, str]] = []
@@ -113,7 +119,12 @@ class ZooKeeperBackend:
         start_client(self.client, self.config)
         try:
             with translated(f"access to {self.root}"):
-                for path in (self.instances_path, self.claims_path, self.running_path):
+                for path in (
+                    self.instances_path,
+                    self.claims_path,
+                    self.fences_path,
+                    self.running_path,
+                ):
                     self.client.ensure_path(path)
                 self.client.get_children(self.instances_path)
         except BaseException:
@@ -292,37 +303,59 @@ class ZooKeeperBackend:
         self._on_change(Change.CLAIMS)
 
     def claim(self, shard: int, owner: str) -> ShardClaim | None:
-        """Take the claim of ``shard``; None (and a watch armed) if someone else holds it."""
+        """Take the claim of ``shard``; None (and a watch armed) if someone else holds it.
+
+        One transaction creates the claim node and sets the shard's fence node (whose new
+        version identifies this claim); its creation zxid is read back as the token.
+        """
         path = f"{self.claims_path}/{shard}"
         data = json.dumps({"owner": owner, "session": self.session_id}).encode()
         with translated(f"claiming shard {shard}"):
+            self._ensure_fence(shard)
+            transaction = self.client.transaction()
+            transaction.create(path, data, ephemeral=True)
+            transaction.set_data(f"{self.fences_path}/{shard}", data, -1)
             try:
-                _, stat = self.client.create(path, data, ephemeral=True, include_data=True)
-                return self._claim_of(shard, owner, stat)
-            except NodeExistsError:
-                pass
+                results = transaction.commit()
             except ConnectionLoss:
                 self._wait_connected(self.negotiated_timeout)
+                results = [NodeExistsError()]  # applied or not: read what is there
+            if not any(isinstance(r, Exception) for r in results):
+                return self._claim_held(shard, owner, int(results[1].version))
             try:
                 raw, stat = self.client.get(path)
             except NoNodeError:
                 self._claims_watch()  # it vanished meanwhile: look again at once
                 return None
-            if stat.ephemeralOwner == self.session_id and json.loads(raw).get("owner") == owner:
-                return self._claim_of(shard, owner, stat)
+            if stat.ephemeralOwner == self.session_id and _json_object(raw).get("owner") == owner:
+                _, fence = self.client.get(f"{self.fences_path}/{shard}")
+                return self._claim_held(shard, owner, int(fence.version))
             if self.client.exists(path, watch=self._claims_watch) is None:
                 self._claims_watch()
             return None
 
-    def _claim_of(self, shard: int, owner: str, stat: Any) -> ShardClaim:
-        return ShardClaim(shard, int(stat.czxid), owner, (int(stat.version), self.node or ""))
+    def _ensure_fence(self, shard: int) -> None:
+        if shard in self._fences_exist:
+            return
+        with contextlib.suppress(NodeExistsError):
+            self.client.create(f"{self.fences_path}/{shard}", b"")
+        self._fences_exist.add(shard)
+
+    def _claim_held(self, shard: int, owner: str, fence_version: int) -> ShardClaim | None:
+        stat = self.client.exists(f"{self.claims_path}/{shard}")
+        if stat is None or stat.ephemeralOwner != self.session_id:
+            return None
+        return ShardClaim(shard, int(stat.czxid), owner, (fence_version, self.node or ""))
 
     def release(self, claim: ShardClaim) -> None:
-        """Give the claim up (only if it is still ours)."""
+        """Give the claim up — only if it is still exactly this claim (its fence version)."""
         version = claim.handle[0] if isinstance(claim.handle, tuple) else -1
+        transaction = self.client.transaction()
+        transaction.check(f"{self.fences_path}/{claim.shard}", version)
+        transaction.delete(f"{self.claims_path}/{claim.shard}")
         try:
-            self.client.delete(f"{self.claims_path}/{claim.shard}", version=version)
-        except (NoNodeError, BadVersionError, SessionExpiredError):
+            transaction.commit()  # a failed check means: no longer ours, nothing to do
+        except SessionExpiredError:
             pass
         except (ConnectionLoss, KazooTimeoutError, KazooException) as exc:
             raise BackendUnavailable(f"could not release shard {claim.shard}: {exc!r}") from exc
@@ -402,7 +435,8 @@ class ZooKeeperBackend:
         path = f"{self.running_path}/{shard}"
         for create in (shard not in self._runs_exist, shard in self._runs_exist):
             transaction = self.client.transaction()
-            transaction.check(f"{self.claims_path}/{shard}", version)
+            transaction.check(f"{self.claims_path}/{shard}", -1)
+            transaction.check(f"{self.fences_path}/{shard}", version)
             if member:
                 transaction.check(f"{self.instances_path}/{member}", -1)
             if create:
