@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from goworker_py.config import DiscoveryConfig
-from goworker_py.errors import DiscoveryError
+from goworker_py.errors import BackendMissing, DiscoveryError
 from goworker_py.instance import WorkerInstance
 
 
@@ -121,4 +121,20 @@ def _zookeeper(config: DiscoveryConfig, service: str) -> WorkerDiscovery:
     return ZooKeeperDiscovery(config, service)
 
 
+def _etcd(config: DiscoveryConfig, service: str) -> WorkerDiscovery:
+    try:
+        from goworker_py.cluster.backends.etcd import EtcdBackend
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in ("etcd3gw", "requests", "futurist"):
+            raise
+        raise BackendMissing(
+            "the etcd discovery backend needs the etcd3gw client: pip install 'goworker-py[etcd]'"
+        ) from exc
+    # An EtcdBackend is a CoordinationBackend (cluster/backend.py), which this registry's
+    # WorkerDiscovery protocol becomes with the rest of #11.
+    return cast(WorkerDiscovery, EtcdBackend(config, service))
+
+
 set_discovery("zookeeper", _zookeeper)
+set_discovery("etcdv3", _etcd)
+set_discovery("etcd", _etcd)
