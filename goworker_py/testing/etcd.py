@@ -205,7 +205,8 @@ class EtcdServer:
         self._paused = False
 
     def wait_until_serving(self, timeout: float | None = None) -> None:
-        """Block until a linearizable read succeeds (the member is in a cluster with a leader)."""
+        """Block until ``/health`` says healthy: a leader is there and a read goes through (also
+        with authentication enabled)."""
         limit = self.start_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         while True:
@@ -213,8 +214,7 @@ class EtcdServer:
                 raise EtcdStartError(
                     f"etcd {self.name} on {self.hosts} exited during start-up:\n{self.log_tail(60)}"
                 )
-            with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
-                self.request("kv/range", {"key": "AA=="}, timeout=1.0)
+            if self.healthy():
                 return
             if time.monotonic() > deadline:
                 raise EtcdStartError(
@@ -222,6 +222,14 @@ class EtcdServer:
                     f"{self.log_tail(60)}"
                 )
             time.sleep(0.02)
+
+    def healthy(self) -> bool:
+        """True when ``GET /health`` answers ``{"health": "true"}`` within a second."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1.0) as reply:
+                return bool(json.loads(reply.read()).get("health") == "true")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
 
     def stop(self, timeout: float = 10.0) -> None:
         """``SIGTERM`` (``SIGKILL`` after ``timeout``); keeps the data dir."""

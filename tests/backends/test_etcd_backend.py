@@ -615,3 +615,57 @@ def _has_leader(cluster: EtcdCluster) -> bool:
     except ZooKeeperError:  # none yet
         return False
     return True
+
+
+@pytest.mark.timeout(90)
+def test_an_auth_token_lost_in_a_restart_is_renewed(etcd_private: EtcdServer) -> None:
+    from goworker_py.cluster.backends.etcd import EtcdBackend
+
+    etcd_private.enable_auth("s3cret")
+    config = etcd_config(etcd_private, "ns", auth_user="root", auth_password="s3cret")
+    changes = Changes()
+    watcher, writer = EtcdBackend(config, "svc"), EtcdBackend(config, "svc")
+    try:
+        watcher.connect(changes)
+        writer.connect()
+        lease = watcher.lease_id
+        etcd_private.restart()  # etcd's simple tokens live in memory: every token is invalid now
+        mark = changes.mark()
+        writer.write_settings({"a": 1}, create_only=True)
+        changes.wait_for(Change.SETTINGS, mark, timeout=10.0)
+        watcher.round_trip(2.0)
+        assert watcher.lease_id == lease
+        watcher.register(WorkerInstance.create("svc"))
+        assert [m.lease for m in writer.members()] == [lease]
+    finally:
+        watcher.close()
+        writer.close()
+
+
+def test_a_dead_host_is_skipped_for_the_next(etcd_server: EtcdServer, etcd_namespace: str) -> None:
+    from goworker_py.cluster.backends.etcd import EtcdBackend
+
+    (dead,) = free_ports(1)
+    hosts = f"127.0.0.1:{dead},{etcd_server.hosts}"
+    backend = EtcdBackend(etcd_config(etcd_server, etcd_namespace, hosts=hosts), "svc")
+    backend.connect()
+    try:
+        assert backend.register(WorkerInstance.create("svc")).rank > 0
+        backend.round_trip(1.0)
+    finally:
+        backend.close()
+
+
+def test_close_ends_every_thread(etcd_server: EtcdServer, etcd_namespace: str) -> None:
+    from goworker_py.cluster.backends.etcd import EtcdBackend
+
+    before = set(threading.enumerate())
+    backend = EtcdBackend(etcd_config(etcd_server, etcd_namespace), "svc")
+    backend.connect()
+    backend.watch_runs("other", 0, lambda record: True)
+    started = [
+        t for t in threading.enumerate() if t not in before and t.name.startswith("goworker")
+    ]
+    assert len(started) >= 4  # keep-alive, callbacks, two watches
+    backend.close()
+    wait_until(lambda: not any(t.is_alive() for t in started), 3.0, what="threads ended")

@@ -18,6 +18,7 @@ from goworker_py.cluster.backend import (
     Change,
     ConnectionState,
     ControlState,
+    CoordinationBackend,
     Guarantee,
     Member,
     RunRecord,
@@ -669,3 +670,8 @@ def _parse_record(shard: int, raw: bytes) -> RunRecord | None:
 
 def _record(shard: int, kv: _KV | None) -> RunRecord | None:
     return None if kv is None else _parse_record(shard, kv.value)
+
+
+def _conforms(backend: EtcdBackend) -> CoordinationBackend:
+    """mypy checks here that :class:`EtcdBackend` implements the seam as declared."""
+    return backend

@@ -202,7 +202,10 @@ class PrefixWatch:
             self._resync(compacted)
             raise BackendError(f"etcd compacted the history of {self.prefix} to {compacted}")
         if result.get("canceled"):
-            raise BackendError(f"etcd cancelled the watch of {self.prefix}: {result}")
+            reason = str(result.get("cancel_reason", ""))
+            if "invalid auth token" in reason:  # etcd restarted: its tokens are gone
+                self._transport.authenticate(self._session, self._transport.config.connect_timeout)
+            raise BackendError(f"etcd cancelled the watch of {self.prefix}: {reason}")
         if result.get("created"):
             return True
         events = [_event(item) for item in result.get("events", [])]
