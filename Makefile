@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check goworker_py tests samples benchmarks
 	$(VENV)/bin/mypy goworker_py
 
-bench: $(STAMP) zookeeper
+bench: $(STAMP) zookeeper etcd
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -146,10 +146,12 @@ class PrefixWatch:
                 if self._stream():
                     pause = 0.05
             except BackendError as exc:
-                _log.debug("etcd watch of {} interrupted: {}", self.prefix, exc)
+                if not self._closed.is_set():
+                    _log.debug("etcd watch of {} interrupted: {}", self.prefix, exc)
             except (requests.RequestException, OSError, ValueError, AttributeError) as exc:
                 # The stream ended (etcd stopped, the socket was shut down, a reset).
-                _log.debug("etcd watch of {} ended: {!r}", self.prefix, exc)
+                if not self._closed.is_set():
+                    _log.debug("etcd watch of {} ended: {!r}", self.prefix, exc)
             except Exception as exc:  # noqa: BLE001 - a watch thread must never die silently
                 _log.opt(exception=exc).error("etcd watch of {} failed: {!r}", self.prefix, exc)
             if self._closed.is_set():
