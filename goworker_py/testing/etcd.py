@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,26 @@ def apt_install_etcd() -> None:
     subprocess.run(["apt-get", "install", "-y", "etcd-server"], check=True, env=env)
 
 
+def _make_certificates(directory: Path) -> None:
+    """A test CA (``ca.pem``) and a server certificate for 127.0.0.1 signed by it
+    (``server.pem``, ``server-key.pem``), with the ``openssl`` command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise EtcdNotFound("etcd over TLS needs the `openssl` command (apt-get install openssl)")
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca = ["-subj", "/CN=goworker test CA", "-keyout", "ca-key.pem", "-out", "ca.pem"]
+    server = ["-subj", "/CN=127.0.0.1", "-keyout", "server-key.pem", "-out", "server.csr"]
+    sign = ["-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial"]
+    steps = [
+        [openssl, "req", "-x509", *key, "-days", "2", *ca],
+        [openssl, "req", *key, *server],
+        [openssl, "x509", "-req", *sign, "-days", "2", "-extfile", "san.cnf", "-out", "server.pem"],
+    ]
+    for step in steps:
+        subprocess.run(step, cwd=directory, check=True, capture_output=True)
+
+
 class EtcdServer:
     """One etcd process for tests. ``stop()`` keeps the data dir (``start()`` resumes it);
     ``close()`` also removes it. Use as a context manager, or call :meth:`close`."""
@@ -100,9 +121,12 @@ class EtcdServer:
         peer_port: int | None = None,
         binary: str | None = None,
         start_timeout: float = 30.0,
+        tls: bool = False,
         _initial_cluster: str | None = None,
     ) -> None:
         self.name = name
+        #: Serve clients over TLS, with a certificate of a test CA (:attr:`ca_file`).
+        self.tls = tls
         self.start_timeout = start_timeout
         self.last_start_seconds: float | None = None
         self._binary = binary
@@ -126,8 +150,15 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        """The client URL, ``http://127.0.0.1:<client port>``."""
-        return f"http://{self.hosts}"
+        """The client URL, ``http://127.0.0.1:<client port>`` (``https`` with TLS)."""
+        return f"{'https' if self.tls else 'http'}://{self.hosts}"
+
+    @property
+    def ca_file(self) -> str:
+        """With TLS: the test CA's certificate, what clients trust (``DiscoveryConfig.ca``)."""
+        if self._workdir is None or not self.tls:
+            raise ZooKeeperError(f"{self!r} has no CA (not started, or without TLS)")
+        return str(self._workdir / "ca.pem")
 
     @property
     def peer_url(self) -> str:
@@ -166,6 +197,8 @@ class EtcdServer:
                 self._binary = find_etcd()
             if self._workdir is None:
                 self._workdir = Path(tempfile.mkdtemp(prefix="goworker-etcd-"))
+                if self.tls:
+                    _make_certificates(self._workdir)
             with _LIVE_LOCK:
                 _LIVE.add(self)
             began = time.monotonic()
@@ -193,6 +226,11 @@ class EtcdServer:
             "--logger=zap",
             "--log-outputs=stderr",
         ]
+        if self.tls:
+            cmd += [
+                f"--cert-file={self._workdir / 'server.pem'}",
+                f"--key-file={self._workdir / 'server-key.pem'}",
+            ]
         # Dies with us even on SIGKILL (see testing.zookeeper); only from the main thread.
         if threading.current_thread() is threading.main_thread():
             cmd = [*_die_with_parent_prefix(), *cmd]
@@ -226,7 +264,9 @@ class EtcdServer:
     def healthy(self) -> bool:
         """True when ``GET /health`` answers ``{"health": "true"}`` within a second."""
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=1.0) as reply:
+            with urllib.request.urlopen(
+                f"{self.url}/health", timeout=1.0, context=self._ssl_context()
+            ) as reply:
                 return bool(json.loads(reply.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -337,9 +377,12 @@ class EtcdServer:
             },
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
+        with urllib.request.urlopen(request, timeout=timeout, context=self._ssl_context()) as reply:
             data: dict[str, Any] = json.loads(reply.read() or b"{}")
         return data
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca_file) if self.tls else None
 
     def enable_auth(self, root_password: str) -> None:
         """Create the ``root`` user with ``root_password``, grant it the root role, enable

@@ -30,6 +30,7 @@ from goworker_py.cluster.discovery import get_discovery
 from goworker_py.config import DiscoveryConfig
 from goworker_py.errors import (
     AccessDenied,
+    BackendError,
     BackendMissing,
     BackendUnavailable,
     DiscoveryError,
@@ -669,3 +670,21 @@ def test_close_ends_every_thread(etcd_server: EtcdServer, etcd_namespace: str) -
     assert len(started) >= 4  # keep-alive, callbacks, two watches
     backend.close()
     wait_until(lambda: not any(t.is_alive() for t in started), 3.0, what="threads ended")
+
+
+def test_tls_with_the_servers_ca_and_a_clear_error_without() -> None:
+    from goworker_py.cluster.backends.etcd import EtcdBackend
+
+    with EtcdServer(tls=True) as server:
+        trusted = EtcdBackend(etcd_config(server, "ns", use_ssl=True, ca=server.ca_file), "svc")
+        trusted.connect()
+        try:
+            trusted.register(WorkerInstance.create("svc"))
+            assert trusted.claim(0, "me") is not None
+        finally:
+            trusted.close()
+        untrusted = EtcdBackend(etcd_config(server, "ns", use_ssl=True), "svc")
+        began = time.monotonic()
+        with pytest.raises(BackendError, match="TLS handshake"):
+            untrusted.connect()
+        assert time.monotonic() - began < 1.0  # at once: no retry fixes a certificate

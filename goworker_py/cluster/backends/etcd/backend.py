@@ -491,8 +491,11 @@ class EtcdBackend:
         # The callback thread: read the record now, call back.
         if not subscription.active:
             return
+        # A short budget: on_change signals wait behind this read.
+        deadline = time.monotonic() + min(self._budget, self._lease.interval)
         try:
-            reply = self._call("kv/range", {"key": encode(f"{prefix}{subscription.shard}")})
+            body = {"key": encode(f"{prefix}{subscription.shard}")}
+            reply = self._call("kv/range", body, deadline)
         except BackendError:
             # Try again soon (the watch meanwhile delivers any change anyway).
             timer = threading.Timer(

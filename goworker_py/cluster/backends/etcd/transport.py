@@ -125,6 +125,10 @@ class Transport:
         session.mount("https://", adapter)
         if self.config.use_ssl:
             session.verify = self.config.ca or self.config.verify_certs
+            if self.config.ca or not self.config.verify_certs:
+                # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's
+                # verify: the configured trust must win (this also ignores proxy variables).
+                session.trust_env = False
             if self.config.certfile:
                 session.cert = (
                     (self.config.certfile, self.config.keyfile)
@@ -172,7 +176,7 @@ class Transport:
             try:
                 self._api_path = client.api_path
             except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError) as exc:
-                raise _Unreachable(_message(exc)) from None
+                raise self._failed_connection(exc, name, port) from None
             except etcd_errors.Etcd3Exception as exc:
                 raise BackendError(
                     f"{self.describe()}: {name}:{port} is no etcd v3 gateway ({_message(exc)})"
@@ -191,7 +195,9 @@ class Transport:
         body = {"name": user, "password": self.config.auth_password or ""}
         try:
             reply = self._retrying(
-                lambda host, timeout: self._post(host, "auth/authenticate", body, timeout, session),
+                lambda host, timeout: self._post(
+                    host, "auth/authenticate", body, timeout, session, auth=False
+                ),
                 budget,
                 "auth/authenticate",
             )
@@ -253,6 +259,18 @@ class Transport:
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.25)
 
+    def _failed_connection(
+        self, exc: etcd_errors.Etcd3Exception, name: str, port: int
+    ) -> Exception:
+        """Refused, reset, timed out, HTTP 503/504 (etcd without a leader): the next host may
+        answer. A failed TLS handshake is an error at once: no retry fixes a certificate."""
+        if "SSLError" in str(exc.detail_text):
+            return BackendError(
+                f"{self.describe()}: the TLS handshake with {name}:{port} failed (check "
+                f"use_ssl, ca, verify_certs, certfile and keyfile): {_message(exc)}"
+            )
+        return _Unreachable(_message(exc))
+
     def _post(
         self,
         host: int,
@@ -260,6 +278,8 @@ class Transport:
         body: dict[str, Any],
         timeout: float,
         session: requests.Session,
+        *,
+        auth: bool = True,
     ) -> dict[str, Any]:
         name, port = self.hosts[host]
         client = Etcd3Client(
@@ -271,10 +291,11 @@ class Transport:
             api_path=self._api_path or "/v3/",
         )
         try:
-            reply = client.post(client.get_url(path), json=body, headers=self.headers())
+            reply = client.post(
+                client.get_url(path), json=body, headers=self.headers() if auth else {}
+            )
         except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError) as exc:
-            # Refused, reset, timed out, or HTTP 503/504 (etcd without a leader).
-            raise _Unreachable(_message(exc)) from None
+            raise self._failed_connection(exc, name, port) from None
         except etcd_errors.Etcd3Exception as exc:
             raise translate(_error_of(exc), path) from None
         except (requests.RequestException, OSError) as exc:
