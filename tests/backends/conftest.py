@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from goworker_py.cluster.backend import Change, CoordinationBackend
+from goworker_py.cluster.backend import Change, CoordinationBackend, RunRecord, ShardClaim
 from goworker_py.config import DiscoveryConfig
 from goworker_py.errors import BackendError
+from goworker_py.instance import WorkerInstance
 
 #: Backend kinds every conformance test runs on.
 BACKENDS = ["etcd"]
@@ -94,6 +95,25 @@ class BackendKit:
         for backend in self.made:
             with contextlib.suppress(BackendError):
                 backend.close()
+
+
+def record(claim: ShardClaim, backend: CoordinationBackend, run_id: str = "r1") -> RunRecord:
+    """A ``running`` record of ``claim``'s run ``run_id``."""
+    return RunRecord(
+        shard=claim.shard,
+        owner=claim.owner,
+        lease=backend.lease_id,
+        run_id=run_id,
+        fire_time=1_800_000_000.0,
+        token=claim.token,
+    )
+
+
+def registered(kit: BackendKit, service: str = "svc", **settings: Any) -> CoordinationBackend:
+    """A connected backend of ``kit`` whose instance is registered."""
+    backend = kit.make(service, **settings)
+    backend.register(WorkerInstance.create(service))
+    return backend
 
 
 def _etcd_kit(request: pytest.FixtureRequest, private: bool) -> BackendKit:

@@ -38,6 +38,7 @@ a quorum's disks (Raft, fsynced WAL).
 
 from __future__ import annotations
 
-from goworker_py.cluster.backends.etcd.backend import EtcdBackend, service_prefix
+from goworker_py.cluster.backends.etcd.backend import EtcdBackend
+from goworker_py.cluster.backends.etcd.keys import service_prefix
 
 __all__ = ["EtcdBackend", "service_prefix"]

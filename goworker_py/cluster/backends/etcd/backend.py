@@ -4,14 +4,11 @@ key layout and the guarantees)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from goworker_py.cluster.backend import (
@@ -24,93 +21,18 @@ from goworker_py.cluster.backend import (
     RunRecord,
     ShardClaim,
 )
+from goworker_py.cluster.backends.etcd import keys
 from goworker_py.cluster.backends.etcd.lease import LeaseKeeper
-from goworker_py.cluster.backends.etcd.transport import Transport, decode, encode, prefix_end
+from goworker_py.cluster.backends.etcd.runs import RunWatches
+from goworker_py.cluster.backends.etcd.transport import Transport, encode, prefix_end
 from goworker_py.cluster.backends.etcd.watches import Dispatcher, KeyEvent, PrefixWatch
 from goworker_py.config import DiscoveryConfig
-from goworker_py.errors import BackendError, DiscoveryError, LeaseLost
+from goworker_py.errors import BackendError, LeaseLost
 from goworker_py.instance import WorkerInstance
 
 #: Attempts of one :meth:`EtcdBackend.update_control` before it gives up (each lost to another
 #: writer of the control key).
 CONTROL_ATTEMPTS = 100
-
-
-def service_prefix(namespace: str, service: str) -> str:
-    """``/<namespace>/<service>/``: the prefix of every key of a service."""
-    if not service or "/" in service:
-        raise DiscoveryError(f"service name {service!r} must be non-empty, without '/'")
-    parts = [part for part in namespace.strip("/").split("/") if part]
-    return "/" + "/".join([*parts, service]) + "/"
-
-
-def _compare(key: str, target: str, value: int, result: str = "EQUAL") -> dict[str, Any]:
-    fields = {"CREATE": "create_revision", "MOD": "mod_revision"}
-    return {"key": encode(key), "result": result, "target": target, fields[target]: str(value)}
-
-
-def _put(key: str, value: bytes, lease: int = 0) -> dict[str, Any]:
-    request: dict[str, Any] = {"key": encode(key), "value": encode(value)}
-    if lease:
-        request["lease"] = str(lease)
-    return {"request_put": request}
-
-
-def _range(key: str) -> dict[str, Any]:
-    return {"request_range": {"key": encode(key)}}
-
-
-@dataclass
-class _KV:
-    """A key as a range returned it."""
-
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    lease: int
-
-    @classmethod
-    def parse(cls, item: dict[str, Any]) -> _KV:
-        return cls(
-            key=decode(item.get("key", "")).decode(errors="replace"),
-            value=decode(item.get("value", "")),
-            create_revision=int(item.get("create_revision", 0)),
-            mod_revision=int(item.get("mod_revision", 0)),
-            lease=int(item.get("lease", 0)),
-        )
-
-
-def _kvs(reply: dict[str, Any]) -> list[_KV]:
-    return [_KV.parse(item) for item in reply.get("kvs", [])]
-
-
-def _failure_kv(reply: dict[str, Any]) -> _KV | None:
-    """The key a failed transaction's ``request_range`` read (None: absent)."""
-    for response in reply.get("responses", []):
-        found = _kvs(response.get("response_range", {}))
-        if found:
-            return found[0]
-    return None
-
-
-def _revision(reply: dict[str, Any]) -> int:
-    return int(reply.get("header", {}).get("revision", 0))
-
-
-@dataclass
-class _RunsSubscription:
-    shard: int
-    callback: Callable[[RunRecord | None], bool]
-    #: The revision of the record last delivered; events up to it are skipped.
-    seen: int = -1
-    active: bool = True
-
-
-@dataclass
-class _RunsWatch:
-    watch: PrefixWatch
-    subscriptions: list[_RunsSubscription] = field(default_factory=list)
 
 
 class EtcdBackend:
@@ -134,7 +56,7 @@ class EtcdBackend:
     def __init__(self, config: DiscoveryConfig, service: str) -> None:
         self.config = config
         self.service = service
-        self.root = service_prefix(config.namespace, service)
+        self.root = keys.service_prefix(config.namespace, service)
         self._transport = Transport(config)
         self._session = self._transport.session()
         self._budget = float(config.connect_timeout)
@@ -142,10 +64,9 @@ class EtcdBackend:
             self._transport, max(1, math.ceil(config.session_timeout)), self._on_state
         )
         self._on_change: Callable[[Change], None] | None = None
-        self._lock = threading.Lock()
         self._dispatcher: Dispatcher | None = None
         self._watch: PrefixWatch | None = None
-        self._runs_watches: dict[str, _RunsWatch] = {}
+        self._runs: RunWatches | None = None
         #: This instance's member key and its create revision (its rank), once registered.
         self._member: tuple[str, int] | None = None
         self._connected = False
@@ -167,12 +88,19 @@ class EtcdBackend:
             self._transport.discover(self._session, self._budget)
             self._transport.authenticate(self._session, self._left(deadline))
             # A read of the service's keys: checks access, and the revision watches start after.
-            after = _revision(self._call("kv/range", self._prefix_count(self.root), deadline))
+            after = keys.revision(self._call("kv/range", keys.prefix_count(self.root), deadline))
             self._lease.grant(self._left(deadline))
         except BaseException:
             self._transport.close()
             raise
         self._dispatcher = Dispatcher(f"goworker-etcd-callbacks {self.service}")
+        self._runs = RunWatches(
+            self._transport,
+            self.config.namespace,
+            lambda path, body, deadline: self._call(path, body, deadline),
+            self._dispatcher.submit,
+            lambda: min(self._budget, self._lease.interval),
+        )
         self._watch = PrefixWatch(
             self._transport, self.root, after, self._service_events, self._service_resync
         ).start()
@@ -189,10 +117,10 @@ class EtcdBackend:
             # Unreachable: etcd expires the lease after its TTL instead.
             with contextlib.suppress(BackendError):
                 self._lease.revoke(min(self._budget, max(self._lease.interval, 1.0)))
-        watches = [self._watch, *(runs.watch for runs in self._runs_watches.values())]
-        for watch in watches:
-            if watch is not None:
-                watch.close()
+        if self._runs is not None:
+            self._runs.close()
+        if self._watch is not None:
+            self._watch.close()
         if self._dispatcher is not None:
             self._dispatcher.close()
         self._member = None
@@ -245,8 +173,7 @@ class EtcdBackend:
         self._emit(Change.CONNECTION)
 
     def _watches(self) -> list[PrefixWatch]:
-        with self._lock:
-            runs = [item.watch for item in self._runs_watches.values()]
+        runs = self._runs.watches() if self._runs is not None else []
         return [watch for watch in (self._watch, *runs) if watch is not None]
 
     def _emit(self, change: Change) -> None:
@@ -277,22 +204,18 @@ class EtcdBackend:
         body = {"compare": compare, "success": success, "failure": failure}
         return self._call("kv/txn", body, deadline)
 
-    def _get(self, key: str) -> _KV | None:
-        found = _kvs(self._call("kv/range", {"key": encode(key)}))
+    def _get(self, key: str) -> keys.KV | None:
+        found = keys.kvs(self._call("kv/range", {"key": encode(key)}))
         return found[0] if found else None
 
-    def _get_prefix(self, prefix: str) -> list[_KV]:
+    def _get_prefix(self, prefix: str) -> list[keys.KV]:
         body = {
             "key": encode(prefix),
             "range_end": prefix_end(prefix),
             "sort_order": "ASCEND",
             "sort_target": "CREATE",
         }
-        return _kvs(self._call("kv/range", body))
-
-    @staticmethod
-    def _prefix_count(prefix: str) -> dict[str, Any]:
-        return {"key": encode(prefix), "range_end": prefix_end(prefix), "count_only": True}
+        return keys.kvs(self._call("kv/range", body))
 
     def _held_lease(self) -> int:
         lease = self._lease.lease
@@ -309,12 +232,14 @@ class EtcdBackend:
         name = f"{instance.id}-{uuid.uuid4().hex[:8]}"
         key = f"{self.root}members/{name}"
         reply = self._txn(
-            [_compare(key, "CREATE", 0)], [_put(key, instance.to_json(), lease)], [_range(key)]
+            [keys.compare(key, "CREATE", 0)],
+            [keys.put(key, instance.to_json(), lease)],
+            [keys.get(key)],
         )
         if reply.get("succeeded"):
-            rank = _revision(reply)
+            rank = keys.revision(reply)
         else:
-            found = _failure_kv(reply)
+            found = keys.failure_kv(reply)
             if found is None or found.lease != lease:
                 raise BackendError(f"etcd: member key {key} belongs to another lease")
             rank = found.create_revision
@@ -328,7 +253,7 @@ class EtcdBackend:
             return
         key, rank = member
         delete = {"request_delete_range": {"key": encode(key)}}
-        self._txn([_compare(key, "CREATE", rank)], [delete], [])
+        self._txn([keys.compare(key, "CREATE", rank)], [delete], [])
 
     def registered(self) -> bool:
         """True while this registration's member key exists."""
@@ -346,7 +271,9 @@ class EtcdBackend:
             raise LeaseLost(f"{self!r}: not registered")
         key, rank = member
         reply = self._txn(
-            [_compare(key, "CREATE", rank)], [_put(key, instance.to_json(), self._held_lease())], []
+            [keys.compare(key, "CREATE", rank)],
+            [keys.put(key, instance.to_json(), self._held_lease())],
+            [],
         )
         if not reply.get("succeeded"):
             self._member = None
@@ -379,14 +306,16 @@ class EtcdBackend:
         lease = self._held_lease()
         key = f"{self.root}claims/{shard}"
         value = json.dumps({"owner": owner, "lease": f"{lease:x}"}).encode()
-        reply = self._txn([_compare(key, "CREATE", 0)], [_put(key, value, lease)], [_range(key)])
+        reply = self._txn(
+            [keys.compare(key, "CREATE", 0)], [keys.put(key, value, lease)], [keys.get(key)]
+        )
         if reply.get("succeeded"):
-            return ShardClaim(shard=shard, token=_revision(reply), owner=owner, handle=key)
-        found = _failure_kv(reply)
+            return ShardClaim(shard=shard, token=keys.revision(reply), owner=owner, handle=key)
+        found = keys.failure_kv(reply)
         if found is None:
             self._emit(Change.CLAIMS)  # gone meanwhile: look again at once
             return None
-        if found.lease == lease and _owner(found) == owner:
+        if found.lease == lease and keys.owner(found) == owner:
             # Ours already (a retried request whose first reply was lost).
             return ShardClaim(shard=shard, token=found.create_revision, owner=owner, handle=key)
         return None
@@ -395,7 +324,7 @@ class EtcdBackend:
         """Delete the claim key if it is still exactly this claim (same create revision)."""
         key = f"{self.root}claims/{claim.shard}"
         delete = {"request_delete_range": {"key": encode(key)}}
-        self._txn([_compare(key, "CREATE", claim.token)], [delete], [])
+        self._txn([keys.compare(key, "CREATE", claim.token)], [delete], [])
 
     def claims(self) -> dict[int, ShardClaim]:
         """Every claim of the service."""
@@ -405,14 +334,14 @@ class EtcdBackend:
             name = kv.key[len(prefix) :]
             if name.isdigit():
                 shard = int(name)
-                found[shard] = ShardClaim(shard, kv.create_revision, _owner(kv), kv.key)
+                found[shard] = ShardClaim(shard, kv.create_revision, keys.owner(kv), kv.key)
         return found
 
     # -- run records ------------------------------------------------------------------------------
 
     def read_run(self, shard: int) -> RunRecord | None:
         """The run record of ``shard`` (None if absent or unreadable)."""
-        return _record(shard, self._get(f"{self.root}runs/{shard}"))
+        return keys.record(shard, self._get(f"{self.root}runs/{shard}"))
 
     def runs(self) -> dict[int, RunRecord]:
         """Every readable run record of the service."""
@@ -420,7 +349,7 @@ class EtcdBackend:
         found: dict[int, RunRecord] = {}
         for kv in self._get_prefix(prefix):
             name = kv.key[len(prefix) :]
-            if name.isdigit() and (record := _record(int(name), kv)) is not None:
+            if name.isdigit() and (record := keys.record(int(name), kv)) is not None:
                 found[record.shard] = record
         return found
 
@@ -447,120 +376,24 @@ class EtcdBackend:
         key = f"{self.root}runs/{claim.shard}"
         value = record.to_json()
         compare = [
-            _compare(f"{self.root}claims/{claim.shard}", "CREATE", claim.token),
-            _compare(member[0], "CREATE", member[1]),
+            keys.compare(f"{self.root}claims/{claim.shard}", "CREATE", claim.token),
+            keys.compare(member[0], "CREATE", member[1]),
         ]
         deadline = time.monotonic() + self._lease.interval
-        reply = self._txn(compare, [_put(key, value)], [_range(key)], deadline)
+        reply = self._txn(compare, [keys.put(key, value)], [keys.get(key)], deadline)
         if reply.get("succeeded"):
             return True
-        found = _failure_kv(reply)
+        found = keys.failure_kv(reply)
         return found is not None and found.value == value
 
     def watch_runs(
         self, service: str, shard: int, callback: Callable[[RunRecord | None], bool]
     ) -> None:
         """Call ``callback`` with ``service``'s record of ``shard`` now and on each change, on
-        the callback thread, until it returns False. One watch per watched service."""
-        dispatcher = self._dispatcher
-        if dispatcher is None:
+        the callback thread, until it returns False (see :mod:`.runs`)."""
+        if self._runs is None:
             raise BackendError(f"{self!r} is not connected")
-        prefix = service_prefix(self.config.namespace, service) + "runs/"
-        subscription = _RunsSubscription(shard, callback)
-        with self._lock:
-            runs = self._runs_watches.get(service)
-        if runs is None:
-            # Outside the lock: a watch thread takes it to hand its events on.
-            after = _revision(self._call("kv/range", self._prefix_count(prefix)))
-            watch = PrefixWatch(
-                self._transport,
-                prefix,
-                after,
-                lambda events: self._runs_events(service, prefix, events),
-                lambda: self._runs_resync(service, prefix),
-            )
-            with self._lock:
-                runs = self._runs_watches.get(service)
-                if runs is None:
-                    runs = self._runs_watches[service] = _RunsWatch(watch.start())
-        with self._lock:
-            runs.subscriptions.append(subscription)
-            dispatcher.submit(lambda: self._deliver_current(service, prefix, subscription))
-
-    def _deliver_current(self, service: str, prefix: str, subscription: _RunsSubscription) -> None:
-        # The callback thread: read the record now, call back.
-        if not subscription.active:
-            return
-        # A short budget: on_change signals wait behind this read.
-        deadline = time.monotonic() + min(self._budget, self._lease.interval)
-        try:
-            body = {"key": encode(f"{prefix}{subscription.shard}")}
-            reply = self._call("kv/range", body, deadline)
-        except BackendError:
-            # Try again soon (the watch meanwhile delivers any change anyway).
-            timer = threading.Timer(
-                1.0,
-                lambda: self._submit(lambda: self._deliver_current(service, prefix, subscription)),
-            )
-            timer.daemon = True
-            timer.start()
-            return
-        found = _kvs(reply)
-        record = _record(subscription.shard, found[0] if found else None)
-        self._deliver(service, subscription, record, _revision(reply))
-
-    def _submit(self, task: Callable[[], None]) -> None:
-        if self._dispatcher is not None and not self._closed:
-            self._dispatcher.submit(task)
-
-    def _deliver(
-        self,
-        service: str,
-        subscription: _RunsSubscription,
-        record: RunRecord | None,
-        revision: int,
-    ) -> None:
-        if not subscription.active or revision <= subscription.seen:
-            return
-        subscription.seen = revision
-        if subscription.callback(record) is False:
-            self._unsubscribe(service, subscription)
-
-    def _unsubscribe(self, service: str, subscription: _RunsSubscription) -> None:
-        subscription.active = False
-        with self._lock:
-            runs = self._runs_watches.get(service)
-            if runs is None:
-                return
-            runs.subscriptions = [item for item in runs.subscriptions if item.active]
-            if runs.subscriptions:
-                return
-            del self._runs_watches[service]
-        runs.watch.close()
-
-    def _runs_events(self, service: str, prefix: str, events: list[KeyEvent]) -> None:
-        # A watch thread: hand on to the callback thread.
-        with self._lock:
-            runs = self._runs_watches.get(service)
-            subscriptions = list(runs.subscriptions) if runs else []
-        for event in events:
-            name = event.key[len(prefix) :]
-            if not name.isdigit():
-                continue
-            shard = int(name)
-            record = None if event.deleted else _parse_record(shard, event.value)
-            for item in subscriptions:
-                if item.shard == shard and event.revision > item.seen:
-                    self._submit(
-                        functools.partial(self._deliver, service, item, record, event.revision)
-                    )
-
-    def _runs_resync(self, service: str, prefix: str) -> None:
-        with self._lock:
-            runs = self._runs_watches.get(service)
-            subscriptions = list(runs.subscriptions) if runs else []
-        for item in subscriptions:
-            self._submit(functools.partial(self._deliver_current, service, prefix, item))
+        self._runs.watch(service, shard, callback)
 
     # -- settings and control ---------------------------------------------------------------------
 
@@ -584,12 +417,12 @@ class EtcdBackend:
         if not create_only:
             self._call("kv/put", {"key": encode(key), "value": encode(value)})
             return True
-        reply = self._txn([_compare(key, "CREATE", 0)], [_put(key, value)], [])
+        reply = self._txn([keys.compare(key, "CREATE", 0)], [keys.put(key, value)], [])
         return bool(reply.get("succeeded"))
 
     def read_control(self) -> ControlState:
         """The control state (nothing requested when none was written, or it is unreadable)."""
-        return _control(self._get(f"{self.root}control"))
+        return keys.control(self._get(f"{self.root}control"))
 
     def update_control(self, change: Callable[[ControlState], ControlState]) -> ControlState:
         """Compare-and-set on the control key's mod revision, retried until it wins.
@@ -600,15 +433,17 @@ class EtcdBackend:
         key = f"{self.root}control"
         found = self._get(key)
         for _ in range(CONTROL_ATTEMPTS):
-            new = change(_control(found))
+            new = change(keys.control(found))
             nonce = uuid.uuid4().hex
             value = json.dumps({**new.to_dict(), "nonce": nonce}).encode()
             revision = 0 if found is None else found.mod_revision
-            reply = self._txn([_compare(key, "MOD", revision)], [_put(key, value)], [_range(key)])
+            reply = self._txn(
+                [keys.compare(key, "MOD", revision)], [keys.put(key, value)], [keys.get(key)]
+            )
             if reply.get("succeeded"):
                 return new
-            found = _failure_kv(reply)
-            if found is not None and _nonce(found) == nonce:
+            found = keys.failure_kv(reply)
+            if found is not None and keys.nonce(found) == nonce:
                 return new
         raise BackendError(f"etcd: {key} kept changing: gave up after {CONTROL_ATTEMPTS} tries")
 
@@ -637,42 +472,6 @@ class EtcdBackend:
     def _service_resync(self) -> None:
         for change in (Change.MEMBERS, Change.CLAIMS, Change.SETTINGS, Change.CONTROL):
             self._emit(change)
-
-
-def _owner(kv: _KV) -> str:
-    try:
-        data = json.loads(kv.value)
-    except ValueError:
-        return ""
-    return str(data.get("owner", "")) if isinstance(data, dict) else ""
-
-
-def _nonce(kv: _KV) -> str:
-    try:
-        data = json.loads(kv.value)
-    except ValueError:
-        return ""
-    return str(data.get("nonce", "")) if isinstance(data, dict) else ""
-
-
-def _control(kv: _KV | None) -> ControlState:
-    if kv is None:
-        return ControlState()
-    try:
-        return ControlState.from_dict(json.loads(kv.value))
-    except ValueError:
-        return ControlState()
-
-
-def _parse_record(shard: int, raw: bytes) -> RunRecord | None:
-    try:
-        return RunRecord.parse(shard, raw)
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-def _record(shard: int, kv: _KV | None) -> RunRecord | None:
-    return None if kv is None else _parse_record(shard, kv.value)
 
 
 def _conforms(backend: EtcdBackend) -> CoordinationBackend:
