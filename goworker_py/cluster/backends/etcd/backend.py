@@ -192,7 +192,11 @@ class EtcdBackend:
         if self._closed:
             raise BackendError(f"{self!r} is closed")
         budget = self._budget if deadline is None else self._left(deadline)
-        return self._transport.call(path, body, budget, self._session)
+        try:
+            return self._transport.call(path, body, budget, self._session)
+        except LeaseLost:
+            self._lease.check_now()
+            raise
 
     def _txn(
         self,

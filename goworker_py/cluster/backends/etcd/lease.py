@@ -50,6 +50,7 @@ class LeaseKeeper:
         self._on_state = on_state
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._check_now = False
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         #: The lease's id (0: none held).
@@ -155,6 +156,12 @@ class LeaseKeeper:
         self._on_state(ConnectionState.LOST)
         self._wake.set()  # grant the next one at once
 
+    def check_now(self) -> None:
+        """etcd said "lease not found" to another request: send a keep-alive at once (it finds
+        out for sure, and a new lease follows sooner)."""
+        self._check_now = True
+        self._wake.set()
+
     # -- the thread -------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -178,8 +185,9 @@ class LeaseKeeper:
             if self._closed.is_set():
                 return
             now = time.monotonic()
-            if self.lease and now < next_at:
+            if self.lease and now < next_at and not self._check_now:
                 continue  # woken early, but the lease needs nothing yet
+            self._check_now = False
             next_at = now + self.interval
             try:
                 if self.lease:
