@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv install run test test-fast lint bench zookeeper clean
+.PHONY: venv install run test test-fast lint bench zookeeper etcd clean
 
 venv install: $(STAMP)
 
@@ -22,9 +22,13 @@ run: $(STAMP)
 zookeeper: $(STAMP)
 	$(PY) -m goworker_py.testing ensure-zookeeper
 
+# etcd for the etcd backend's tests: Debian's etcd-server (apt on Debian, as root), or ETCD_BINARY.
+etcd: $(STAMP)
+	$(PY) -m goworker_py.testing ensure-etcd
+
 # After pytest, even when it fails (or is interrupted), stop the container `zookeeper` may have
 # started (a no-op when it started none); exit with pytest's status.
-test: $(STAMP) zookeeper
+test: $(STAMP) zookeeper etcd
 	@trap : INT TERM; status=0; \
 	echo "$(PY) -m pytest"; $(PY) -m pytest || status=$$?; \
 	$(PY) -m goworker_py.testing stop-docker-zookeeper; \
@@ -39,7 +43,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy goworker_py
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP) zookeeper
+bench: $(STAMP) zookeeper etcd
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -291,9 +291,9 @@ def _bad_worker_cases() -> list[tuple[str, dict[str, Any], type[Exception], str]
         ),
         (
             "unknown discovery protocol",
-            {"model": Model.CLUSTER, "service_name": "svc", "config": _with_discovery("etcd")},
+            {"model": Model.CLUSTER, "service_name": "svc", "config": _with_discovery("consul")},
             DiscoveryError,
-            "etcd",
+            "consul",
         ),
         ("negative timeout", {"timeout": -1}, ConfigError, "timeout"),
         ("zero timeout", {"timeout": 0}, ConfigError, "timeout"),

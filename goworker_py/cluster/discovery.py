@@ -72,5 +72,16 @@ def _memory(config: DiscoveryConfig, service: str) -> CoordinationBackend:
     return MemoryBackend(config, service)
 
 
+def _etcd(config: DiscoveryConfig, service: str) -> CoordinationBackend:
+    try:
+        from goworker_py.cluster.backends.etcd import EtcdBackend
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in ("etcd3gw", "requests", "futurist"):
+            raise
+        raise missing_extra("etcdv3", "etcd", exc) from exc
+    return EtcdBackend(config, service)
+
+
 set_discovery("zookeeper", _zookeeper)
+set_discovery("etcdv3", _etcd)
 set_discovery("memory", _memory)

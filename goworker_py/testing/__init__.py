@@ -11,8 +11,11 @@ and use the fixtures ``zookeeper``, ``zk_chroot``, ``zk_hosts``, ``zk_client``,
         server.pause()                      # SIGSTOP: a partition, as clients see it
         expire_session(client)              # a real, server-side session expiry
 
-``python -m goworker_py.testing ensure-zookeeper`` checks (and, as root on Debian, installs)
-what these need.
+:class:`EtcdServer` and :class:`EtcdCluster` do the same for etcd (fixtures ``etcd_server``,
+``etcd_namespace``, ``etcd_private``, ``etcd_cluster``).
+
+``python -m goworker_py.testing ensure-zookeeper`` (and ``ensure-etcd``) checks (and, as root on
+Debian, installs) what these need.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from __future__ import annotations
 from goworker_py.testing.context import make_context
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
 from goworker_py.testing.errors import (
+    EtcdNotFound,
+    EtcdStartError,
     FaultInjectionUnsupported,
     ZooKeeperError,
     ZooKeeperNotFound,
     ZooKeeperStartError,
 )
+from goworker_py.testing.etcd import ETCD_INSTALL_HINT, EtcdCluster, EtcdServer, find_etcd
 from goworker_py.testing.external import ExternalZooKeeper
 from goworker_py.testing.install import INSTALL_HINT, ZooKeeperInstall, find_zookeeper
 from goworker_py.testing.network import four_letter_word, free_ports, parse_mntr, with_chroot
@@ -35,6 +41,8 @@ __all__ = [
     # Handlers
     "make_context",
     # Servers
+    "EtcdCluster",
+    "EtcdServer",
     "ExternalZooKeeper",
     "ZooKeeperEnsemble",
     "ZooKeeperServer",
@@ -44,12 +52,16 @@ __all__ = [
     "INSTALL_HINT",
     "ZooKeeperInstall",
     "find_zookeeper",
+    "ETCD_INSTALL_HINT",
+    "find_etcd",
     # Helpers
     "four_letter_word",
     "free_ports",
     "parse_mntr",
     "with_chroot",
     # Errors
+    "EtcdNotFound",
+    "EtcdStartError",
     "FaultInjectionUnsupported",
     "ZooKeeperError",
     "ZooKeeperNotFound",

@@ -11,6 +11,10 @@ container and records its hosts in ``.zk_hosts`` for the pytest plugin (see
 ``.zk_hosts``; it does nothing when no container was started.
 
 ``serve`` runs a test server in the foreground until interrupted and prints its hosts.
+
+``ensure-etcd`` (what ``make etcd`` runs) does the same for etcd: it starts and stops a real
+test server, and installs Debian's ``etcd-server`` with apt-get when etcd is missing and we are
+root on Debian/Ubuntu; otherwise it exits non-zero saying what to install.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from goworker_py.testing.docker import (
     start_zookeeper_container,
     stop_zookeeper_container,
 )
-from goworker_py.testing.errors import ZooKeeperError, ZooKeeperNotFound
+from goworker_py.testing.errors import EtcdNotFound, ZooKeeperError, ZooKeeperNotFound
+from goworker_py.testing.etcd import ETCD_INSTALL_HINT, EtcdServer, apt_install_etcd, find_etcd
 from goworker_py.testing.external import ExternalZooKeeper
 from goworker_py.testing.install import (
     INSTALL_HINT,
@@ -112,6 +117,44 @@ def _check_local(out: TextIO) -> int:
         f"a test server ({mode}) started in {seconds:.2f}s.",
         file=out,
     )
+    return 0
+
+
+def ensure_etcd(
+    *, install: bool = True, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Check (and, as root on Debian, install) etcd; return a process exit code."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        return _check_etcd(out)
+    except EtcdNotFound as missing:
+        if not install or os.environ.get("ETCD_BINARY"):
+            print(missing, file=err)
+            return 1
+        if not can_apt_install():
+            print(f"{missing}\n(Not installing it: that needs root on Debian/Ubuntu.)", file=err)
+            return 1
+    except ZooKeeperError as broken:
+        print(f"etcd is installed but a test server did not start:\n{broken}", file=err)
+        return 1
+    print("etcd not found: installing the Debian package `etcd-server` with apt-get.", file=out)
+    try:
+        apt_install_etcd()
+        return _check_etcd(out)
+    except ZooKeeperError as failed:
+        print(f"etcd is still not usable after apt-get: {failed}", file=err)
+        return 1
+    except (OSError, subprocess.CalledProcessError) as failed:
+        print(f"Installing etcd failed: {failed}\n{ETCD_INSTALL_HINT}", file=err)
+        return 1
+
+
+def _check_etcd(out: TextIO) -> int:
+    binary = find_etcd()
+    with EtcdServer(binary=binary) as server:
+        seconds = server.last_start_seconds or 0.0
+    print(f"etcd OK: {binary}; a test server started in {seconds:.2f}s.", file=out)
     return 0
 
 
@@ -234,7 +277,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m goworker_py.testing``."""
     parser = argparse.ArgumentParser(
-        prog="python -m goworker_py.testing", description="ZooKeeper for goworker-py's tests."
+        prog="python -m goworker_py.testing",
+        description="ZooKeeper and etcd for goworker-py's tests.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     ensure = commands.add_parser(
@@ -247,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure.add_argument(
         "--no-docker", action="store_true", help="never start a ZooKeeper container"
     )
+    ensure_etcd_cmd = commands.add_parser(
+        "ensure-etcd", help="check etcd works here; install etcd-server on Debian as root"
+    )
+    ensure_etcd_cmd.add_argument("--no-install", action="store_true", help="only check")
     commands.add_parser(
         "stop-docker-zookeeper",
         help="stop the container ensure-zookeeper started, if any, and delete its hosts file",
@@ -257,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "ensure-zookeeper":
         return ensure_zookeeper(install=not args.no_install, docker=not args.no_docker)
+    if args.command == "ensure-etcd":
+        return ensure_etcd(install=not args.no_install)
     if args.command == "stop-docker-zookeeper":
         return stop_docker_zookeeper()
     return serve(args.tick_time, args.port)

@@ -19,3 +19,11 @@ class ZooKeeperStartError(ZooKeeperError):
 
 class FaultInjectionUnsupported(ZooKeeperError):
     """A fault helper needs the server process, but the server is external (``ZK_HOSTS``)."""
+
+
+class EtcdNotFound(ZooKeeperError):
+    """No etcd binary to start; the message says what to install."""
+
+
+class EtcdStartError(ZooKeeperError):
+    """An etcd process was started but did not come up; the message has its log tail."""

@@ -12,14 +12,19 @@ Enable with ``pytest_plugins = ["goworker_py.testing.pytest_plugin"]`` in a ``co
 - ``zookeeper_admin``: a kazoo client on the shared server's root, for looking across chroots.
 - ``zookeeper_private``: a server of the test's own, to stop, restart or pause freely.
 - ``zookeeper_ensemble``: a 3-server quorum shared by the tests of one module.
+- ``etcd_server``: one etcd for the whole session (never stop or pause it); ``etcd_namespace``:
+  a fresh namespace (key prefix) on it per test, deleted afterwards; ``etcd_private``: an etcd
+  of the test's own, to stop, restart or pause; ``etcd_cluster``: a 3-member etcd cluster shared
+  by the tests of one module (see :mod:`goworker_py.testing.etcd`).
 
 When a test fails, the tail of each server log it used is added to its report. When ZooKeeper
-is missing, tests that need it are skipped with what to install, except in CI (``CI`` set),
-where they fail: a CI run that silently skips its cluster tests proves nothing.
+(or etcd) is missing, tests that need it are skipped with what to install, except in CI (``CI``
+set), where they fail: a CI run that silently skips its cluster tests proves nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import uuid
@@ -34,7 +39,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from goworker_py.testing.docker import read_hosts_file
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
-from goworker_py.testing.errors import ZooKeeperNotFound
+from goworker_py.testing.errors import EtcdNotFound, ZooKeeperNotFound
+from goworker_py.testing.etcd import EtcdCluster, EtcdServer
 from goworker_py.testing.external import ExternalZooKeeper
 from goworker_py.testing.network import with_chroot
 from goworker_py.testing.zookeeper import ZooKeeperServer
@@ -52,6 +58,7 @@ _STALE_HOSTS_FILE = (
 )
 
 _T = TypeVar("_T", ZooKeeperServer, ZooKeeperEnsemble)
+_E = TypeVar("_E", EtcdServer, EtcdCluster)
 
 
 def running_in_ci(environ: Mapping[str, str] | None = None) -> bool:
@@ -65,6 +72,20 @@ def zookeeper_missing(reason: str, environ: Mapping[str, str] | None = None) -> 
     if running_in_ci(environ):
         pytest.fail(f"ZooKeeper is required when CI is set: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def etcd_missing(reason: str, environ: Mapping[str, str] | None = None) -> NoReturn:
+    """Skip the current test because etcd is missing, or fail it when running in CI."""
+    if running_in_ci(environ):
+        pytest.fail(f"etcd is required when CI is set: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _start_etcd(factory: Callable[[], _E]) -> _E:
+    try:
+        return factory()
+    except EtcdNotFound as exc:
+        etcd_missing(str(exc))
 
 
 def _start(factory: Callable[[], _T]) -> _T:
@@ -178,6 +199,54 @@ def zookeeper_ensemble() -> Iterator[ZooKeeperEnsemble]:
         ensemble.close()
 
 
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    """The session's shared etcd. Never stop or pause it: see ``etcd_private``."""
+    server = _start_etcd(lambda: EtcdServer().start())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def etcd_namespace(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> Iterator[str]:
+    """A fresh namespace (``t-<test name>-<uuid8>``) on the shared etcd; its keys are deleted
+    afterwards."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:60]
+    namespace = f"t-{name}-{uuid.uuid4().hex[:8]}"
+    yield namespace
+    prefix = f"/{namespace}/".encode()
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    try:
+        etcd_server.request(
+            "kv/deleterange",
+            {"key": base64.b64encode(prefix).decode(), "range_end": base64.b64encode(end).decode()},
+        )
+    except OSError as exc:  # cleanup must not fail a test
+        warnings.warn(f"could not delete etcd namespace {namespace}: {exc!r}", stacklevel=2)
+
+
+@pytest.fixture
+def etcd_private() -> Iterator[EtcdServer]:
+    """An etcd for this test alone: stop, kill, restart or pause it at will."""
+    server = _start_etcd(lambda: EtcdServer().start())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A 3-member etcd cluster for this module's tests. Restart members a test stopped."""
+    cluster = _start_etcd(lambda: EtcdCluster(size=3).start())
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 def delete_tree(client: KazooClient, path: str, attempts: int = 5) -> None:
     """Delete ``path`` and everything under it; tolerate clients still writing there."""
     for _ in range(attempts):
@@ -208,12 +277,13 @@ def pytest_runtest_makereport(
     if report.failed:
         funcargs: dict[str, object] = getattr(item, "funcargs", {})
         for name, value in funcargs.items():
-            servers: list[ZooKeeperServer] = []
-            if isinstance(value, ZooKeeperServer):
+            servers: list[ZooKeeperServer | EtcdServer] = []
+            if isinstance(value, (ZooKeeperServer, EtcdServer)):
                 servers = [value]
-            elif isinstance(value, ZooKeeperEnsemble):
-                servers = value.servers
+            elif isinstance(value, (ZooKeeperEnsemble, EtcdCluster)):
+                servers = list(value.servers)
             for server in servers:
-                title = f"ZooKeeper log ({name}: {server.hosts}), last {LOG_TAIL_LINES} lines"
+                kind = "etcd" if isinstance(server, EtcdServer) else "ZooKeeper"
+                title = f"{kind} log ({name}: {server.hosts}), last {LOG_TAIL_LINES} lines"
                 report.sections.append((title, server.log_tail(LOG_TAIL_LINES)))
     return report

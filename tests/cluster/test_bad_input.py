@@ -128,10 +128,10 @@ def test_wrong_credentials_are_a_discovery_error(
 
 
 def test_unknown_protocol_is_a_discovery_error() -> None:
-    config = WorkerConfig(discovery=DiscoveryConfig(protocol="etcd", hosts="localhost:2379"))
+    config = WorkerConfig(discovery=DiscoveryConfig(protocol="consul", hosts="localhost:8500"))
     with pytest.raises(DiscoveryError) as raised:
         cluster_worker(config).run()
-    assert "etcd" in str(raised.value) and "set_discovery" in str(raised.value)
+    assert "consul" in str(raised.value) and "set_discovery" in str(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -275,6 +275,7 @@ class MemoryBackend:
 
     def close(self) -> None:
         self._stop.set()
+        self._state = ConnectionState.LOST
         self.store.unsubscribe(self._changed)
         self.store.revoke(self._lease)
 
@@ -338,7 +339,7 @@ class MemoryBackend:
         with self.store.lock:
             members = self.store.members.get(self.service, {})
             if self._member is None:
-                return
+                raise MemberGone("this instance is not registered")
             current = members.get(self._member)
             if current is None:
                 raise MemberGone(f"this instance's entry {self._member} vanished")

@@ -215,7 +215,7 @@ class ZooKeeperBackend:
 
     def publish(self, instance: WorkerInstance) -> None:
         if self.node is None:
-            return
+            raise MemberGone("this instance is not registered")
         with translated("publishing this instance's data"):
             try:
                 self.client.set(f"{self.instances_path}/{self.node}", instance.to_json())
