@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv install run test test-fast lint bench zookeeper clean
+.PHONY: venv install run test test-fast lint bench zookeeper redis clean
 
 venv install: $(STAMP)
 
@@ -22,9 +22,13 @@ run: $(STAMP)
 zookeeper: $(STAMP)
 	$(PY) -m goworker_py.testing ensure-zookeeper
 
+# redis-server for the Redis backend's tests: a local install (apt on Debian, as root).
+redis: $(STAMP)
+	$(PY) -m goworker_py.testing ensure-redis
+
 # After pytest, even when it fails (or is interrupted), stop the container `zookeeper` may have
 # started (a no-op when it started none); exit with pytest's status.
-test: $(STAMP) zookeeper
+test: $(STAMP) zookeeper redis
 	@trap : INT TERM; status=0; \
 	echo "$(PY) -m pytest"; $(PY) -m pytest || status=$$?; \
 	$(PY) -m goworker_py.testing stop-docker-zookeeper; \

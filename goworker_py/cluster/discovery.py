@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from goworker_py.config import DiscoveryConfig
-from goworker_py.errors import DiscoveryError
+from goworker_py.errors import BackendMissing, DiscoveryError
 from goworker_py.instance import WorkerInstance
 
 
@@ -121,4 +121,17 @@ def _zookeeper(config: DiscoveryConfig, service: str) -> WorkerDiscovery:
     return ZooKeeperDiscovery(config, service)
 
 
+def _redis(config: DiscoveryConfig, service: str) -> WorkerDiscovery:
+    try:
+        from goworker_py.cluster.backends.redis import RedisBackend
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis" and not str(exc.name).startswith("redis."):
+            raise
+        raise BackendMissing(
+            "discovery protocol 'redis' needs redis-py: pip install 'goworker-py[redis]'"
+        ) from exc
+    return cast(WorkerDiscovery, RedisBackend(config, service))
+
+
 set_discovery("zookeeper", _zookeeper)
+set_discovery("redis", _redis)

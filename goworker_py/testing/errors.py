@@ -19,3 +19,11 @@ class ZooKeeperStartError(ZooKeeperError):
 
 class FaultInjectionUnsupported(ZooKeeperError):
     """A fault helper needs the server process, but the server is external (``ZK_HOSTS``)."""
+
+
+class RedisNotFound(ZooKeeperError):
+    """No ``redis-server`` to start; the message says what to install."""
+
+
+class RedisStartError(ZooKeeperError):
+    """A ``redis-server`` process was started but did not come up; the message has its log."""

@@ -1,0 +1,584 @@
+"""The Redis coordination backend (``DiscoveryConfig(protocol="redis")``, on redis-py).
+
+Expiry is decided only by the Redis server's TTLs, never by comparing hosts' clocks (the Go
+package's bug). Every step is one Lua script (:mod:`.redis_scripts`), so one round trip.
+
+Keys, under ``P = "<namespace>:<service>:"``:
+
+- ``P lease:<lease>`` — hash, TTL = session timeout: the lease. ``<lease>`` is a random token
+  per lease; field ``holder`` (host:pid) and one field ``c<shard>`` per claim it holds (the
+  claim's exact value). The ``TICK`` script refreshes it every T/3 together with its member key
+  and claims — only while it still exists, and only while every claim it lists still holds
+  exactly that value. A key that expired is never re-created: a new lease gets a new id.
+- ``P member:<lease>`` — string, the member's :class:`~goworker_py.instance.WorkerInstance` JSON;
+  expires with its lease (created with the lease's PTTL, refreshed with it).
+- ``P members`` — sorted set ``lease -> rank``; ``P members:rank`` — the INCR counter ranks
+  come from. Entries whose member key expired are pruned by the next ``TICK`` of any instance.
+- ``P claim:<shard>`` — string ``{"owner", "lease", "token"}`` set NX with the lease's PTTL;
+  ``P claims`` — set of the shards that may have a claim (pruned like ``members``).
+- ``P claims:<shard>:token`` — the shard's fencing token counter (no TTL).
+- ``P run:<shard>`` — the shard's :class:`~goworker_py.cluster.backend.RunRecord` JSON (no TTL);
+  ``P runs`` — set of the shards that have one.
+- ``P settings``, ``P control`` — JSON (no TTL).
+- ``P seq`` — the change counter; channel ``P changes`` — ``"<seq> <kind>"`` for every change
+  (``members``, ``claims``, ``settings``, ``control``, ``run:<shard>``); channel
+  ``P wake:<id>`` — wakes one backend's listener thread.
+
+Changes reach the host through the ``changes`` channel; expiries (which publish nothing) are
+found by the ``TICK`` poll every T/3, timed earlier to the next expiry the server reports (its
+PTTL), and — when the server has ``notify-keyspace-events`` on (``Ex``, ``Eg``) — by keyspace
+events too; they are never required (``CONFIG GET`` may be refused). A listener that missed
+messages (a lost or silently dead pub/sub connection) is caught by the ``seq`` counter the
+``TICK`` returns: everything is reported again.
+
+Fencing tokens. A claim's token is ``max(counter + 1, the shard's run record's token + 1, the
+Redis server's TIME in microseconds)``, stored back into the counter, all in one script. While
+the server lives, tokens grow with every new owner whatever the clocks do (the counter). After
+a restart *without persistence* (every key gone, counters reset) tokens go on from the server's
+clock, above every earlier token as long as the Redis host's clock did not step back by more
+than the downtime (a token runs ahead of the clock only with more than a million claims of one
+shard per second). The one clock read is the Redis server's own; no host's clock is compared
+with another's, and no expiry depends on it.
+
+Guarantees. With one primary (or a Sentinel-managed primary) a shard has one owner while that
+primary lives: a claim is taken only if absent, vanishes with its lease, and ``begin_run`` /
+``end_run`` write only while the claim is exactly the caller's and its member key exists. A
+failover with asynchronous replication can lose a claim, a lease, or a counter update: another
+instance may then claim the shard while its old owner still runs it, until that owner's next
+``TICK`` (at most T/3 later) finds its lease or one of its claims gone and reports LOST (the
+host cancels its runs). What fencing tokens still protect then: the new owner's token exceeds
+the lost one as long as the Redis servers' clocks agree within the failover time (seconds, with
+Sentinel's detection delay), so a storage that checks tokens refuses the stale owner's writes.
+Nothing here survives a restart without persistence except the tokens' growth (no ``DURABLE``).
+
+Threads: a ticker (``TICK`` every T/3; replaces a lost lease) and a pub/sub listener
+(:mod:`.redis_changes`); ``on_change`` runs on either. Requests time out after
+``min(T/3, connect_timeout)``; a connection reset is retried once (every script is idempotent,
+see :mod:`.redis_client`). ``hosts`` may list several servers: the first that answers at
+connect time is used (point it at a primary; Sentinel discovery is not built in).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from goworker_py.cluster.backend import (
+    Change,
+    ConnectionState,
+    ControlState,
+    Guarantee,
+    Member,
+    RunRecord,
+    ShardClaim,
+)
+from goworker_py.cluster.backends.redis_changes import ChangeFeed
+from goworker_py.cluster.backends.redis_client import (
+    Requests,
+    make_client,
+    parse_hosts,
+    reachable_host,
+)
+from goworker_py.config import DiscoveryConfig
+from goworker_py.errors import (
+    BackendError,
+    BackendUnavailable,
+    DiscoveryError,
+    LeaseLost,
+)
+from goworker_py.instance import WorkerInstance
+
+if TYPE_CHECKING:
+    from goworker_py.cluster.backend import CoordinationBackend
+
+#: Seconds after the server's reported next expiry that the ticker looks again.
+EXPIRY_MARGIN = 0.005
+#: Compare-and-set attempts of ``update_control`` before giving up.
+CAS_ATTEMPTS = 100
+
+
+@dataclass(frozen=True)
+class RedisClaimHandle:
+    """What identifies exactly one claim: its lease and the claim key's value."""
+
+    lease: str
+    value: str
+
+
+class RedisBackend:
+    """One instance's (or admin client's) connection to Redis; see the module docstring.
+
+    A lease is taken by the first :meth:`register` (an admin client never holds one); once the
+    server expired it, the state is LOST until the ticker has a new one (a new id: ``lease_id``
+    changes) — the host then registers again, with a new member key and rank.
+    """
+
+    protocol = "redis"
+    guarantees = frozenset(
+        {
+            Guarantee.TOKENS_GROW,
+            Guarantee.CLAIMS_VANISH_WITH_LEASE,
+            Guarantee.FENCED_BEGIN,
+            Guarantee.SERVER_EXPIRY,
+        }
+    )
+
+    def __init__(self, config: DiscoveryConfig, service: str) -> None:
+        if not config.hosts:
+            raise DiscoveryError("discovery hosts are empty: set hosts='127.0.0.1:6379'")
+        _check_service(service)
+        for name in ("session_timeout", "connect_timeout"):
+            if not getattr(config, name) > 0:
+                raise DiscoveryError(f"{name} must be > 0 seconds, got {getattr(config, name)!r}")
+        if config.auth_user and not config.auth_password:
+            raise DiscoveryError(f"Redis user {config.auth_user!r} needs a password")
+        parse_hosts(config.hosts)  # bad hosts fail here, not at connect
+        self.config = config
+        self.service = service
+        self.prefix = self.prefix_of(service)
+        self._ttl_ms = max(1, round(config.session_timeout * 1000))
+        self._interval = config.session_timeout / 3.0
+        #: Seconds any one request may take (a refresh must not outlast its share of the TTL).
+        self.request_timeout = max(0.05, min(self._interval, config.connect_timeout))
+        self._holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._lock = threading.Lock()
+        self._lease_lock = threading.Lock()
+        self._requests: Requests | None = None
+        self._feed: ChangeFeed | None = None
+        self._keyspace: list[str] = []
+        self._on_change: Callable[[Change], None] | None = None
+        self._state = ConnectionState.SUSPENDED
+        self._lease = ""
+        self._lease_wanted = False
+        self._answered_at = time.monotonic()
+        self._next_tick = 0.0
+        self._tick_wake = threading.Event()
+        self._closing = threading.Event()
+        self._ticker: threading.Thread | None = None
+        #: Leases the server expired (or took away) under this backend.
+        self.leases_lost = 0
+
+    def prefix_of(self, service: str) -> str:
+        """The key prefix of ``service`` in this backend's namespace."""
+        return f"{self.config.namespace}:{service}:"
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests sent to Redis so far (scripts and commands), for the benchmarks."""
+        return 0 if self._requests is None else self._requests.sent
+
+    # -- connection and lease ---------------------------------------------------------------------
+
+    def connect(self, on_change: Callable[[Change], None] | None = None) -> None:
+        """Reach a server within the connect timeout and check access (else raise)."""
+        if self._requests is not None:
+            raise BackendError("this Redis backend is connected already")
+        self._on_change = on_change
+        host = reachable_host(self.config)
+        requests = self._requests = Requests(make_client(self.config, host, self.request_timeout))
+        try:
+            requests.call("members", self.prefix)  # scripting and key permissions
+            self._keyspace = requests.keyspace_channels(self.config.database)
+        except BackendError:
+            requests.close()
+            self._requests = None
+            raise
+        with self._lock:
+            self._state = ConnectionState.CONNECTED
+            self._answered_at = time.monotonic()
+        if on_change is not None:
+            self._start_feed()
+        self._next_tick = time.monotonic() + self._interval
+        self._ticker = threading.Thread(
+            target=self._tick_loop, name=f"goworker:redis-tick:{self.service}", daemon=True
+        )
+        self._ticker.start()
+
+    def _start_feed(self) -> ChangeFeed:
+        with self._lock:
+            feed, requests = self._feed, self._requests
+            if feed is None:
+                if requests is None:
+                    raise BackendUnavailable("the Redis backend is not connected")
+                feed = self._feed = ChangeFeed(
+                    requests,
+                    service=self.service,
+                    prefix_of=self.prefix_of,
+                    emit=self._emit,
+                    read_run=lambda service, shard: self._read_run_at(service, shard),
+                    look_again=self._tick_wake.set,
+                    own_lease=lambda: self._lease,
+                    wake_id=secrets.token_hex(8),
+                    max_backoff=self._interval,
+                    confirm_timeout=self.config.connect_timeout,
+                )
+            else:
+                return feed
+        if not feed.start(self._keyspace):
+            self.close()
+            raise BackendUnavailable(
+                f"Redis did not confirm a subscription to {self.prefix}changes"
+            )
+        return feed
+
+    def close(self) -> None:
+        """Release the lease (its member key and claims vanish at once) and disconnect."""
+        self._closing.set()
+        self._tick_wake.set()
+        ticker = self._ticker
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join(self.request_timeout + 1.0)
+        with self._lock:
+            lease, self._lease, self._lease_wanted = self._lease, "", False
+        requests = self._requests
+        if lease and requests is not None:
+            try:
+                requests.call("close", self.prefix, lease)
+            except BackendError as exc:
+                logger.debug("Redis: releasing lease {} on close failed: {!r}", lease, exc)
+        if self._feed is not None:
+            self._feed.close(self.request_timeout + 1.0)
+        if requests is not None:
+            requests.close()
+
+    @property
+    def state(self) -> ConnectionState:
+        """CONNECTED, SUSPENDED (the last refresh failed) or LOST (until a new lease)."""
+        return self._state
+
+    @property
+    def lease_id(self) -> str:
+        """The current lease's random id ("" when none)."""
+        return self._lease
+
+    @property
+    def negotiated_timeout(self) -> float:
+        """The lease keys' TTL: the configured session timeout (Redis negotiates nothing)."""
+        return self.config.session_timeout
+
+    @property
+    def answered_at(self) -> float:
+        """Send time of the latest refresh the server answered (of any answered request
+        while no lease is held)."""
+        return self._answered_at
+
+    def lease_valid_until(self) -> float:
+        """The last successful refresh set every key's TTL to T no earlier than it was sent."""
+        return self._answered_at + self.config.session_timeout
+
+    def round_trip(self, timeout: float) -> None:
+        """One refresh answered within ``timeout`` s; ``LeaseLost`` if the lease is gone."""
+        began = time.monotonic()
+        if self._tick() < 0:
+            raise LeaseLost("the Redis lease expired")
+        took = time.monotonic() - began
+        if took > timeout:
+            raise BackendUnavailable(f"Redis answered after {took:.3f} s (> {timeout:.3f} s)")
+
+    def _new_lease(self) -> str:
+        with self._lease_lock:
+            if self._lease:
+                return self._lease
+            lease = secrets.token_hex(16)
+            sent = time.monotonic()
+            if not self._call("lease", self.prefix, lease, self._ttl_ms, self._holder):
+                raise BackendError(f"Redis lease id {lease} exists already")
+            with self._lock:
+                self._lease, self._lease_wanted = lease, True
+                self._answered_at = sent
+                self._next_tick = sent + self._interval
+            self._set_state(ConnectionState.CONNECTED)
+            return lease
+
+    def _lease_gone(self, lease: str, why: str) -> None:
+        """``lease`` is gone on the server: LOST (the ticker replaces it)."""
+        with self._lock:
+            if not lease or lease != self._lease:
+                return
+            self._lease = ""
+            self.leases_lost += 1
+        logger.warning("Redis lease {} lost: {}", lease, why)
+        self._set_state(ConnectionState.LOST)
+        self._tick_wake.set()
+
+    def _set_state(self, state: ConnectionState) -> None:
+        with self._lock:
+            changed, self._state = self._state is not state, state
+        if changed:
+            self._emit(Change.CONNECTION)
+
+    def _emit(self, change: Change) -> None:
+        callback = self._on_change
+        if callback is not None:
+            try:
+                callback(change)
+            except Exception as exc:  # noqa: BLE001 - a host callback must not kill our threads
+                logger.opt(exception=exc).error("on_change({}) raised", change)
+
+    # -- the ticker -------------------------------------------------------------------------------
+
+    def _tick_loop(self) -> None:
+        failures = 0
+        while not self._closing.is_set():
+            self._tick_wake.wait(max(0.0, self._next_tick - time.monotonic()))
+            self._tick_wake.clear()
+            if self._closing.is_set():
+                break
+            try:
+                if self._lease_wanted and not self._lease:
+                    self._new_lease()
+                self._tick()
+                failures = 0
+            except BackendError as exc:
+                failures += 1
+                logger.debug("Redis refresh failed: {!r}", exc)
+                if self._state is ConnectionState.CONNECTED:
+                    self._set_state(ConnectionState.SUSPENDED)
+                backoff = min(self._interval, 0.02 * 2 ** min(failures, 10))
+                self._next_tick = time.monotonic() + backoff
+
+    def _tick(self) -> int:
+        """Refresh the lease and look for expiries (one script); returns its status."""
+        lease, feed = self._lease, self._feed
+        services = [self.service] if feed is None else feed.services()
+        seq_keys = [self.prefix_of(service) + "seq" for service in services]
+        sent = time.monotonic()
+        reply = self._call("tick", self.prefix, lease, self._ttl_ms, *seq_keys)
+        status, next_ms, why = int(reply[0]), int(reply[1]), str(reply[2])
+        now = time.monotonic()
+        with self._lock:
+            if lease == self._lease and status >= 0:
+                self._answered_at = max(self._answered_at, sent)
+            self._next_tick = min(sent + self._interval, now + next_ms / 1000 + EXPIRY_MARGIN)
+        if status < 0:
+            self._lease_gone(lease, why)
+        elif self._state is not ConnectionState.LOST:
+            self._set_state(ConnectionState.CONNECTED)
+        if feed is not None:
+            for service, seq in zip(services, reply[3:], strict=False):
+                feed.check_seq(service, int(seq))
+        return status
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _call(self, name: str, *args: str | int) -> Any:
+        requests = self._requests
+        if requests is None:
+            raise BackendUnavailable(f"the Redis backend is not connected ({name})")
+        return requests.call(name, *args)
+
+    def _get(self, key: str) -> str | None:
+        requests = self._requests
+        if requests is None:
+            raise BackendUnavailable("the Redis backend is not connected (GET)")
+        return requests.get(key)
+
+    # -- membership -------------------------------------------------------------------------------
+
+    def register(self, instance: WorkerInstance) -> Member:
+        """Add this instance's member key under the lease (a new lease after a lost one)."""
+        for _ in range(3):
+            lease = self._lease or self._new_lease()
+            reply = self._call("register", self.prefix, lease, instance.to_json().decode())
+            if int(reply[0]) < 0:
+                self._lease_gone(lease, "it expired before register")
+                continue
+            return Member(self.prefix + "member:" + lease, int(reply[1]), lease, instance)
+        raise LeaseLost("Redis expired three new leases in a row during register")
+
+    def unregister(self) -> None:
+        """Delete this instance's member key (the lease and its claims stay)."""
+        if lease := self._lease:
+            self._call("unregister", self.prefix, lease)
+
+    def registered(self) -> bool:
+        """True while this lease's member key exists."""
+        lease = self._lease
+        return bool(lease) and self._get(self.prefix + "member:" + lease) is not None
+
+    def publish(self, instance: WorkerInstance) -> None:
+        """Replace this instance's member data (a MEMBERS change if the key vanished)."""
+        lease = self._lease
+        if not lease:
+            raise LeaseLost("no Redis lease: register first")
+        written = int(self._call("publish", self.prefix, lease, instance.to_json().decode()))
+        if written < 0:
+            self._lease_gone(lease, "it expired before publish")
+            raise LeaseLost("the Redis lease expired")
+        if written == 0:
+            self._emit(Change.MEMBERS)  # our member key is gone: the host looks and re-registers
+
+    def members(self) -> list[Member]:
+        """Live members in rank order."""
+        reply = self._call("members", self.prefix)
+        found = []
+        for i in range(0, len(reply), 3):
+            lease, rank, raw = reply[i], reply[i + 1], reply[i + 2]
+            try:
+                instance = WorkerInstance.from_json(raw)
+            except (ValueError, TypeError, KeyError) as exc:
+                logger.warning("Redis member {} has unreadable data: {!r}", lease, exc)
+                continue
+            found.append(Member(self.prefix + "member:" + lease, int(float(rank)), lease, instance))
+        return found
+
+    # -- claims -----------------------------------------------------------------------------------
+
+    def claim(self, shard: int, owner: str) -> ShardClaim | None:
+        """Take ``shard`` under the lease if nobody holds it; None if someone does.
+
+        Only a registered instance claims (``LeaseLost`` otherwise): after a lost lease the
+        host must register again before it claims anything under the new one.
+        """
+        lease = self._lease
+        if not lease:
+            raise LeaseLost("no Redis lease: register first")
+        reply = self._call("claim", self.prefix, lease, str(shard), owner)
+        if int(reply[0]) == -1:
+            self._lease_gone(lease, "it expired before a claim")
+            raise LeaseLost("the Redis lease expired")
+        if int(reply[0]) == -2:
+            # After a lost lease, before the host registered again: a claim taken now could
+            # outlive the host's view of its shards.
+            raise LeaseLost("this instance has no member entry under its current lease")
+        if int(reply[0]) == 0:
+            return None
+        return _parse_claim(shard, str(reply[1]))
+
+    def release(self, claim: ShardClaim) -> None:
+        """Delete the claim key, only if it still holds exactly this claim."""
+        handle = _handle(claim)
+        self._call("release", self.prefix, handle.lease, str(claim.shard), handle.value)
+
+    def claims(self) -> dict[int, ShardClaim]:
+        """Every claim of the service."""
+        reply = self._call("claims", self.prefix)
+        found = {}
+        for i in range(0, len(reply), 2):
+            try:
+                found[int(reply[i])] = _parse_claim(int(reply[i]), reply[i + 1])
+            except (ValueError, TypeError, KeyError):
+                continue
+        return found
+
+    # -- run records ------------------------------------------------------------------------------
+
+    def read_run(self, shard: int) -> RunRecord | None:
+        """The run record of ``shard``, if any readable one exists."""
+        return self._read_run_at(self.service, shard)
+
+    def _read_run_at(self, service: str, shard: int) -> RunRecord | None:
+        raw = self._get(f"{self.prefix_of(service)}run:{shard}")
+        return None if raw is None else _parse_run(shard, raw)
+
+    def runs(self) -> dict[int, RunRecord]:
+        """Every run record of the service."""
+        reply = self._call("runs", self.prefix)
+        found = {}
+        for i in range(0, len(reply), 2):
+            record = _parse_run(int(reply[i]), reply[i + 1])
+            if record is not None:
+                found[record.shard] = record
+        return found
+
+    def begin_run(self, claim: ShardClaim, record: RunRecord) -> bool:
+        """One script: write ``record`` iff the claim is exactly ours and our member key
+        exists. A lost reply is retried once (the script is idempotent); a timeout answers
+        False (the run must not start; a late write leaves a ``running`` record that the
+        shard's next owner re-runs, as after a crash)."""
+        try:
+            return self._write_run(claim, record)
+        except BackendUnavailable as exc:
+            logger.info("Redis: begin_run of shard {} not confirmed: {!r}", claim.shard, exc)
+            return False
+
+    def end_run(self, claim: ShardClaim, record: RunRecord) -> bool:
+        """As :meth:`begin_run`; raises ``BackendUnavailable`` when Redis does not answer."""
+        return self._write_run(claim, record)
+
+    def _write_run(self, claim: ShardClaim, record: RunRecord) -> bool:
+        handle = _handle(claim)
+        shard, raw = str(claim.shard), record.to_json().decode()
+        return bool(self._call("write_run", self.prefix, shard, handle.lease, handle.value, raw))
+
+    def watch_runs(
+        self, service: str, shard: int, callback: Callable[[RunRecord | None], bool]
+    ) -> None:
+        """Call ``callback`` with the record now (this thread) and on each change (the
+        listener's thread) until it returns False."""
+        _check_service(service)
+        self._start_feed().watch(service, shard, callback)
+
+    # -- settings and control ---------------------------------------------------------------------
+
+    def read_settings(self) -> dict[str, Any] | None:
+        """The stored settings, or None (also when they are not a JSON object)."""
+        data = _json_or_none(self._get(self.prefix + "settings"))
+        return data if isinstance(data, dict) else None
+
+    def write_settings(self, settings: dict[str, Any], create_only: bool) -> bool:
+        """Store the settings; False if ``create_only`` and some are stored already."""
+        raw = json.dumps(settings, sort_keys=True)
+        flag = "1" if create_only else "0"
+        return bool(self._call("write_settings", self.prefix, raw, flag))
+
+    def read_control(self) -> ControlState:
+        """The control state (nothing requested when none, or unreadable)."""
+        return ControlState.from_dict(_json_or_none(self._get(self.prefix + "control")))
+
+    def update_control(self, change: Callable[[ControlState], ControlState]) -> ControlState:
+        """Read, apply ``change``, compare-and-set in a script; retried when raced."""
+        for _ in range(CAS_ATTEMPTS):
+            raw = self._get(self.prefix + "control")
+            new = change(ControlState.from_dict(_json_or_none(raw)))
+            new_raw = json.dumps(new.to_dict(), separators=(",", ":"))
+            exists = "0" if raw is None else "1"
+            if self._call("control_cas", self.prefix, exists, raw or "", new_raw):
+                return new
+        raise BackendError(f"the control state kept changing: {CAS_ATTEMPTS} attempts lost")
+
+
+def _check_service(service: str) -> None:
+    if not service or any(c.isspace() for c in service):
+        raise DiscoveryError(f"service name {service!r} must be non-empty, without spaces")
+
+
+def _parse_claim(shard: int, value: str) -> ShardClaim:
+    data = json.loads(value)
+    handle = RedisClaimHandle(str(data["lease"]), value)
+    return ShardClaim(shard, int(data["token"]), str(data["owner"]), handle)
+
+
+def _handle(claim: ShardClaim) -> RedisClaimHandle:
+    if not isinstance(claim.handle, RedisClaimHandle):
+        raise BackendError(f"claim of shard {claim.shard} was not made by the Redis backend")
+    return claim.handle
+
+
+def _json_or_none(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _parse_run(shard: int, raw: str) -> RunRecord | None:
+    try:
+        return RunRecord.parse(shard, raw)
+    except (ValueError, TypeError):
+        return None
+
+
+if TYPE_CHECKING:
+    _CONFORMS: type[CoordinationBackend] = RedisBackend
