@@ -1,5 +1,6 @@
 """Test handlers and clusters: a :class:`~goworker_py.Context` for a handler's unit tests
-(:func:`make_context`), and real ZooKeeper servers to start, break and expire sessions on.
+(:func:`make_context`), and real ZooKeeper (and Redis) servers to start, break and expire
+sessions on.
 
 For pytest, add ``pytest_plugins = ["goworker_py.testing.pytest_plugin"]`` to a ``conftest.py``
 and use the fixtures ``zookeeper``, ``zk_chroot``, ``zk_hosts``, ``zk_client``,
@@ -21,13 +22,22 @@ from goworker_py.testing.context import make_context
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
 from goworker_py.testing.errors import (
     FaultInjectionUnsupported,
+    RedisNotFound,
+    RedisStartError,
     ZooKeeperError,
     ZooKeeperNotFound,
     ZooKeeperStartError,
 )
 from goworker_py.testing.external import ExternalZooKeeper
-from goworker_py.testing.install import INSTALL_HINT, ZooKeeperInstall, find_zookeeper
+from goworker_py.testing.install import (
+    INSTALL_HINT,
+    REDIS_INSTALL_HINT,
+    ZooKeeperInstall,
+    find_redis_server,
+    find_zookeeper,
+)
 from goworker_py.testing.network import four_letter_word, free_ports, parse_mntr, with_chroot
+from goworker_py.testing.redis import RedisServer
 from goworker_py.testing.sessions import expire_session
 from goworker_py.testing.zookeeper import ZooKeeperServer
 
@@ -36,13 +46,16 @@ __all__ = [
     "make_context",
     # Servers
     "ExternalZooKeeper",
+    "RedisServer",
     "ZooKeeperEnsemble",
     "ZooKeeperServer",
     # Faults
     "expire_session",
     # Finding ZooKeeper
     "INSTALL_HINT",
+    "REDIS_INSTALL_HINT",
     "ZooKeeperInstall",
+    "find_redis_server",
     "find_zookeeper",
     # Helpers
     "four_letter_word",
@@ -51,6 +64,8 @@ __all__ = [
     "with_chroot",
     # Errors
     "FaultInjectionUnsupported",
+    "RedisNotFound",
+    "RedisStartError",
     "ZooKeeperError",
     "ZooKeeperNotFound",
     "ZooKeeperStartError",

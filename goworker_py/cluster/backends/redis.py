@@ -61,11 +61,6 @@ connect time is used (point it at a primary; Sentinel discovery is not built in)
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import socket
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,34 +69,19 @@ from loguru import logger
 
 from goworker_py.cluster.backend import (
     Change,
-    ConnectionState,
     ControlState,
     Guarantee,
     Member,
     RunRecord,
     ShardClaim,
 )
-from goworker_py.cluster.backends.redis_changes import ChangeFeed
-from goworker_py.cluster.backends.redis_client import (
-    Requests,
-    make_client,
-    parse_hosts,
-    reachable_host,
-)
-from goworker_py.config import DiscoveryConfig
-from goworker_py.errors import (
-    BackendError,
-    BackendUnavailable,
-    DiscoveryError,
-    LeaseLost,
-)
+from goworker_py.cluster.backends.redis_lease import RedisLease, check_service, parse_run
+from goworker_py.errors import BackendError, BackendUnavailable, LeaseLost
 from goworker_py.instance import WorkerInstance
 
 if TYPE_CHECKING:
     from goworker_py.cluster.backend import CoordinationBackend
 
-#: Seconds after the server's reported next expiry that the ticker looks again.
-EXPIRY_MARGIN = 0.005
 #: Compare-and-set attempts of ``update_control`` before giving up.
 CAS_ATTEMPTS = 100
 
@@ -114,7 +94,7 @@ class RedisClaimHandle:
     value: str
 
 
-class RedisBackend:
+class RedisBackend(RedisLease):
     """One instance's (or admin client's) connection to Redis; see the module docstring.
 
     A lease is taken by the first :meth:`register` (an admin client never holds one); once the
@@ -131,256 +111,6 @@ class RedisBackend:
             Guarantee.SERVER_EXPIRY,
         }
     )
-
-    def __init__(self, config: DiscoveryConfig, service: str) -> None:
-        if not config.hosts:
-            raise DiscoveryError("discovery hosts are empty: set hosts='127.0.0.1:6379'")
-        _check_service(service)
-        for name in ("session_timeout", "connect_timeout"):
-            if not getattr(config, name) > 0:
-                raise DiscoveryError(f"{name} must be > 0 seconds, got {getattr(config, name)!r}")
-        if config.auth_user and not config.auth_password:
-            raise DiscoveryError(f"Redis user {config.auth_user!r} needs a password")
-        parse_hosts(config.hosts)  # bad hosts fail here, not at connect
-        self.config = config
-        self.service = service
-        self.prefix = self.prefix_of(service)
-        self._ttl_ms = max(1, round(config.session_timeout * 1000))
-        self._interval = config.session_timeout / 3.0
-        #: Seconds any one request may take (a refresh must not outlast its share of the TTL).
-        self.request_timeout = max(0.05, min(self._interval, config.connect_timeout))
-        self._holder = f"{socket.gethostname()}:{os.getpid()}"
-        self._lock = threading.Lock()
-        self._lease_lock = threading.Lock()
-        self._requests: Requests | None = None
-        self._feed: ChangeFeed | None = None
-        self._keyspace: list[str] = []
-        self._on_change: Callable[[Change], None] | None = None
-        self._state = ConnectionState.SUSPENDED
-        self._lease = ""
-        self._lease_wanted = False
-        self._answered_at = time.monotonic()
-        self._next_tick = 0.0
-        self._tick_wake = threading.Event()
-        self._closing = threading.Event()
-        self._ticker: threading.Thread | None = None
-        #: Leases the server expired (or took away) under this backend.
-        self.leases_lost = 0
-
-    def prefix_of(self, service: str) -> str:
-        """The key prefix of ``service`` in this backend's namespace."""
-        return f"{self.config.namespace}:{service}:"
-
-    @property
-    def requests_sent(self) -> int:
-        """Requests sent to Redis so far (scripts and commands), for the benchmarks."""
-        return 0 if self._requests is None else self._requests.sent
-
-    # -- connection and lease ---------------------------------------------------------------------
-
-    def connect(self, on_change: Callable[[Change], None] | None = None) -> None:
-        """Reach a server within the connect timeout and check access (else raise)."""
-        if self._requests is not None:
-            raise BackendError("this Redis backend is connected already")
-        self._on_change = on_change
-        host = reachable_host(self.config)
-        requests = self._requests = Requests(make_client(self.config, host, self.request_timeout))
-        try:
-            requests.call("members", self.prefix)  # scripting and key permissions
-            self._keyspace = requests.keyspace_channels(self.config.database)
-        except BackendError:
-            requests.close()
-            self._requests = None
-            raise
-        with self._lock:
-            self._state = ConnectionState.CONNECTED
-            self._answered_at = time.monotonic()
-        if on_change is not None:
-            self._start_feed()
-        self._next_tick = time.monotonic() + self._interval
-        self._ticker = threading.Thread(
-            target=self._tick_loop, name=f"goworker:redis-tick:{self.service}", daemon=True
-        )
-        self._ticker.start()
-
-    def _start_feed(self) -> ChangeFeed:
-        with self._lock:
-            feed, requests = self._feed, self._requests
-            if feed is None:
-                if requests is None:
-                    raise BackendUnavailable("the Redis backend is not connected")
-                feed = self._feed = ChangeFeed(
-                    requests,
-                    service=self.service,
-                    prefix_of=self.prefix_of,
-                    emit=self._emit,
-                    read_run=lambda service, shard: self._read_run_at(service, shard),
-                    look_again=self._tick_wake.set,
-                    own_lease=lambda: self._lease,
-                    wake_id=secrets.token_hex(8),
-                    max_backoff=self._interval,
-                    confirm_timeout=self.config.connect_timeout,
-                )
-            else:
-                return feed
-        if not feed.start(self._keyspace):
-            self.close()
-            raise BackendUnavailable(
-                f"Redis did not confirm a subscription to {self.prefix}changes"
-            )
-        return feed
-
-    def close(self) -> None:
-        """Release the lease (its member key and claims vanish at once) and disconnect."""
-        self._closing.set()
-        self._tick_wake.set()
-        ticker = self._ticker
-        if ticker is not None and ticker is not threading.current_thread():
-            ticker.join(self.request_timeout + 1.0)
-        with self._lock:
-            lease, self._lease, self._lease_wanted = self._lease, "", False
-        requests = self._requests
-        if lease and requests is not None:
-            try:
-                requests.call("close", self.prefix, lease)
-            except BackendError as exc:
-                logger.debug("Redis: releasing lease {} on close failed: {!r}", lease, exc)
-        if self._feed is not None:
-            self._feed.close(self.request_timeout + 1.0)
-        if requests is not None:
-            requests.close()
-
-    @property
-    def state(self) -> ConnectionState:
-        """CONNECTED, SUSPENDED (the last refresh failed) or LOST (until a new lease)."""
-        return self._state
-
-    @property
-    def lease_id(self) -> str:
-        """The current lease's random id ("" when none)."""
-        return self._lease
-
-    @property
-    def negotiated_timeout(self) -> float:
-        """The lease keys' TTL: the configured session timeout (Redis negotiates nothing)."""
-        return self.config.session_timeout
-
-    @property
-    def answered_at(self) -> float:
-        """Send time of the latest refresh the server answered (of any answered request
-        while no lease is held)."""
-        return self._answered_at
-
-    def lease_valid_until(self) -> float:
-        """The last successful refresh set every key's TTL to T no earlier than it was sent."""
-        return self._answered_at + self.config.session_timeout
-
-    def round_trip(self, timeout: float) -> None:
-        """One refresh answered within ``timeout`` s; ``LeaseLost`` if the lease is gone."""
-        began = time.monotonic()
-        if self._tick() < 0:
-            raise LeaseLost("the Redis lease expired")
-        took = time.monotonic() - began
-        if took > timeout:
-            raise BackendUnavailable(f"Redis answered after {took:.3f} s (> {timeout:.3f} s)")
-
-    def _new_lease(self) -> str:
-        with self._lease_lock:
-            if self._lease:
-                return self._lease
-            lease = secrets.token_hex(16)
-            sent = time.monotonic()
-            if not self._call("lease", self.prefix, lease, self._ttl_ms, self._holder):
-                raise BackendError(f"Redis lease id {lease} exists already")
-            with self._lock:
-                self._lease, self._lease_wanted = lease, True
-                self._answered_at = sent
-                self._next_tick = sent + self._interval
-            self._set_state(ConnectionState.CONNECTED)
-            return lease
-
-    def _lease_gone(self, lease: str, why: str) -> None:
-        """``lease`` is gone on the server: LOST (the ticker replaces it)."""
-        with self._lock:
-            if not lease or lease != self._lease:
-                return
-            self._lease = ""
-            self.leases_lost += 1
-        logger.warning("Redis lease {} lost: {}", lease, why)
-        self._set_state(ConnectionState.LOST)
-        self._tick_wake.set()
-
-    def _set_state(self, state: ConnectionState) -> None:
-        with self._lock:
-            changed, self._state = self._state is not state, state
-        if changed:
-            self._emit(Change.CONNECTION)
-
-    def _emit(self, change: Change) -> None:
-        callback = self._on_change
-        if callback is not None:
-            try:
-                callback(change)
-            except Exception as exc:  # noqa: BLE001 - a host callback must not kill our threads
-                logger.opt(exception=exc).error("on_change({}) raised", change)
-
-    # -- the ticker -------------------------------------------------------------------------------
-
-    def _tick_loop(self) -> None:
-        failures = 0
-        while not self._closing.is_set():
-            self._tick_wake.wait(max(0.0, self._next_tick - time.monotonic()))
-            self._tick_wake.clear()
-            if self._closing.is_set():
-                break
-            try:
-                if self._lease_wanted and not self._lease:
-                    self._new_lease()
-                self._tick()
-                failures = 0
-            except BackendError as exc:
-                failures += 1
-                logger.debug("Redis refresh failed: {!r}", exc)
-                if self._state is ConnectionState.CONNECTED:
-                    self._set_state(ConnectionState.SUSPENDED)
-                backoff = min(self._interval, 0.02 * 2 ** min(failures, 10))
-                self._next_tick = time.monotonic() + backoff
-
-    def _tick(self) -> int:
-        """Refresh the lease and look for expiries (one script); returns its status."""
-        lease, feed = self._lease, self._feed
-        services = [self.service] if feed is None else feed.services()
-        seq_keys = [self.prefix_of(service) + "seq" for service in services]
-        sent = time.monotonic()
-        reply = self._call("tick", self.prefix, lease, self._ttl_ms, *seq_keys)
-        status, next_ms, why = int(reply[0]), int(reply[1]), str(reply[2])
-        now = time.monotonic()
-        with self._lock:
-            if lease == self._lease and status >= 0:
-                self._answered_at = max(self._answered_at, sent)
-            self._next_tick = min(sent + self._interval, now + next_ms / 1000 + EXPIRY_MARGIN)
-        if status < 0:
-            self._lease_gone(lease, why)
-        elif self._state is not ConnectionState.LOST:
-            self._set_state(ConnectionState.CONNECTED)
-        if feed is not None:
-            for service, seq in zip(services, reply[3:], strict=False):
-                feed.check_seq(service, int(seq))
-        return status
-
-    # -- requests ---------------------------------------------------------------------------------
-
-    def _call(self, name: str, *args: str | int) -> Any:
-        requests = self._requests
-        if requests is None:
-            raise BackendUnavailable(f"the Redis backend is not connected ({name})")
-        return requests.call(name, *args)
-
-    def _get(self, key: str) -> str | None:
-        requests = self._requests
-        if requests is None:
-            raise BackendUnavailable("the Redis backend is not connected (GET)")
-        return requests.get(key)
 
     # -- membership -------------------------------------------------------------------------------
 
@@ -476,16 +206,12 @@ class RedisBackend:
         """The run record of ``shard``, if any readable one exists."""
         return self._read_run_at(self.service, shard)
 
-    def _read_run_at(self, service: str, shard: int) -> RunRecord | None:
-        raw = self._get(f"{self.prefix_of(service)}run:{shard}")
-        return None if raw is None else _parse_run(shard, raw)
-
     def runs(self) -> dict[int, RunRecord]:
         """Every run record of the service."""
         reply = self._call("runs", self.prefix)
         found = {}
         for i in range(0, len(reply), 2):
-            record = _parse_run(int(reply[i]), reply[i + 1])
+            record = parse_run(int(reply[i]), reply[i + 1])
             if record is not None:
                 found[record.shard] = record
         return found
@@ -515,7 +241,7 @@ class RedisBackend:
     ) -> None:
         """Call ``callback`` with the record now (this thread) and on each change (the
         listener's thread) until it returns False."""
-        _check_service(service)
+        check_service(service)
         self._start_feed().watch(service, shard, callback)
 
     # -- settings and control ---------------------------------------------------------------------
@@ -547,11 +273,6 @@ class RedisBackend:
         raise BackendError(f"the control state kept changing: {CAS_ATTEMPTS} attempts lost")
 
 
-def _check_service(service: str) -> None:
-    if not service or any(c.isspace() for c in service):
-        raise DiscoveryError(f"service name {service!r} must be non-empty, without spaces")
-
-
 def _parse_claim(shard: int, value: str) -> ShardClaim:
     data = json.loads(value)
     handle = RedisClaimHandle(str(data["lease"]), value)
@@ -570,13 +291,6 @@ def _json_or_none(raw: str | None) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
-        return None
-
-
-def _parse_run(shard: int, raw: str) -> RunRecord | None:
-    try:
-        return RunRecord.parse(shard, raw)
-    except (ValueError, TypeError):
         return None
 
 
