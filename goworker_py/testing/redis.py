@@ -5,7 +5,9 @@ loopback port in a temp dir, **without persistence** (``save ""``, ``appendonly 
 :meth:`~RedisServer.restart` comes back on the same port with every key gone — the Redis fault
 the coordination backend must survive. :meth:`~RedisServer.pause` sends ``SIGSTOP`` (a silent
 server, as a partition looks to clients). A password (``requirepass``) and ACL users are
-optional, and so are keyspace notifications (``notify_keyspace_events="Ex"``).
+optional, and so are keyspace notifications (``notify_keyspace_events="Ex"``) and TLS
+(``tls=True``: a throw-away CA and server certificate made with the ``openssl`` command; clients
+trust :attr:`RedisServer.ca_path`).
 
 It needs no Redis client library: readiness is checked with a raw ``PING``.
 """
@@ -17,6 +19,7 @@ import contextlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -61,12 +64,14 @@ class RedisServer:
         password: str | None = None,
         users: Mapping[str, str] | None = None,
         notify_keyspace_events: str = "",
+        tls: bool = False,
         executable: str | None = None,
         start_timeout: float = 10.0,
     ) -> None:
         self.password = password
         self.users = dict(users or {})
         self.notify_keyspace_events = notify_keyspace_events
+        self.tls = tls
         self.start_timeout = start_timeout
         self._executable = executable
         self._port = port
@@ -91,11 +96,18 @@ class RedisServer:
         return f"127.0.0.1:{self.port}"
 
     def url(self, user: str | None = None, password: str | None = None, db: int = 0) -> str:
-        """A ``redis://`` discovery URL of this server (with credentials if given)."""
+        """A ``redis://`` (``rediss://`` with TLS) discovery URL, with credentials if given."""
         auth = ""
         if password is not None:
             auth = f"{quote(user or '', safe='')}:{quote(password, safe='')}@"
-        return f"redis://{auth}{self.hosts}/{db}"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{self.hosts}/{db}"
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate that signed the server's (``tls=True``, once started)."""
+        if self._workdir is None:
+            raise ZooKeeperError(f"{self!r} has no certificates (not started, or closed)")
+        return self._workdir / "ca.crt"
 
     @property
     def pid(self) -> int | None:
@@ -127,6 +139,8 @@ class RedisServer:
                 self._executable = find_redis_server()
             if self._workdir is None:
                 self._workdir = Path(tempfile.mkdtemp(prefix="goworker-redis-"))
+                if self.tls:
+                    _make_certificates(self._workdir)
             with _LIVE_LOCK:
                 _LIVE.add(self)
             conf = self._workdir / "redis.conf"
@@ -145,8 +159,19 @@ class RedisServer:
 
     def _config_text(self) -> str:
         assert self._workdir is not None
+        work = self._workdir
+        ports = [f"port {self.port}"]
+        if self.tls:
+            ports = [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {work / 'server.crt'}",
+                f"tls-key-file {work / 'server.key'}",
+                f"tls-ca-cert-file {work / 'ca.crt'}",
+                "tls-auth-clients no",
+            ]
         lines = [
-            f"port {self.port}",
+            *ports,
             "bind 127.0.0.1",
             "protected-mode no",
             'save ""',
@@ -178,10 +203,14 @@ class RedisServer:
     def answers(self, timeout: float = 1.0) -> bool:
         """True if the server answers a ``PING`` (``NOAUTH`` counts: it is up)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as raw:
+                sock = raw
+                if self.tls:
+                    context = ssl.create_default_context(cafile=str(self.ca_path))
+                    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 sock.sendall(b"PING\r\n")
                 reply = sock.recv(64)
-        except OSError:
+        except OSError:  # ssl.SSLError too
             return False
         return reply.startswith((b"+PONG", b"-NOAUTH"))
 
@@ -301,3 +330,23 @@ class RedisServer:
         out = sys.stderr if file is None else file
         print(f"---- Redis {self.hosts}: last {lines} log lines ----", file=out)
         print(self.log_tail(lines), file=out)
+
+
+def _make_certificates(directory: Path) -> None:
+    """A throw-away CA (``ca.crt``) and a server certificate for 127.0.0.1 signed by it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RedisStartError("RedisServer(tls=True) needs the `openssl` command")
+
+    def run(*args: str) -> None:
+        done = subprocess.run([openssl, *args], cwd=directory, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RedisStartError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    new_key = ("-newkey", "rsa:2048", "-nodes")
+    run("req", "-x509", *new_key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=goworker-py test CA")  # fmt: skip
+    run("req", *new_key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")  # fmt: skip

@@ -377,6 +377,34 @@ def test_a_claim_lost_while_its_lease_lives_loses_the_lease(
     assert not a.registered()
 
 
+def test_changes_published_while_pubsub_was_down_are_reported(
+    redis_private: RedisServer, private_backends: RedisBackends
+) -> None:
+    events = Events()
+    a, b = private_backends(), private_backends(events=events)
+    mark = events.mark()
+    with _raw_client(redis_private) as raw:
+        raw.command("CLIENT", "KILL", "TYPE", "pubsub")  # B's subscription is cut
+    a.write_settings({"total": 2}, create_only=False)  # published while B may not listen
+    for change in (Change.MEMBERS, Change.CLAIMS, Change.SETTINGS, Change.CONTROL):
+        events.wait_for(change, 3.0, since=mark)  # everything reported again once resubscribed
+    assert b.read_settings() == {"total": 2}
+
+
+def test_a_silently_lost_message_is_caught_by_the_change_counter(
+    monkeypatch: pytest.MonkeyPatch, redis_backend_factory: RedisBackends
+) -> None:
+    events = Events()
+    a, b = redis_backend_factory(), redis_backend_factory(events=events)
+    assert b._feed is not None
+    listener = b._feed._listener
+    monkeypatch.setattr(listener, "_on_message", lambda channel, data: None)  # a dead socket
+    mark = events.mark()
+    a.update_control(lambda s: replace(s, trigger=1))
+    events.wait_for(Change.CONTROL, T, since=mark)  # within two TICKs (2 T/3)
+    assert b.read_control().trigger == 1
+
+
 def test_server_pause_shorter_than_the_lease_keeps_it(
     redis_private: RedisServer, private_backends: RedisBackends
 ) -> None:
@@ -458,7 +486,10 @@ def test_unreachable_redis_is_unavailable_within_the_connect_timeout(
         config = DiscoveryConfig(protocol="redis", hosts=hosts, connect_timeout=0.5)
         backend = RedisBackend(config, "svc")
         began = time.monotonic()
-        with redis_private.paused(), pytest.raises(BackendUnavailable, match=r"within 0\.5 s"):
+        with (
+            redis_private.paused(),
+            pytest.raises(BackendUnavailable, match=r"did not answer within 0\.5 s"),
+        ):
             backend.connect()
         assert time.monotonic() - began < 1.0
 
@@ -527,9 +558,30 @@ class _raw_client:
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
 
-    def delete(self, key: str) -> None:
-        parts = [b"DEL", key.encode()]
+    def command(self, *args: str) -> bytes:
+        parts = [arg.encode() for arg in args]
         self.sock.sendall(
             b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
         )
-        assert self.sock.recv(64) == b":1\r\n", json.dumps(key)
+        return self.sock.recv(4096)
+
+    def delete(self, key: str) -> None:
+        assert self.command("DEL", key) == b":1\r\n", json.dumps(key)
+
+
+def test_tls(redis_namespace: str) -> None:
+    with RedisServer(tls=True) as server:
+        trusted = DiscoveryConfig.from_url(
+            server.url(), ca=str(server.ca_path), namespace=redis_namespace, connect_timeout=1.0
+        )
+        for config in (trusted, replace(trusted, ca=None, verify_certs=False)):
+            backend = RedisBackend(config, "svc")
+            backend.connect()
+            try:
+                member = backend.register(instance())
+                assert [m.lease for m in backend.members()] == [member.lease]
+            finally:
+                backend.close()
+        untrusted = RedisBackend(replace(trusted, ca=None, connect_timeout=0.3), "svc")
+        with pytest.raises(BackendUnavailable, match="certificate verify failed"):
+            untrusted.connect()

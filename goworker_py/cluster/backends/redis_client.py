@@ -53,8 +53,13 @@ def translate(exc: Exception, doing: str) -> BackendError:
     if isinstance(exc, rex.ReadOnlyError):
         return BackendUnavailable(f"Redis refused {doing}: the server is a replica ({exc})")
     if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)):
-        return BackendUnavailable(f"Redis unavailable for {doing}: {exc!r}")
-    return BackendError(f"Redis failed {doing}: {exc!r}")
+        return BackendUnavailable(f"Redis unavailable for {doing}: {_describe(exc)}")
+    return BackendError(f"Redis failed {doing}: {_describe(exc)}")
+
+
+def _describe(exc: BaseException | None) -> str:
+    # redis-py's repr of its errors can hide the message ("network:ConnectionError").
+    return "no answer" if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def make_client(config: DiscoveryConfig, host: tuple[str, int], timeout: float) -> redis.Redis:
@@ -99,7 +104,7 @@ def reachable_host(config: DiscoveryConfig) -> tuple[str, int]:
             if remaining <= 0:
                 raise BackendUnavailable(
                     f"Redis at {config.hosts} did not answer within "
-                    f"{config.connect_timeout} s: {last!r}"
+                    f"{config.connect_timeout} s ({_describe(last)})"
                 )
             probe = make_client(config, host, remaining)
             try:
