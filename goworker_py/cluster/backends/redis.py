@@ -242,7 +242,11 @@ class RedisBackend(RedisLease):
         """Call ``callback`` with the record now (this thread) and on each change (the
         listener's thread) until it returns False."""
         check_service(service)
-        self._start_feed().watch(service, shard, callback)
+        self._start_feed()
+        feed = self._feed
+        if feed is None:
+            raise BackendUnavailable("the Redis backend is not connected")
+        feed.watch(service, shard, callback)
 
     # -- settings and control ---------------------------------------------------------------------
 

@@ -89,8 +89,8 @@ class RedisLease:
 
     def connect(self, on_change: Callable[[Change], None] | None = None) -> None:
         """Reach a server within the connect timeout and check access (else raise)."""
-        if self._requests is not None:
-            raise BackendError("this Redis backend is connected already")
+        if self._requests is not None or self._closing.is_set():
+            raise BackendError("this Redis backend is connected already (or was closed)")
         self._on_change = on_change
         host = reachable_host(self.config)
         requests = self._requests = Requests(make_client(self.config, host, self.request_timeout))
@@ -104,40 +104,38 @@ class RedisLease:
         with self._lock:
             self._state = ConnectionState.CONNECTED
             self._answered_at = time.monotonic()
-        if on_change is not None:
-            self._start_feed()
+        if on_change is not None and not self._start_feed():
+            self.close()
+            raise BackendUnavailable(
+                f"Redis did not confirm a subscription to {self.prefix}changes"
+            )
         self._next_tick = time.monotonic() + self._interval
         self._ticker = threading.Thread(
             target=self._tick_loop, name=f"goworker:redis-tick:{self.service}", daemon=True
         )
         self._ticker.start()
 
-    def _start_feed(self) -> ChangeFeed:
+    def _start_feed(self) -> bool:
+        """Start following changes (once); True once the own channel's subscription is
+        confirmed (else the listener keeps trying, and reports everything when it is)."""
         with self._lock:
-            feed, requests = self._feed, self._requests
-            if feed is None:
-                if requests is None:
-                    raise BackendUnavailable("the Redis backend is not connected")
-                feed = self._feed = ChangeFeed(
-                    requests,
-                    service=self.service,
-                    prefix_of=self.prefix_of,
-                    emit=self._emit,
-                    read_run=lambda service, shard: self._read_run_at(service, shard),
-                    look_again=self._tick_wake.set,
-                    own_lease=lambda: self._lease,
-                    wake_id=secrets.token_hex(8),
-                    max_backoff=self._interval,
-                    confirm_timeout=self.config.connect_timeout,
-                )
-            else:
-                return feed
-        if not feed.start(self._keyspace):
-            self.close()
-            raise BackendUnavailable(
-                f"Redis did not confirm a subscription to {self.prefix}changes"
+            if self._feed is not None:
+                return True
+            if self._requests is None:
+                raise BackendUnavailable("the Redis backend is not connected")
+            feed = self._feed = ChangeFeed(
+                self._requests,
+                service=self.service,
+                prefix_of=self.prefix_of,
+                emit=self._emit,
+                read_run=lambda service, shard: self._read_run_at(service, shard),
+                look_again=self._tick_wake.set,
+                own_lease=lambda: self._lease,
+                wake_id=secrets.token_hex(8),
+                max_backoff=self._interval,
+                confirm_timeout=self.config.connect_timeout,
             )
-        return feed
+        return feed.start(self._keyspace)
 
     def close(self) -> None:
         """Release the lease (its member key and claims vanish at once) and disconnect."""
