@@ -42,20 +42,25 @@ with another's, and no expiry depends on it.
 
 Guarantees. With one primary (or a Sentinel-managed primary) a shard has one owner while that
 primary lives: a claim is taken only if absent, vanishes with its lease, and ``begin_run`` /
-``end_run`` write only while the claim is exactly the caller's and its member key exists. A
-failover with asynchronous replication can lose a claim, a lease, or a counter update: another
-instance may then claim the shard while its old owner still runs it, until that owner's next
-``TICK`` (at most T/3 later) finds its lease or one of its claims gone and reports LOST (the
-host cancels its runs). What fencing tokens still protect then: the new owner's token exceeds
-the lost one as long as the Redis servers' clocks agree within the failover time (seconds, with
-Sentinel's detection delay), so a storage that checks tokens refuses the stale owner's writes.
-Nothing here survives a restart without persistence except the tokens' growth (no ``DURABLE``).
+``end_run`` write only while the claim is exactly the caller's and its member key exists; an
+owner cut off from the server stops its runs by ``lease_valid_until()`` (self-fencing), before
+the server can expire its keys. A failover with asynchronous replication can lose a lease, a
+claim or a counter update: another instance may then claim a shard its old owner still runs.
+The old owner stops at its next ``TICK`` on the new primary (at most T/3 later; a lease or a
+claim gone is LOST, and the host cancels its runs), or by self-fencing if it cannot reach one.
+During that window fencing tokens are what still protects a storage that checks them: the new
+owner's token exceeds the lost one as long as the Redis servers' clocks agree to within the
+time between the two claims (a failover takes seconds: Sentinel's detection delay), so the
+stale owner's writes are refused. The backend follows a failover only if ``hosts`` names an
+address that moves to the new primary (a DNS name, a virtual IP, a proxy): Sentinel discovery
+is not built in. Nothing survives a restart without persistence except the tokens' growth
+(no ``DURABLE``).
 
 Threads: a ticker (``TICK`` every T/3; replaces a lost lease) and a pub/sub listener
 (:mod:`.redis_changes`); ``on_change`` runs on either. Requests time out after
 ``min(T/3, connect_timeout)``; a connection reset is retried once (every script is idempotent,
 see :mod:`.redis_client`). ``hosts`` may list several servers: the first that answers at
-connect time is used (point it at a primary; Sentinel discovery is not built in).
+connect time is used, for the backend's whole life.
 """
 
 from __future__ import annotations
