@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv install run test test-fast lint bench zookeeper etcd clean
+.PHONY: venv install run test test-fast lint bench zookeeper etcd redis clean
 
 venv install: $(STAMP)
 
@@ -26,9 +26,13 @@ zookeeper: $(STAMP)
 etcd: $(STAMP)
 	$(PY) -m goworker_py.testing ensure-etcd
 
+# redis-server for the Redis backend's tests: a local install (apt on Debian, as root).
+redis: $(STAMP)
+	$(PY) -m goworker_py.testing ensure-redis
+
 # After pytest, even when it fails (or is interrupted), stop the container `zookeeper` may have
 # started (a no-op when it started none); exit with pytest's status.
-test: $(STAMP) zookeeper etcd
+test: $(STAMP) zookeeper etcd redis
 	@trap : INT TERM; status=0; \
 	echo "$(PY) -m pytest"; $(PY) -m pytest || status=$$?; \
 	$(PY) -m goworker_py.testing stop-docker-zookeeper; \

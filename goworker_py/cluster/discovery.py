@@ -82,6 +82,17 @@ def _etcd(config: DiscoveryConfig, service: str) -> CoordinationBackend:
     return EtcdBackend(config, service)
 
 
+def _redis(config: DiscoveryConfig, service: str) -> CoordinationBackend:
+    try:
+        from goworker_py.cluster.backends.redis import RedisBackend
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis" and not str(exc.name).startswith("redis."):
+            raise
+        raise missing_extra("redis", "redis", exc) from exc
+    return RedisBackend(config, service)
+
+
 set_discovery("zookeeper", _zookeeper)
 set_discovery("etcdv3", _etcd)
+set_discovery("redis", _redis)
 set_discovery("memory", _memory)

@@ -1,5 +1,6 @@
 """Test handlers and clusters: a :class:`~goworker_py.Context` for a handler's unit tests
-(:func:`make_context`), and real ZooKeeper servers to start, break and expire sessions on.
+(:func:`make_context`), and real ZooKeeper (and Redis) servers to start, break and expire
+sessions on.
 
 For pytest, add ``pytest_plugins = ["goworker_py.testing.pytest_plugin"]`` to a ``conftest.py``
 and use the fixtures ``zookeeper``, ``zk_chroot``, ``zk_hosts``, ``zk_client``,
@@ -26,14 +27,23 @@ from goworker_py.testing.errors import (
     EtcdNotFound,
     EtcdStartError,
     FaultInjectionUnsupported,
+    RedisNotFound,
+    RedisStartError,
     ZooKeeperError,
     ZooKeeperNotFound,
     ZooKeeperStartError,
 )
 from goworker_py.testing.etcd import ETCD_INSTALL_HINT, EtcdCluster, EtcdServer, find_etcd
 from goworker_py.testing.external import ExternalZooKeeper
-from goworker_py.testing.install import INSTALL_HINT, ZooKeeperInstall, find_zookeeper
+from goworker_py.testing.install import (
+    INSTALL_HINT,
+    REDIS_INSTALL_HINT,
+    ZooKeeperInstall,
+    find_redis_server,
+    find_zookeeper,
+)
 from goworker_py.testing.network import four_letter_word, free_ports, parse_mntr, with_chroot
+from goworker_py.testing.redis import RedisServer
 from goworker_py.testing.sessions import expire_session
 from goworker_py.testing.zookeeper import ZooKeeperServer
 
@@ -44,13 +54,16 @@ __all__ = [
     "EtcdCluster",
     "EtcdServer",
     "ExternalZooKeeper",
+    "RedisServer",
     "ZooKeeperEnsemble",
     "ZooKeeperServer",
     # Faults
     "expire_session",
     # Finding ZooKeeper
     "INSTALL_HINT",
+    "REDIS_INSTALL_HINT",
     "ZooKeeperInstall",
+    "find_redis_server",
     "find_zookeeper",
     "ETCD_INSTALL_HINT",
     "find_etcd",
@@ -63,6 +76,8 @@ __all__ = [
     "EtcdNotFound",
     "EtcdStartError",
     "FaultInjectionUnsupported",
+    "RedisNotFound",
+    "RedisStartError",
     "ZooKeeperError",
     "ZooKeeperNotFound",
     "ZooKeeperStartError",

@@ -7,6 +7,10 @@ Otherwise, when a Docker engine answers (``docker info``), it starts a ``zookeep
 container and records its hosts in ``.zk_hosts`` for the pytest plugin (see
 :mod:`goworker_py.testing.docker`). Failing all that, it exits non-zero saying what to install.
 
+``ensure-redis`` (what ``make redis`` runs) starts and stops a test ``redis-server`` to prove it
+works here; when it is missing and we are root on Debian/Ubuntu, it installs the ``redis-server``
+package with apt-get, else it exits non-zero saying what to install.
+
 ``stop-docker-zookeeper`` (what ``make test`` runs after pytest) stops that container and deletes
 ``.zk_hosts``; it does nothing when no container was started.
 
@@ -41,15 +45,23 @@ from goworker_py.testing.docker import (
     start_zookeeper_container,
     stop_zookeeper_container,
 )
-from goworker_py.testing.errors import EtcdNotFound, ZooKeeperError, ZooKeeperNotFound
+from goworker_py.testing.errors import (
+    EtcdNotFound,
+    RedisNotFound,
+    ZooKeeperError,
+    ZooKeeperNotFound,
+)
 from goworker_py.testing.etcd import ETCD_INSTALL_HINT, EtcdServer, apt_install_etcd, find_etcd
 from goworker_py.testing.external import ExternalZooKeeper
 from goworker_py.testing.install import (
     INSTALL_HINT,
+    apt_install,
     apt_install_zookeeper,
     can_apt_install,
+    find_redis_server,
     find_zookeeper,
 )
+from goworker_py.testing.redis import RedisServer
 from goworker_py.testing.zookeeper import ZooKeeperServer
 
 
@@ -106,6 +118,47 @@ def ensure_zookeeper(
     except (OSError, subprocess.CalledProcessError) as failed:
         print(f"Installing ZooKeeper failed: {failed}\n{INSTALL_HINT}", file=err)
         return 1
+
+
+def ensure_redis(
+    *, install: bool = True, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Check (and, as root on Debian, install) ``redis-server``; return a process exit code."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        return _check_redis(out)
+    except RedisNotFound as missing:
+        # A redis-server the user pointed at explicitly is reported, not papered over with apt.
+        if not install or os.environ.get("REDIS_SERVER"):
+            print(missing, file=err)
+            return 1
+        if not can_apt_install():
+            print(f"{missing}\n(Not installing it: that needs root on Debian/Ubuntu.)", file=err)
+            return 1
+    except ZooKeeperError as broken:
+        print(f"redis-server is installed but a test server did not start:\n{broken}", file=err)
+        return 1
+    print("redis-server not found: installing the Debian package `redis-server`.", file=out)
+    try:
+        apt_install("redis-server")
+        return _check_redis(out)
+    except ZooKeeperError as failed:
+        print(f"redis-server is still not usable after apt-get: {failed}", file=err)
+        return 1
+    except (OSError, subprocess.CalledProcessError) as failed:
+        print(f"Installing redis-server failed: {failed}", file=err)
+        return 1
+
+
+def _check_redis(out: TextIO) -> int:
+    executable = find_redis_server()
+    began = time.monotonic()
+    with RedisServer(executable=executable) as server:
+        hosts = server.hosts
+    seconds = time.monotonic() - began
+    print(f"Redis OK: {executable}; a test server on {hosts} ran in {seconds:.2f}s.", file=out)
+    return 0
 
 
 def _check_local(out: TextIO) -> int:
@@ -278,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m goworker_py.testing``."""
     parser = argparse.ArgumentParser(
         prog="python -m goworker_py.testing",
-        description="ZooKeeper and etcd for goworker-py's tests.",
+        description="ZooKeeper, etcd and Redis for goworker-py's tests.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     ensure = commands.add_parser(
@@ -295,6 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ensure-etcd", help="check etcd works here; install etcd-server on Debian as root"
     )
     ensure_etcd_cmd.add_argument("--no-install", action="store_true", help="only check")
+    ensure_redis_cmd = commands.add_parser(
+        "ensure-redis", help="check redis-server works here; install it on Debian as root"
+    )
+    ensure_redis_cmd.add_argument(
+        "--no-install", action="store_true", help="only check: never apt-get"
+    )
     commands.add_parser(
         "stop-docker-zookeeper",
         help="stop the container ensure-zookeeper started, if any, and delete its hosts file",
@@ -307,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ensure_zookeeper(install=not args.no_install, docker=not args.no_docker)
     if args.command == "ensure-etcd":
         return ensure_etcd(install=not args.no_install)
+    if args.command == "ensure-redis":
+        return ensure_redis(install=not args.no_install)
     if args.command == "stop-docker-zookeeper":
         return stop_docker_zookeeper()
     return serve(args.tick_time, args.port)

@@ -27,3 +27,11 @@ class EtcdNotFound(ZooKeeperError):
 
 class EtcdStartError(ZooKeeperError):
     """An etcd process was started but did not come up; the message has its log tail."""
+
+
+class RedisNotFound(ZooKeeperError):
+    """No ``redis-server`` to start; the message says what to install."""
+
+
+class RedisStartError(ZooKeeperError):
+    """A ``redis-server`` process was started but did not come up; the message has its log."""

@@ -1,8 +1,10 @@
-"""Finding ZooKeeper on this machine, and installing it from Debian when we may.
+"""Finding ZooKeeper and Redis on this machine, and installing them from Debian when we may.
 
-Lookup order: ``ZOOKEEPER_CLASSPATH`` (a full Java classpath, used as is), ``ZOOKEEPER_PATH``
-(an unpacked ZooKeeper release: ``lib/*.jar``), then the Debian package ``zookeeper``
-(``/usr/share/java/zookeeper.jar``). Java comes from ``JAVA_HOME`` or the ``PATH``.
+ZooKeeper's lookup order: ``ZOOKEEPER_CLASSPATH`` (a full Java classpath, used as is),
+``ZOOKEEPER_PATH`` (an unpacked ZooKeeper release: ``lib/*.jar``), then the Debian package
+``zookeeper`` (``/usr/share/java/zookeeper.jar``). Java comes from ``JAVA_HOME`` or the ``PATH``.
+Redis: ``REDIS_SERVER`` (a ``redis-server`` binary), then ``redis-server`` on the ``PATH`` or in
+``/usr/bin`` (the Debian package ``redis-server``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from goworker_py.testing.errors import ZooKeeperNotFound
+from goworker_py.testing.errors import RedisNotFound, ZooKeeperNotFound
 
 INSTALL_HINT = (
     "ZooKeeper is needed to run the cluster tests. Provide one of:\n"
@@ -122,8 +124,41 @@ def can_apt_install() -> bool:
     )
 
 
-def apt_install_zookeeper() -> None:
-    """Run ``apt-get update`` then ``apt-get install -y zookeeper`` (raises on failure)."""
+def apt_install(package: str) -> None:
+    """Run ``apt-get update`` then ``apt-get install -y <package>`` (raises on failure)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "zookeeper"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", package], check=True, env=env)
+
+
+def apt_install_zookeeper() -> None:
+    """Run ``apt-get update`` then ``apt-get install -y zookeeper`` (raises on failure)."""
+    apt_install("zookeeper")
+
+
+REDIS_INSTALL_HINT = (
+    "redis-server is needed to run the Redis backend's tests. Provide one of:\n"
+    "  1. Debian/Ubuntu, as root: apt-get install -y redis-server\n"
+    "     (or: python -m goworker_py.testing ensure-redis)\n"
+    "  2. another Linux or macOS: your package manager's redis (brew install redis, "
+    "dnf install redis)\n"
+    "  3. a redis-server binary anywhere: REDIS_SERVER=/path/to/redis-server"
+)
+DEBIAN_REDIS_SERVER = Path("/usr/bin/redis-server")
+
+
+def find_redis_server(
+    environ: Mapping[str, str] | None = None, *, debian_binary: Path = DEBIAN_REDIS_SERVER
+) -> str:
+    """The ``redis-server`` binary to run, or raise :class:`RedisNotFound`."""
+    env = os.environ if environ is None else environ
+    if explicit := env.get("REDIS_SERVER", "").strip():
+        if Path(explicit).is_file() and os.access(explicit, os.X_OK):
+            return explicit
+        raise RedisNotFound(f"REDIS_SERVER={explicit} is not an executable.\n{REDIS_INSTALL_HINT}")
+    found = shutil.which("redis-server", path=env.get("PATH"))
+    if found is None and debian_binary.is_file():
+        found = str(debian_binary)
+    if found is None:
+        raise RedisNotFound(f"No redis-server found.\n{REDIS_INSTALL_HINT}")
+    return found

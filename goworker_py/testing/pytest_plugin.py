@@ -16,10 +16,13 @@ Enable with ``pytest_plugins = ["goworker_py.testing.pytest_plugin"]`` in a ``co
   a fresh namespace (key prefix) on it per test, deleted afterwards; ``etcd_private``: an etcd
   of the test's own, to stop, restart or pause; ``etcd_cluster``: a 3-member etcd cluster shared
   by the tests of one module (see :mod:`goworker_py.testing.etcd`).
+- ``redis_server``: one ``redis-server`` for the whole session (no persistence);
+  ``redis_private``: one of the test's own, to stop, restart (every key gone) or pause freely;
+  ``redis_namespace``: a fresh key namespace per test (``DiscoveryConfig.namespace``).
 
-When a test fails, the tail of each server log it used is added to its report. When ZooKeeper
-(or etcd) is missing, tests that need it are skipped with what to install, except in CI (``CI``
-set), where they fail: a CI run that silently skips its cluster tests proves nothing.
+When a test fails, the tail of each server log it used is added to its report. When ZooKeeper,
+etcd or redis-server is missing, tests that need it are skipped with what to install, except in
+CI (``CI`` set), where they fail: a CI run that silently skips its cluster tests proves nothing.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from goworker_py.testing.docker import read_hosts_file
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
-from goworker_py.testing.errors import EtcdNotFound, ZooKeeperNotFound
+from goworker_py.testing.errors import EtcdNotFound, RedisNotFound, ZooKeeperNotFound
 from goworker_py.testing.etcd import EtcdCluster, EtcdServer
 from goworker_py.testing.external import ExternalZooKeeper
 from goworker_py.testing.network import with_chroot
+from goworker_py.testing.redis import RedisServer
 from goworker_py.testing.zookeeper import ZooKeeperServer
 
 LOG_TAIL_LINES = 200
@@ -69,8 +73,13 @@ def running_in_ci(environ: Mapping[str, str] | None = None) -> bool:
 
 def zookeeper_missing(reason: str, environ: Mapping[str, str] | None = None) -> NoReturn:
     """Skip the current test because ZooKeeper is missing, or fail it when running in CI."""
+    server_missing("ZooKeeper", reason, environ)
+
+
+def server_missing(what: str, reason: str, environ: Mapping[str, str] | None = None) -> NoReturn:
+    """Skip the current test because the server ``what`` is missing, or fail it in CI."""
     if running_in_ci(environ):
-        pytest.fail(f"ZooKeeper is required when CI is set: {reason}", pytrace=False)
+        pytest.fail(f"{what} is required when CI is set: {reason}", pytrace=False)
     pytest.skip(reason)
 
 
@@ -209,6 +218,24 @@ def etcd_server() -> Iterator[EtcdServer]:
         server.close()
 
 
+def _start_redis() -> RedisServer:
+    try:
+        return RedisServer().start()
+    except RedisNotFound as exc:
+        server_missing("redis-server", str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's shared Redis server (no persistence). Never stop or pause it: see
+    ``redis_private``; keep tests apart with ``redis_namespace``."""
+    server = _start_redis()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def etcd_namespace(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> Iterator[str]:
     """A fresh namespace (``t-<test name>-<uuid8>``) on the shared etcd; its keys are deleted
@@ -247,6 +274,23 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
         cluster.close()
 
 
+@pytest.fixture
+def redis_private() -> Iterator[RedisServer]:
+    """A Redis server for this test alone: stop, kill, restart or pause it at will."""
+    server = _start_redis()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_namespace(request: pytest.FixtureRequest) -> str:
+    """A fresh key namespace (``t-<test name>-<uuid8>``) for this test."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:60]
+    return f"t-{name}-{uuid.uuid4().hex[:8]}"
+
+
 def delete_tree(client: KazooClient, path: str, attempts: int = 5) -> None:
     """Delete ``path`` and everything under it; tolerate clients still writing there."""
     for _ in range(attempts):
@@ -267,7 +311,7 @@ def delete_tree(client: KazooClient, path: str, attempts: int = 5) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """On failure, add the log tail of every ZooKeeper server the test used to its report.
+    """On failure, add the log tail of every ZooKeeper and Redis server the test used.
 
     Also keeps each phase's report on the item (``item.rep_setup``, ``rep_call``,
     ``rep_teardown``), so a fixture finalizer can tell whether its test failed.
@@ -286,4 +330,7 @@ def pytest_runtest_makereport(
                 kind = "etcd" if isinstance(server, EtcdServer) else "ZooKeeper"
                 title = f"{kind} log ({name}: {server.hosts}), last {LOG_TAIL_LINES} lines"
                 report.sections.append((title, server.log_tail(LOG_TAIL_LINES)))
+            if isinstance(value, RedisServer):
+                title = f"Redis log ({name}: {value.hosts}), last {LOG_TAIL_LINES} lines"
+                report.sections.append((title, value.log_tail(LOG_TAIL_LINES)))
     return report

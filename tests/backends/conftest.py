@@ -25,7 +25,7 @@ from goworker_py.instance import WorkerInstance
 
 #: Backend kinds every conformance test runs on; the server-backed ones also run the tests of a
 #: server of their own (pause, restart: ``private_backend_factory``).
-SERVER_BACKENDS = ["zookeeper", "etcd"]
+SERVER_BACKENDS = ["zookeeper", "etcd", "redis"]
 BACKENDS = [*SERVER_BACKENDS, "memory"]
 
 
@@ -165,6 +165,36 @@ def _zookeeper_kit(request: pytest.FixtureRequest, private: bool) -> BackendKit:
     )
 
 
+def _redis_kit(request: pytest.FixtureRequest, private: bool) -> BackendKit:
+    import redis
+
+    from goworker_py.cluster.backends.redis import RedisBackend
+    from goworker_py.testing.redis import RedisServer
+
+    fixture = "redis_private" if private else "redis_server"
+    server: RedisServer = request.getfixturevalue(fixture)
+
+    def expire(backend: CoordinationBackend) -> None:
+        """What Redis does when the lease's time to live runs out: its keys go."""
+        assert isinstance(backend, RedisBackend)
+        prefix, lease = backend.prefix, backend.lease_id
+        with redis.Redis(host="127.0.0.1", port=server.port) as raw:
+            held = raw.hkeys(f"{prefix}lease:{lease}")
+            claims = [f"{prefix}claim:{f.decode()[1:]}" for f in held if f.startswith(b"c")]
+            for key in [f"{prefix}lease:{lease}", f"{prefix}member:{lease}", *claims]:
+                raw.pexpire(key, 1)
+
+    return BackendKit(
+        name="redis",
+        hosts=server.hosts,
+        namespace=f"t-{uuid.uuid4().hex[:8]}",
+        server=server,
+        build=RedisBackend,
+        expire=expire,
+        protocol="redis",
+    )
+
+
 def _memory_kit(request: pytest.FixtureRequest, private: bool) -> BackendKit:
     from goworker_py.cluster.backends.memory import MemoryBackend, reset_stores
 
@@ -190,6 +220,7 @@ def _memory_kit(request: pytest.FixtureRequest, private: bool) -> BackendKit:
 _KITS: dict[str, Callable[[pytest.FixtureRequest, bool], BackendKit]] = {
     "etcd": _etcd_kit,
     "zookeeper": _zookeeper_kit,
+    "redis": _redis_kit,
     "memory": _memory_kit,
 }
 

@@ -480,8 +480,8 @@ def test_a_real_server_in_the_container_serves_the_tests(
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize("pytest_status", [0, 3])
 def test_make_test_stops_the_container_after_pytest(tmp_path: Path, pytest_status: int) -> None:
-    """``make test`` runs ensure-zookeeper, ensure-etcd, pytest, then stop-docker-zookeeper even on
-    failure."""
+    """``make test`` runs ensure-zookeeper, ensure-etcd, ensure-redis, pytest, then
+    stop-docker-zookeeper even on failure."""
     log = tmp_path / "python.log"
     fake_python = tmp_path / "python"
     fake_python.write_text(
@@ -502,6 +502,7 @@ def test_make_test_stops_the_container_after_pytest(tmp_path: Path, pytest_statu
     assert log.read_text().splitlines() == [
         "-m goworker_py.testing ensure-zookeeper",
         "-m goworker_py.testing ensure-etcd",
+        "-m goworker_py.testing ensure-redis",
         "-m pytest",
         "-m goworker_py.testing stop-docker-zookeeper",
     ]
