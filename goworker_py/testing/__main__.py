@@ -30,7 +30,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from goworker_py.testing.docker import (
@@ -51,18 +52,127 @@ from goworker_py.testing.errors import (
     ZooKeeperError,
     ZooKeeperNotFound,
 )
-from goworker_py.testing.etcd import ETCD_INSTALL_HINT, EtcdServer, apt_install_etcd, find_etcd
+from goworker_py.testing.etcd import ETCD_INSTALL_HINT, EtcdServer, find_etcd
 from goworker_py.testing.external import ExternalZooKeeper
 from goworker_py.testing.install import (
     INSTALL_HINT,
+    REDIS_INSTALL_HINT,
     apt_install,
-    apt_install_zookeeper,
     can_apt_install,
     find_redis_server,
     find_zookeeper,
 )
 from goworker_py.testing.redis import RedisServer
 from goworker_py.testing.zookeeper import ZooKeeperServer
+
+
+def _check_zookeeper(out: TextIO) -> int:
+    install = find_zookeeper()
+    with ZooKeeperServer(install=install) as server:
+        seconds, mode = server.last_start_seconds or 0.0, server.mode()
+    print(
+        f"ZooKeeper OK: {install.source} with {install.java}; "
+        f"a test server ({mode}) started in {seconds:.2f}s.",
+        file=out,
+    )
+    return 0
+
+
+def _check_etcd(out: TextIO) -> int:
+    binary = find_etcd()
+    with EtcdServer(binary=binary) as server:
+        seconds = server.last_start_seconds or 0.0
+    print(f"etcd OK: {binary}; a test server started in {seconds:.2f}s.", file=out)
+    return 0
+
+
+def _check_redis(out: TextIO) -> int:
+    executable = find_redis_server()
+    began = time.monotonic()
+    with RedisServer(executable=executable) as server:
+        hosts = server.hosts
+    seconds = time.monotonic() - began
+    print(f"Redis OK: {executable}; a test server on {hosts} ran in {seconds:.2f}s.", file=out)
+    return 0
+
+
+@dataclass(frozen=True)
+class _Program:
+    """What an ``ensure-*`` command needs to know of its server program."""
+
+    name: str  # as messages name it
+    package: str  # the Debian package that installs it
+    not_found: type[ZooKeeperError]  # what its lookup raises when it is missing
+    explicit: tuple[str, ...]  # variables that point at it: reported, never papered over
+    hint: str  # what to install, after a failed apt-get
+    check: Callable[[TextIO], int]  # start and close a test server, say how it went
+
+
+_ZOOKEEPER = _Program(
+    "ZooKeeper",
+    "zookeeper",
+    ZooKeeperNotFound,
+    ("ZOOKEEPER_PATH", "ZOOKEEPER_CLASSPATH"),
+    INSTALL_HINT,
+    _check_zookeeper,
+)
+_ETCD = _Program(
+    "etcd", "etcd-server", EtcdNotFound, ("ETCD_BINARY",), ETCD_INSTALL_HINT, _check_etcd
+)
+_REDIS = _Program(
+    "redis-server",
+    "redis-server",
+    RedisNotFound,
+    ("REDIS_SERVER",),
+    REDIS_INSTALL_HINT,
+    _check_redis,
+)
+_NOT_ROOT = "\n(Not installing it: that needs root on Debian/Ubuntu.)"
+
+
+def _ensure(
+    program: _Program,
+    *,
+    install: bool,
+    out: TextIO | None,
+    err: TextIO | None,
+    without_apt: Callable[[ZooKeeperError, TextIO, TextIO], int] | None = None,
+) -> int:
+    """Check ``program`` works here; when it is missing and we are root on Debian, install its
+    package with apt-get and check again. Returns a process exit code.
+
+    ``without_apt`` handles a missing program that apt-get cannot install (by default: say so).
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        return program.check(out)
+    except program.not_found as missing:
+        if not install or any(os.environ.get(name) for name in program.explicit):
+            print(missing, file=err)
+            return 1
+        if not can_apt_install():
+            if without_apt is not None:
+                return without_apt(missing, out, err)
+            print(f"{missing}{_NOT_ROOT}", file=err)
+            return 1
+    except ZooKeeperError as broken:
+        print(f"{program.name} is installed but a test server did not start:\n{broken}", file=err)
+        return 1
+    print(
+        f"{program.name} not found: installing the Debian package `{program.package}` with "
+        f"apt-get.",
+        file=out,
+    )
+    try:
+        apt_install(program.package)
+        return program.check(out)
+    except ZooKeeperError as failed:  # its message already says what to install
+        print(f"{program.name} is still not usable after apt-get: {failed}", file=err)
+        return 1
+    except (OSError, subprocess.CalledProcessError) as failed:
+        print(f"Installing {program.name} failed: {failed}\n{program.hint}", file=err)
+        return 1
 
 
 def ensure_zookeeper(
@@ -91,124 +201,30 @@ def ensure_zookeeper(
         return 1
     if install:
         _discard_earlier_container(out, err)  # so the tests use what this run chooses
-    try:
-        return _check_local(out)
-    except ZooKeeperNotFound as missing:
-        # A ZooKeeper the user pointed at explicitly is reported, not papered over with apt.
-        explicit = any(os.environ.get(k) for k in ("ZOOKEEPER_PATH", "ZOOKEEPER_CLASSPATH"))
-        if not install or explicit:
-            print(missing, file=err)
-            return 1
-        if not can_apt_install():
-            if docker and docker_engine_running():
-                return _start_in_docker(out, err)
-            why = "\n(Not installing it: that needs root on Debian/Ubuntu.)"
-            print(f"{missing}{why}{_why_not_docker() if docker else ''}", file=err)
-            return 1
-    except ZooKeeperError as broken:
-        print(f"ZooKeeper is installed but a test server did not start:\n{broken}", file=err)
-        return 1
-    print("ZooKeeper not found: installing the Debian package `zookeeper` with apt-get.", file=out)
-    try:
-        apt_install_zookeeper()
-        return _check_local(out)
-    except ZooKeeperError as failed:  # its message already says what to install
-        print(f"ZooKeeper is still not usable after apt-get: {failed}", file=err)
-        return 1
-    except (OSError, subprocess.CalledProcessError) as failed:
-        print(f"Installing ZooKeeper failed: {failed}\n{INSTALL_HINT}", file=err)
-        return 1
-
-
-def ensure_redis(
-    *, install: bool = True, out: TextIO | None = None, err: TextIO | None = None
-) -> int:
-    """Check (and, as root on Debian, install) ``redis-server``; return a process exit code."""
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        return _check_redis(out)
-    except RedisNotFound as missing:
-        # A redis-server the user pointed at explicitly is reported, not papered over with apt.
-        if not install or os.environ.get("REDIS_SERVER"):
-            print(missing, file=err)
-            return 1
-        if not can_apt_install():
-            print(f"{missing}\n(Not installing it: that needs root on Debian/Ubuntu.)", file=err)
-            return 1
-    except ZooKeeperError as broken:
-        print(f"redis-server is installed but a test server did not start:\n{broken}", file=err)
-        return 1
-    print("redis-server not found: installing the Debian package `redis-server`.", file=out)
-    try:
-        apt_install("redis-server")
-        return _check_redis(out)
-    except ZooKeeperError as failed:
-        print(f"redis-server is still not usable after apt-get: {failed}", file=err)
-        return 1
-    except (OSError, subprocess.CalledProcessError) as failed:
-        print(f"Installing redis-server failed: {failed}", file=err)
-        return 1
-
-
-def _check_redis(out: TextIO) -> int:
-    executable = find_redis_server()
-    began = time.monotonic()
-    with RedisServer(executable=executable) as server:
-        hosts = server.hosts
-    seconds = time.monotonic() - began
-    print(f"Redis OK: {executable}; a test server on {hosts} ran in {seconds:.2f}s.", file=out)
-    return 0
-
-
-def _check_local(out: TextIO) -> int:
-    install = find_zookeeper()
-    with ZooKeeperServer(install=install) as server:
-        seconds, mode = server.last_start_seconds or 0.0, server.mode()
-    print(
-        f"ZooKeeper OK: {install.source} with {install.java}; "
-        f"a test server ({mode}) started in {seconds:.2f}s.",
-        file=out,
-    )
-    return 0
+    in_docker = _in_docker if docker else None
+    return _ensure(_ZOOKEEPER, install=install, out=out, err=err, without_apt=in_docker)
 
 
 def ensure_etcd(
     *, install: bool = True, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     """Check (and, as root on Debian, install) etcd; return a process exit code."""
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        return _check_etcd(out)
-    except EtcdNotFound as missing:
-        if not install or os.environ.get("ETCD_BINARY"):
-            print(missing, file=err)
-            return 1
-        if not can_apt_install():
-            print(f"{missing}\n(Not installing it: that needs root on Debian/Ubuntu.)", file=err)
-            return 1
-    except ZooKeeperError as broken:
-        print(f"etcd is installed but a test server did not start:\n{broken}", file=err)
-        return 1
-    print("etcd not found: installing the Debian package `etcd-server` with apt-get.", file=out)
-    try:
-        apt_install_etcd()
-        return _check_etcd(out)
-    except ZooKeeperError as failed:
-        print(f"etcd is still not usable after apt-get: {failed}", file=err)
-        return 1
-    except (OSError, subprocess.CalledProcessError) as failed:
-        print(f"Installing etcd failed: {failed}\n{ETCD_INSTALL_HINT}", file=err)
-        return 1
+    return _ensure(_ETCD, install=install, out=out, err=err)
 
 
-def _check_etcd(out: TextIO) -> int:
-    binary = find_etcd()
-    with EtcdServer(binary=binary) as server:
-        seconds = server.last_start_seconds or 0.0
-    print(f"etcd OK: {binary}; a test server started in {seconds:.2f}s.", file=out)
-    return 0
+def ensure_redis(
+    *, install: bool = True, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Check (and, as root on Debian, install) ``redis-server``; return a process exit code."""
+    return _ensure(_REDIS, install=install, out=out, err=err)
+
+
+def _in_docker(missing: ZooKeeperError, out: TextIO, err: TextIO) -> int:
+    """ZooKeeper is missing and apt-get not possible: start a container if Docker runs here."""
+    if docker_engine_running():
+        return _start_in_docker(out, err)
+    print(f"{missing}{_NOT_ROOT}{_why_not_docker()}", file=err)
+    return 1
 
 
 def _why_not_docker() -> str:

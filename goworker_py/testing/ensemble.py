@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from types import TracebackType
 
 from goworker_py.testing.errors import ZooKeeperError
 from goworker_py.testing.install import ZooKeeperInstall, find_zookeeper
 from goworker_py.testing.network import free_ports
+from goworker_py.testing.process import ServerCluster
 from goworker_py.testing.zookeeper import ZooKeeperServer, _Quorum
 
 
-class ZooKeeperEnsemble:
+class ZooKeeperEnsemble(ServerCluster[ZooKeeperServer]):
     """``size`` ZooKeeper servers forming one quorum on 127.0.0.1.
 
     ``start()`` returns once a leader is elected and every running member serves. The cluster
@@ -44,7 +44,7 @@ class ZooKeeperEnsemble:
             f"server.{i + 1}=127.0.0.1:{peer}:{election}"
             for i, (peer, election) in enumerate(zip(peer_ports, election_ports, strict=True))
         )
-        self.servers = [
+        super().__init__(
             ZooKeeperServer(
                 tick_time,
                 max_session_timeout=max_session_timeout,
@@ -55,12 +55,7 @@ class ZooKeeperEnsemble:
                 _quorum=_Quorum(myid=i + 1, peers=peers),
             )
             for i, client_port in enumerate(client_ports)
-        ]
-
-    @property
-    def hosts(self) -> str:
-        """The connection string of all members, comma-joined."""
-        return ",".join(server.hosts for server in self.servers)
+        )
 
     @property
     def majority(self) -> int:
@@ -131,23 +126,3 @@ class ZooKeeperEnsemble:
         if wait:
             self.wait_for_quorum()
         return index
-
-    def close(self) -> None:
-        """Kill every member and remove their temp dirs."""
-        for server in self.servers:
-            server.close()
-
-    def __enter__(self) -> ZooKeeperEnsemble:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -19,28 +19,22 @@ compact the history. Every process started here is killed, and its temp dir remo
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import shutil
-import signal
 import ssl
-import subprocess
-import sys
-import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 
+from goworker_py.testing.certificates import CA_FILE, CERT_FILE, KEY_FILE, make_test_certificates
 from goworker_py.testing.errors import EtcdNotFound, EtcdStartError, ZooKeeperError
+from goworker_py.testing.install import apt_install
 from goworker_py.testing.network import free_ports
-from goworker_py.testing.zookeeper import _die_with_parent_prefix, _wait_for_threads
+from goworker_py.testing.process import ServerCluster, ServerProcess
 
 ETCD_INSTALL_HINT = (
     "etcd is needed to run the etcd backend tests. Provide one of:\n"
@@ -52,18 +46,6 @@ ETCD_INSTALL_HINT = (
 DEBIAN_ETCD = Path("/usr/bin/etcd")
 HEARTBEAT_MS = 50
 ELECTION_MS = 500
-
-_LIVE: set[EtcdServer] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-@atexit.register
-def _close_all() -> None:
-    with _LIVE_LOCK:
-        servers = list(_LIVE)
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.close()
 
 
 def find_etcd(environ: Mapping[str, str] | None = None) -> str:
@@ -84,34 +66,18 @@ def find_etcd(environ: Mapping[str, str] | None = None) -> str:
 
 def apt_install_etcd() -> None:
     """``apt-get update`` then ``apt-get install -y etcd-server`` (raises on failure)."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "etcd-server"], check=True, env=env)
+    apt_install("etcd-server")
 
 
-def _make_certificates(directory: Path) -> None:
-    """A test CA (``ca.pem``) and a server certificate for 127.0.0.1 signed by it
-    (``server.pem``, ``server-key.pem``), with the ``openssl`` command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise EtcdNotFound("etcd over TLS needs the `openssl` command (apt-get install openssl)")
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ca = ["-subj", "/CN=goworker test CA", "-keyout", "ca-key.pem", "-out", "ca.pem"]
-    server = ["-subj", "/CN=127.0.0.1", "-keyout", "server-key.pem", "-out", "server.csr"]
-    sign = ["-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial"]
-    steps = [
-        [openssl, "req", "-x509", *key, "-days", "2", *ca],
-        [openssl, "req", *key, *server],
-        [openssl, "x509", "-req", *sign, "-days", "2", "-extfile", "san.cnf", "-out", "server.pem"],
-    ]
-    for step in steps:
-        subprocess.run(step, cwd=directory, check=True, capture_output=True)
+class EtcdServer(ServerProcess):
+    """One etcd process for tests. ``stop()`` keeps the data dir (``start()`` resumes it, with
+    its leases and revisions); ``close()`` also removes it. Use as a context manager, or call
+    :meth:`close`."""
 
-
-class EtcdServer:
-    """One etcd process for tests. ``stop()`` keeps the data dir (``start()`` resumes it);
-    ``close()`` also removes it. Use as a context manager, or call :meth:`close`."""
+    kind = "etcd"
+    _dir_prefix = "goworker-etcd-"
+    _log_name = "etcd.log"
+    _start_error = EtcdStartError
 
     def __init__(
         self,
@@ -124,29 +90,23 @@ class EtcdServer:
         tls: bool = False,
         _initial_cluster: str | None = None,
     ) -> None:
+        # Both ports now: a cluster's members name each other's peer ports before any starts.
+        if client_port is None or peer_port is None:
+            client_port, peer_port = free_ports(2)
+        super().__init__(port=client_port, start_timeout=start_timeout)
         self.name = name
         #: Serve clients over TLS, with a certificate of a test CA (:attr:`ca_file`).
         self.tls = tls
-        self.start_timeout = start_timeout
-        self.last_start_seconds: float | None = None
-        self._binary = binary
-        if client_port is None or peer_port is None:
-            client_port, peer_port = free_ports(2)
-        self.client_port = client_port
         self.peer_port = peer_port
+        self._binary = binary
         self._initial_cluster = _initial_cluster or f"{name}={self.peer_url}"
-        self._workdir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._paused = False
-        self._final_log = ""
-        self._lock = threading.RLock()
 
     # -- identity --------------------------------------------------------------------------------
 
     @property
-    def hosts(self) -> str:
-        """``"127.0.0.1:<client port>"``: what ``DiscoveryConfig(hosts=...)`` takes."""
-        return f"127.0.0.1:{self.client_port}"
+    def client_port(self) -> int:
+        """The port clients connect to (:attr:`port`)."""
+        return self.port
 
     @property
     def url(self) -> str:
@@ -158,57 +118,27 @@ class EtcdServer:
         """With TLS: the test CA's certificate, what clients trust (``DiscoveryConfig.ca``)."""
         if self._workdir is None or not self.tls:
             raise ZooKeeperError(f"{self!r} has no CA (not started, or without TLS)")
-        return str(self._workdir / "ca.pem")
+        return str(self._workdir / CA_FILE)
 
     @property
     def peer_url(self) -> str:
+        """The URL the members of a cluster reach this one at."""
         return f"http://127.0.0.1:{self.peer_port}"
 
-    @property
-    def data_dir(self) -> Path | None:
-        """The temp dir (``None`` before the first start and after ``close()``)."""
-        return self._workdir
+    def _identity(self) -> str:
+        return f"{self.name} {self.hosts}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running and self._proc else None
+    # -- what is etcd's own ----------------------------------------------------------------------
 
-    @property
-    def is_running(self) -> bool:
-        """True while the process is alive (also while paused)."""
-        return self._proc is not None and self._proc.poll() is None
+    def _find_program(self) -> None:
+        if self._binary is None:
+            self._binary = find_etcd()
 
-    @property
-    def is_paused(self) -> bool:
-        return self._paused and self.is_running
+    def _prepare(self, workdir: Path) -> None:
+        if self.tls:
+            make_test_certificates(workdir, missing=EtcdNotFound, failed=EtcdStartError)
 
-    def __repr__(self) -> str:
-        state = "paused" if self.is_paused else "running" if self.is_running else "stopped"
-        return f"<EtcdServer {self.name} {self.hosts} {state}>"
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self, *, wait: bool = True) -> EtcdServer:
-        """Start the process (no-op if running); with ``wait``, until it serves requests."""
-        with self._lock:
-            if self.is_running:
-                return self
-            if self._binary is None:
-                self._binary = find_etcd()
-            if self._workdir is None:
-                self._workdir = Path(tempfile.mkdtemp(prefix="goworker-etcd-"))
-                if self.tls:
-                    _make_certificates(self._workdir)
-            with _LIVE_LOCK:
-                _LIVE.add(self)
-            began = time.monotonic()
-            self._spawn()
-            if wait:
-                self.wait_until_serving()
-                self.last_start_seconds = time.monotonic() - began
-            return self
-
-    def _spawn(self) -> None:
+    def _command(self) -> list[str]:
         assert self._workdir is not None and self._binary is not None
         cmd = [
             self._binary,
@@ -228,38 +158,15 @@ class EtcdServer:
         ]
         if self.tls:
             cmd += [
-                f"--cert-file={self._workdir / 'server.pem'}",
-                f"--key-file={self._workdir / 'server-key.pem'}",
+                f"--cert-file={self._workdir / CERT_FILE}",
+                f"--key-file={self._workdir / KEY_FILE}",
             ]
-        # Dies with us even on SIGKILL (see testing.zookeeper); only from the main thread.
-        if threading.current_thread() is threading.main_thread():
-            cmd = [*_die_with_parent_prefix(), *cmd]
-        with open(self.log_path, "ab") as log:
-            log.write(f"---- goworker_py.testing: starting etcd {self.hosts} ----\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._paused = False
+        return cmd
 
-    def wait_until_serving(self, timeout: float | None = None) -> None:
-        """Block until ``/health`` says healthy: a leader is there and a read goes through (also
-        with authentication enabled)."""
-        limit = self.start_timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        while True:
-            if not self.is_running:
-                raise EtcdStartError(
-                    f"etcd {self.name} on {self.hosts} exited during start-up:\n{self.log_tail(60)}"
-                )
-            if self.healthy():
-                return
-            if time.monotonic() > deadline:
-                raise EtcdStartError(
-                    f"etcd {self.name} on {self.hosts} not serving after {limit}s:\n"
-                    f"{self.log_tail(60)}"
-                )
-            time.sleep(0.02)
+    def _serves(self) -> bool:
+        """``/health`` says healthy: a leader is there and a read goes through (also with
+        authentication enabled)."""
+        return self.healthy()
 
     def healthy(self) -> bool:
         """True when ``GET /health`` answers ``{"health": "true"}`` within a second."""
@@ -270,91 +177,6 @@ class EtcdServer:
                 return bool(json.loads(reply.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """``SIGTERM`` (``SIGKILL`` after ``timeout``); keeps the data dir."""
-        with self._lock:
-            proc = self._proc
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                if self._paused:
-                    proc.send_signal(signal.SIGCONT)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            self._paused = False
-
-    def kill(self) -> None:
-        """``SIGKILL`` (a crash); keeps the data dir."""
-        with self._lock:
-            proc = self._proc
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            self._paused = False
-
-    def restart(self, down_for: float = 0.0, *, kill: bool = False) -> None:
-        """Stop (or kill), stay down ``down_for`` seconds, start on the same ports and data."""
-        with self._lock:
-            self.kill() if kill else self.stop()
-            time.sleep(down_for)
-            self.start()
-
-    def pause(self) -> None:
-        """``SIGSTOP``: connections stay open, nothing answers (returns once every thread is
-        stopped)."""
-        with self._lock:
-            if self._proc is None or not self.is_running:
-                raise ZooKeeperError(f"{self!r} is not running: nothing to pause")
-            self._proc.send_signal(signal.SIGSTOP)
-            self._paused = True
-            _wait_for_threads(self._proc.pid, stopped=True)
-
-    def resume(self) -> None:
-        """``SIGCONT``."""
-        with self._lock:
-            if self._proc is not None and self.is_running:
-                self._proc.send_signal(signal.SIGCONT)
-                _wait_for_threads(self._proc.pid, stopped=False)
-            self._paused = False
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """:meth:`pause` on entry, :meth:`resume` on exit."""
-        self.pause()
-        try:
-            yield
-        finally:
-            self.resume()
-
-    def close(self) -> None:
-        """Kill the process and delete the temp dir (the log is kept in memory)."""
-        with self._lock:
-            self.kill()
-            self._proc = None
-            if self._workdir is not None:
-                self._final_log = self.log_text()
-                shutil.rmtree(self._workdir, ignore_errors=True)
-                self._workdir = None
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
-
-    def __enter__(self) -> EtcdServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- the gateway -----------------------------------------------------------------------------
 
@@ -402,33 +224,8 @@ class EtcdServer:
         self.request("kv/compaction", {"revision": str(revision), "physical": True})
         return revision
 
-    # -- logs ------------------------------------------------------------------------------------
 
-    @property
-    def log_path(self) -> Path:
-        if self._workdir is None:
-            raise ZooKeeperError(f"{self!r} has no log file (not started, or closed)")
-        return self._workdir / "etcd.log"
-
-    def log_text(self) -> str:
-        if self._workdir is None:
-            return self._final_log
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 200) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def dump_log(self, lines: int = 200, file: TextIO | None = None) -> None:
-        """Print the log tail (to stderr by default)."""
-        out = sys.stderr if file is None else file
-        print(f"---- etcd {self.name} {self.hosts}: last {lines} log lines ----", file=out)
-        print(self.log_tail(lines), file=out)
-
-
-class EtcdCluster:
+class EtcdCluster(ServerCluster[EtcdServer]):
     """``size`` etcd members forming one cluster (for losing a member, or the leader)."""
 
     def __init__(self, size: int = 3, *, binary: str | None = None) -> None:
@@ -437,7 +234,7 @@ class EtcdCluster:
         initial = ",".join(
             f"{name}=http://127.0.0.1:{ports[2 * i + 1]}" for i, name in enumerate(names)
         )
-        self.servers = [
+        super().__init__(
             EtcdServer(
                 name=name,
                 client_port=ports[2 * i],
@@ -446,12 +243,7 @@ class EtcdCluster:
                 _initial_cluster=initial,
             )
             for i, name in enumerate(names)
-        ]
-
-    @property
-    def hosts(self) -> str:
-        """Every member's client address, comma-separated."""
-        return ",".join(server.hosts for server in self.servers)
+        )
 
     def start(self) -> EtcdCluster:
         """Start every member, then wait until the cluster serves (it needs a quorum)."""
@@ -475,13 +267,3 @@ class EtcdCluster:
                 if status.get("leader") == status.get("header", {}).get("member_id"):
                     return server
         raise ZooKeeperError(f"no member of {self.hosts} leads")
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.close()
-
-    def __enter__(self) -> EtcdCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

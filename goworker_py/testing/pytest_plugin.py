@@ -33,7 +33,7 @@ import re
 import uuid
 import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 from kazoo.client import KazooClient
@@ -42,10 +42,16 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from goworker_py.testing.docker import read_hosts_file
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
-from goworker_py.testing.errors import EtcdNotFound, RedisNotFound, ZooKeeperNotFound
+from goworker_py.testing.errors import (
+    EtcdNotFound,
+    RedisNotFound,
+    ZooKeeperError,
+    ZooKeeperNotFound,
+)
 from goworker_py.testing.etcd import EtcdCluster, EtcdServer
 from goworker_py.testing.external import ExternalZooKeeper
 from goworker_py.testing.network import with_chroot
+from goworker_py.testing.process import ServerCluster, ServerProcess
 from goworker_py.testing.redis import RedisServer
 from goworker_py.testing.zookeeper import ZooKeeperServer
 
@@ -61,8 +67,7 @@ _STALE_HOSTS_FILE = (
     "or delete that file to use a local ZooKeeper"
 )
 
-_T = TypeVar("_T", ZooKeeperServer, ZooKeeperEnsemble)
-_E = TypeVar("_E", EtcdServer, EtcdCluster)
+_S = TypeVar("_S", bound="ServerProcess | ServerCluster[Any]")
 
 
 def running_in_ci(environ: Mapping[str, str] | None = None) -> bool:
@@ -85,23 +90,23 @@ def server_missing(what: str, reason: str, environ: Mapping[str, str] | None = N
 
 def etcd_missing(reason: str, environ: Mapping[str, str] | None = None) -> NoReturn:
     """Skip the current test because etcd is missing, or fail it when running in CI."""
-    if running_in_ci(environ):
-        pytest.fail(f"etcd is required when CI is set: {reason}", pytrace=False)
-    pytest.skip(reason)
+    server_missing("etcd", reason, environ)
 
 
-def _start_etcd(factory: Callable[[], _E]) -> _E:
+def _serve(start: Callable[[], _S], missing: type[ZooKeeperError], what: str) -> Iterator[_S]:
+    """Yield the server(s) ``start`` returns, and close them after the test(s).
+
+    When ``start`` raises ``missing`` (the program ``what`` is not installed), the test is
+    skipped, or failed in CI (:func:`server_missing`).
+    """
     try:
-        return factory()
-    except EtcdNotFound as exc:
-        etcd_missing(str(exc))
-
-
-def _start(factory: Callable[[], _T]) -> _T:
+        server = start()
+    except missing as exc:
+        server_missing(what, str(exc))
     try:
-        return factory()
-    except ZooKeeperNotFound as exc:
-        zookeeper_missing(str(exc))
+        yield server
+    finally:
+        server.close()
 
 
 def _external_hosts() -> str | None:
@@ -132,11 +137,7 @@ def zookeeper() -> Iterator[ZooKeeperServer | ExternalZooKeeper]:
             zookeeper_missing(f"{source} does not answer{stale}")
         yield external
         return
-    server = _start(lambda: ZooKeeperServer(tick_time=TICK_TIME_MS).start())
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serve_zookeeper()
 
 
 @pytest.fixture(scope="session")
@@ -189,11 +190,13 @@ def zookeeper_private() -> Iterator[ZooKeeperServer]:
     """A server for this test alone (tick 100 ms): stop, kill, restart or pause it at will."""
     if found := _external_source():
         pytest.skip(_EXTERNAL_REASON.format(source=found[1]))
-    server = _start(lambda: ZooKeeperServer(tick_time=TICK_TIME_MS).start())
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serve_zookeeper()
+
+
+def _serve_zookeeper() -> Iterator[ZooKeeperServer]:
+    yield from _serve(
+        lambda: ZooKeeperServer(tick_time=TICK_TIME_MS).start(), ZooKeeperNotFound, "ZooKeeper"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -201,39 +204,24 @@ def zookeeper_ensemble() -> Iterator[ZooKeeperEnsemble]:
     """A 3-server quorum for this module's tests. Restart members a test stopped, for the next."""
     if found := _external_source():
         pytest.skip(_EXTERNAL_REASON.format(source=found[1]))
-    ensemble = _start(lambda: ZooKeeperEnsemble(size=3, tick_time=TICK_TIME_MS).start())
-    try:
-        yield ensemble
-    finally:
-        ensemble.close()
+    yield from _serve(
+        lambda: ZooKeeperEnsemble(size=3, tick_time=TICK_TIME_MS).start(),
+        ZooKeeperNotFound,
+        "ZooKeeper",
+    )
 
 
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdServer]:
     """The session's shared etcd. Never stop or pause it: see ``etcd_private``."""
-    server = _start_etcd(lambda: EtcdServer().start())
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def _start_redis() -> RedisServer:
-    try:
-        return RedisServer().start()
-    except RedisNotFound as exc:
-        server_missing("redis-server", str(exc))
+    yield from _serve(lambda: EtcdServer().start(), EtcdNotFound, "etcd")
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """The session's shared Redis server (no persistence). Never stop or pause it: see
     ``redis_private``; keep tests apart with ``redis_namespace``."""
-    server = _start_redis()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serve(lambda: RedisServer().start(), RedisNotFound, "redis-server")
 
 
 @pytest.fixture
@@ -257,31 +245,19 @@ def etcd_namespace(request: pytest.FixtureRequest, etcd_server: EtcdServer) -> I
 @pytest.fixture
 def etcd_private() -> Iterator[EtcdServer]:
     """An etcd for this test alone: stop, kill, restart or pause it at will."""
-    server = _start_etcd(lambda: EtcdServer().start())
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serve(lambda: EtcdServer().start(), EtcdNotFound, "etcd")
 
 
 @pytest.fixture(scope="module")
 def etcd_cluster() -> Iterator[EtcdCluster]:
     """A 3-member etcd cluster for this module's tests. Restart members a test stopped."""
-    cluster = _start_etcd(lambda: EtcdCluster(size=3).start())
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+    yield from _serve(lambda: EtcdCluster(size=3).start(), EtcdNotFound, "etcd")
 
 
 @pytest.fixture
 def redis_private() -> Iterator[RedisServer]:
     """A Redis server for this test alone: stop, kill, restart or pause it at will."""
-    server = _start_redis()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serve(lambda: RedisServer().start(), RedisNotFound, "redis-server")
 
 
 @pytest.fixture
@@ -311,7 +287,7 @@ def delete_tree(client: KazooClient, path: str, attempts: int = 5) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """On failure, add the log tail of every ZooKeeper and Redis server the test used.
+    """On failure, add the log tail of every test server (or cluster member) the test used.
 
     Also keeps each phase's report on the item (``item.rep_setup``, ``rep_call``,
     ``rep_teardown``), so a fixture finalizer can tell whether its test failed.
@@ -321,16 +297,12 @@ def pytest_runtest_makereport(
     if report.failed:
         funcargs: dict[str, object] = getattr(item, "funcargs", {})
         for name, value in funcargs.items():
-            servers: list[ZooKeeperServer | EtcdServer] = []
-            if isinstance(value, (ZooKeeperServer, EtcdServer)):
+            servers: list[ServerProcess] = []
+            if isinstance(value, ServerProcess):
                 servers = [value]
-            elif isinstance(value, (ZooKeeperEnsemble, EtcdCluster)):
+            elif isinstance(value, ServerCluster):
                 servers = list(value.servers)
             for server in servers:
-                kind = "etcd" if isinstance(server, EtcdServer) else "ZooKeeper"
-                title = f"{kind} log ({name}: {server.hosts}), last {LOG_TAIL_LINES} lines"
+                title = f"{server.kind} log ({name}: {server.hosts}), last {LOG_TAIL_LINES} lines"
                 report.sections.append((title, server.log_tail(LOG_TAIL_LINES)))
-            if isinstance(value, RedisServer):
-                title = f"Redis log ({name}: {value.hosts}), last {LOG_TAIL_LINES} lines"
-                report.sections.append((title, value.log_tail(LOG_TAIL_LINES)))
     return report

@@ -14,48 +14,32 @@ It needs no Redis client library: readiness is checked with a raw ``PING``.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import shutil
-import signal
 import socket
 import ssl
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import TextIO
 from urllib.parse import quote
 
+from goworker_py.testing.certificates import CA_FILE, CERT_FILE, KEY_FILE, make_test_certificates
 from goworker_py.testing.errors import RedisStartError, ZooKeeperError
 from goworker_py.testing.install import find_redis_server
-from goworker_py.testing.network import free_ports
-from goworker_py.testing.zookeeper import _die_with_parent_prefix, _wait_for_threads
-
-_LIVE: set[RedisServer] = set()
-_LIVE_LOCK = threading.Lock()
+from goworker_py.testing.process import ServerProcess
 
 
-@atexit.register
-def _close_all() -> None:
-    with _LIVE_LOCK:
-        servers = list(_LIVE)
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.close()
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """A real ``redis-server`` child process for tests (see the module docstring).
 
     ``password`` sets ``requirepass`` (the ``default`` user's password); ``users`` maps ACL
-    user names to passwords, each allowed everything. Use as a context manager, or call
-    :meth:`close`; anything left open is closed at exit.
+    user names to passwords, each allowed everything. Without persistence, a :meth:`stop` or
+    :meth:`restart` loses every key, as a cache-only Redis does. Use as a context manager, or
+    call :meth:`close`; anything left open is closed at exit.
     """
+
+    kind = "Redis"
+    _dir_prefix = "goworker-redis-"
+    _log_name = "redis.log"
+    _start_error = RedisStartError
+    _poll_seconds = 0.01  # it starts in milliseconds
 
     def __init__(
         self,
@@ -68,32 +52,14 @@ class RedisServer:
         executable: str | None = None,
         start_timeout: float = 10.0,
     ) -> None:
+        super().__init__(port=port, start_timeout=start_timeout)
         self.password = password
         self.users = dict(users or {})
         self.notify_keyspace_events = notify_keyspace_events
         self.tls = tls
-        self.start_timeout = start_timeout
         self._executable = executable
-        self._port = port
-        self._workdir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._paused = False
-        self._final_log = ""
-        self._lock = threading.RLock()
 
     # -- identity --------------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The port (chosen at the first start unless given)."""
-        if self._port is None:
-            self._port = free_ports(1)[0]
-        return self._port
-
-    @property
-    def hosts(self) -> str:
-        """``"127.0.0.1:<port>"``, as ``DiscoveryConfig.hosts`` takes it."""
-        return f"127.0.0.1:{self.port}"
 
     def url(self, user: str | None = None, password: str | None = None, db: int = 0) -> str:
         """A ``redis://`` (``rediss://`` with TLS) discovery URL, with credentials if given."""
@@ -107,55 +73,23 @@ class RedisServer:
         """The CA certificate that signed the server's (``tls=True``, once started)."""
         if self._workdir is None:
             raise ZooKeeperError(f"{self!r} has no certificates (not started, or closed)")
-        return self._workdir / "ca.crt"
+        return self._workdir / CA_FILE
 
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs."""
-        return self._proc.pid if self.is_running and self._proc else None
+    # -- what is Redis's own ---------------------------------------------------------------------
 
-    @property
-    def is_running(self) -> bool:
-        """True while the process is alive (also while paused)."""
-        return self._proc is not None and self._proc.poll() is None
+    def _find_program(self) -> None:
+        if self._executable is None:
+            self._executable = find_redis_server()
 
-    @property
-    def is_paused(self) -> bool:
-        """True between :meth:`pause` and :meth:`resume`."""
-        return self._paused and self.is_running
+    def _prepare(self, workdir: Path) -> None:
+        if self.tls:
+            make_test_certificates(workdir, missing=RedisStartError, failed=RedisStartError)
 
-    def __repr__(self) -> str:
-        state = "paused" if self.is_paused else "running" if self.is_running else "stopped"
-        return f"<RedisServer {self.hosts} {state}>"
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> RedisServer:
-        """Start the server (no-op if running) and wait until it answers; returns ``self``."""
-        with self._lock:
-            if self.is_running:
-                return self
-            if self._executable is None:
-                self._executable = find_redis_server()
-            if self._workdir is None:
-                self._workdir = Path(tempfile.mkdtemp(prefix="goworker-redis-"))
-                if self.tls:
-                    _make_certificates(self._workdir)
-            with _LIVE_LOCK:
-                _LIVE.add(self)
-            conf = self._workdir / "redis.conf"
-            conf.write_text(self._config_text())
-            cmd = [self._executable, str(conf)]
-            if threading.current_thread() is threading.main_thread():
-                cmd = [*_die_with_parent_prefix(), *cmd]  # dies with us, even on SIGKILL
-            with open(self.log_path, "ab") as log:
-                log.write(f"---- goworker_py.testing: starting {self.hosts} ----\n".encode())
-            self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=self._workdir
-            )
-            self._paused = False
-            self._wait_until_serving()
-            return self
+    def _command(self) -> list[str]:
+        assert self._workdir is not None and self._executable is not None
+        conf = self._workdir / "redis.conf"
+        conf.write_text(self._config_text())
+        return [self._executable, str(conf)]
 
     def _config_text(self) -> str:
         assert self._workdir is not None
@@ -165,9 +99,9 @@ class RedisServer:
             ports = [
                 "port 0",
                 f"tls-port {self.port}",
-                f"tls-cert-file {work / 'server.crt'}",
-                f"tls-key-file {work / 'server.key'}",
-                f"tls-ca-cert-file {work / 'ca.crt'}",
+                f"tls-cert-file {work / CERT_FILE}",
+                f"tls-key-file {work / KEY_FILE}",
+                f"tls-ca-cert-file {work / CA_FILE}",
                 "tls-auth-clients no",
             ]
         lines = [
@@ -186,19 +120,8 @@ class RedisServer:
         lines += [f"user {name} on >{pw} ~* &* +@all" for name, pw in self.users.items()]
         return "\n".join(lines) + "\n"
 
-    def _wait_until_serving(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while not self.answers():
-            if not self.is_running:
-                raise RedisStartError(
-                    f"redis-server on {self.hosts} exited during start-up:\n{self.log_tail(60)}"
-                )
-            if time.monotonic() > deadline:
-                raise RedisStartError(
-                    f"redis-server on {self.hosts} not answering after {self.start_timeout} s:\n"
-                    f"{self.log_tail(60)}"
-                )
-            time.sleep(0.01)
+    def _serves(self) -> bool:
+        return self.answers()
 
     def answers(self, timeout: float = 1.0) -> bool:
         """True if the server answers a ``PING`` (``NOAUTH`` counts: it is up)."""
@@ -213,140 +136,3 @@ class RedisServer:
         except OSError:  # ssl.SSLError too
             return False
         return reply.startswith((b"+PONG", b"-NOAUTH"))
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop with ``SIGTERM`` (``SIGKILL`` after ``timeout``); without persistence every key
-        is gone."""
-        with self._lock:
-            proc = self._proc
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                if self._paused:
-                    proc.send_signal(signal.SIGCONT)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            self._paused = False
-
-    def kill(self) -> None:
-        """Kill with ``SIGKILL`` (a crash)."""
-        with self._lock:
-            proc = self._proc
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            self._paused = False
-
-    def restart(self, down_for: float = 0.0, *, kill: bool = False) -> None:
-        """Stop (or kill), stay down ``down_for`` s, start again on the same port: every key
-        is gone (no persistence), as after a restart of a cache-only Redis."""
-        with self._lock:
-            if kill:
-                self.kill()
-            else:
-                self.stop()
-            time.sleep(down_for)
-            self.start()
-
-    def pause(self) -> None:
-        """Freeze the server with ``SIGSTOP``: connections stay open, nothing answers."""
-        with self._lock:
-            if self._proc is None or not self.is_running:
-                raise ZooKeeperError(f"{self!r} is not running: nothing to pause")
-            self._proc.send_signal(signal.SIGSTOP)
-            self._paused = True
-            _wait_for_threads(self._proc.pid, stopped=True)
-
-    def resume(self) -> None:
-        """Continue a paused server (``SIGCONT``)."""
-        with self._lock:
-            if self._proc is not None and self.is_running:
-                self._proc.send_signal(signal.SIGCONT)
-                _wait_for_threads(self._proc.pid, stopped=False)
-            self._paused = False
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Context manager: :meth:`pause` on entry, :meth:`resume` on exit."""
-        self.pause()
-        try:
-            yield
-        finally:
-            self.resume()
-
-    def close(self) -> None:
-        """Kill the process and delete the temp dir (the log is kept in memory)."""
-        with self._lock:
-            self.kill()
-            self._proc = None
-            if self._workdir is not None:
-                self._final_log = self.log_text()
-                shutil.rmtree(self._workdir, ignore_errors=True)
-                self._workdir = None
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
-
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # -- logs ------------------------------------------------------------------------------------
-
-    @property
-    def log_path(self) -> Path:
-        """The server's log file (all starts append to it)."""
-        if self._workdir is None:
-            raise ZooKeeperError(f"{self!r} has no log file (not started, or closed)")
-        return self._workdir / "redis.log"
-
-    def log_text(self) -> str:
-        """The whole server log so far."""
-        if self._workdir is None:
-            return self._final_log
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 200) -> str:
-        """The last ``lines`` lines of the server log."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def dump_log(self, lines: int = 200, file: TextIO | None = None) -> None:
-        """Print the log tail (to stderr by default), e.g. from a failing test."""
-        out = sys.stderr if file is None else file
-        print(f"---- Redis {self.hosts}: last {lines} log lines ----", file=out)
-        print(self.log_tail(lines), file=out)
-
-
-def _make_certificates(directory: Path) -> None:
-    """A throw-away CA (``ca.crt``) and a server certificate for 127.0.0.1 signed by it."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise RedisStartError("RedisServer(tls=True) needs the `openssl` command")
-
-    def run(*args: str) -> None:
-        done = subprocess.run([openssl, *args], cwd=directory, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RedisStartError(f"openssl {args[0]} failed: {done.stderr.strip()}")
-
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    new_key = ("-newkey", "rsa:2048", "-nodes")
-    run("req", "-x509", *new_key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=goworker-py test CA")  # fmt: skip
-    run("req", *new_key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")  # fmt: skip

@@ -15,11 +15,9 @@ faults (:attr:`Instance.killed_at`, :attr:`Instance.frozen`) with the same clock
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +31,8 @@ from typing import Any, TypeVar
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
+
+from goworker_py.testing.process import die_with_parent_prefix, wait_for_threads
 
 from .checker import check_fenced_writes, check_history
 from .proxy import PartitionMode, TcpProxy
@@ -112,42 +112,6 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[index]
 
 
-@functools.cache
-def _setpriv() -> tuple[str, ...]:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return ()
-    probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "true"], capture_output=True)
-    return (setpriv, "--pdeathsig", "KILL") if probe.returncode == 0 else ()
-
-
-def _die_with_parent() -> tuple[str, ...]:
-    """``setpriv --pdeathsig KILL``: the child dies even if pytest itself is killed.
-
-    From the main thread only: the death signal follows the thread that forked, and a helper
-    thread may end before the test does.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return ()
-    return _setpriv()
-
-
-def _threads_stopped(pid: int, stopped: bool, timeout: float = 5.0) -> None:
-    """Wait until every thread of ``pid`` is (or is no longer) stopped, as Linux reports it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            states = [
-                (task / "stat").read_text().rpartition(")")[2].split()[0]
-                for task in Path(f"/proc/{pid}/task").iterdir()
-            ]
-        except (OSError, IndexError):
-            return
-        if all((state in "tT") == stopped for state in states):
-            return
-        time.sleep(0.002)
-
-
 # -- one worker process ----------------------------------------------------------------------------
 
 
@@ -190,7 +154,7 @@ class Instance:
         env.update(self.env)
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [*_die_with_parent(), sys.executable, str(INSTANCE_MAIN), *self.args],
+                [*die_with_parent_prefix(), sys.executable, str(INSTANCE_MAIN), *self.args],
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -234,7 +198,7 @@ class Instance:
     def sigstop(self) -> float:
         """Freeze it; return once every thread is stopped (the time then)."""
         self._signal(signal.SIGSTOP)
-        _threads_stopped(self.pid, stopped=True)
+        wait_for_threads(self.pid, stopped=True)
         self._stopped_at = time.time()
         self.scenario.note("sigstop", instance=self.name, at=self._stopped_at)
         return self._stopped_at
