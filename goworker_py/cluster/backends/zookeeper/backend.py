@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -107,7 +106,6 @@ class ZooKeeperBackend:
         self._member_order: list[tuple[int, str]] = []
         self._member_cache: dict[str, Member] = {}
         self._dirty_members: set[str] = set()
-        self._lock = threading.Lock()
         self.client.add_listener(self._state_listener)
 
     # -- connection and lease ---------------------------------------------------------------------
