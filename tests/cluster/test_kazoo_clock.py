@@ -8,6 +8,9 @@ the fence past the server's expiry of the session.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from types import SimpleNamespace
 
@@ -93,3 +96,39 @@ def test_a_dead_connection_is_not_heard_from(zookeeper_private: ZooKeeperServer)
     finally:
         client.stop()
         client.close()
+
+
+def test_a_connect_attempt_nobody_answers_is_cut_short() -> None:
+    """A server that accepts the connection but never answers the connect request (ZooKeeper
+    does so for a moment while it starts: the port is bound before the database is loaded, and
+    the connection it refuses stays open) must not hold the attempt for kazoo's whole connect
+    timeout (a session timeout with one host): by then a restarted server has expired the
+    session it restored. The attempt is given up after a third of the session timeout."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[tuple[float, socket.socket]] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = silent.accept()
+                accepted.append((time.monotonic(), conn))
+
+    threading.Thread(target=accept, daemon=True).start()
+    client = KazooClient(
+        hosts=f"127.0.0.1:{silent.getsockname()[1]}",
+        timeout=3.0,
+        connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1, "max_delay": 0.05},
+    )
+    ReplyClock(client, 3.0)
+    client.start_async()
+    try:
+        wait_until(lambda: len(accepted) >= 2, 10.0, what="a second connect attempt")
+        gap = accepted[1][0] - accepted[0][0]
+        # Given up at T/3 = 1 s, retried 0.05 s later; kazoo alone waits T = 3 s.
+        assert gap < 2.5, f"the first attempt was held {gap:.2f} s"
+    finally:
+        silent.close()
+        client.stop()
+        client.close()
+        for _, conn in accepted:
+            conn.close()

@@ -17,6 +17,7 @@ import pytest
 from kazoo.client import KazooClient, KazooState
 
 import goworker_py
+from goworker_py.cluster.backends.zookeeper.clock import ReplyClock
 from goworker_py.testing import (
     ExternalZooKeeper,
     FaultInjectionUnsupported,
@@ -44,6 +45,10 @@ class Recorder:
         # Retry connecting often: the tests time how soon a client notices the server is back.
         retry = {"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 0.25}
         self.client = KazooClient(hosts=hosts, timeout=session_timeout, connection_retry=retry)
+        # As goworker-py's backend does, give up a connect attempt not answered within T/3: a
+        # restarting ZooKeeper accepts connections before it can serve them and leaves some
+        # unanswered, which would hold kazoo's attempt until the restored session expired.
+        ReplyClock(self.client, session_timeout)
         self.client.add_listener(self._on_state)
         self.client.start(timeout=10.0)
 

@@ -9,7 +9,8 @@ kazoo keeps nothing of the kind public, so :class:`ReplyClock` wraps four method
 client's connection object:
 
 - ``_connect``: a new socket; its connect request (sent after the wrapper started) is answered
-  once it returns, which also gives the negotiated session timeout;
+  once it returns, which also gives the negotiated session timeout. An attempt not answered
+  within a third of the session timeout is given up (:func:`abort_connection`) and retried;
 - ``_submit``: every request written to the socket — its send time is queued;
 - ``_read_header`` and ``_read_socket``: a reply read *completely* takes the oldest queued send
   time (ZooKeeper answers a session's requests in order; watch events answer nothing).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import socket
+import threading
 import time
 from typing import Any
 
@@ -81,7 +83,16 @@ class ReplyClock:
         def connecting(*args: Any, **kwargs: Any) -> Any:
             began = time.monotonic()
             self._sent.clear()
-            read_timeout, connect_timeout = connect(*args, **kwargs)
+            # kazoo waits for the answer to its connect request for T / len(hosts); a server
+            # that accepted the connection but never answers (ZooKeeper, for a moment while it
+            # starts) would hold the attempt until a restarted server has expired the session.
+            give_up = threading.Timer(self.negotiated_timeout / 3, abort_connection, (client,))
+            give_up.daemon = True
+            give_up.start()
+            try:
+                read_timeout, connect_timeout = connect(*args, **kwargs)
+            finally:
+                give_up.cancel()
             # The requests _connect sent (connect, auth) were answered inside it.
             self._sent.clear()
             # kazoo's read timeout is two thirds of the negotiated session timeout (ms).
