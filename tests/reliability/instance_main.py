@@ -18,15 +18,18 @@ lines (``O_APPEND``, one ``os.write`` per line, so lines of several processes ne
 - ``registered`` for every new session (with ``session_id`` and ``session_passwd`` in hex, so a
   test can expire the session from outside), ``exit`` with the exit code;
 - with ``--fence-dir``, ``fenced_write`` for every write to a small token-checking store (one at
-  the start of ``do``, one when its work is done), accepted or rejected;
+  the start of ``do``, one when its work is done - also after a cancellation, except with
+  ``--tick``), accepted or rejected;
 - with ``--gil-hog``, ``gil_hog`` before and after the first run's long C call;
 - with ``--fork-child``, ``fork_child`` with the exit code of each run's forked child;
 - with ``--tick S``, ``do`` is a loop that checks ``ctx.cancelled`` first, then does one tick of
   work - a ``tick`` event (``checked``: when it found ``ctx.cancelled`` false) and, with
   ``--fence-dir``, a fenced write (``phase`` ``tick``) - and sleeps ``ctx.wait(S)``, until its run
   length is over; the check that finds ``ctx.cancelled`` true writes ``cancel_seen`` (``t``: just
-  after that check) and ends the loop. With ``--tick-busy`` the pause between ticks is CPU work
-  (a loop holding the GIL) instead of ``ctx.wait``: a CPU-bound handler, which a freeze most
+  after that check) and ends the run without a last write (a frozen owner resumed may still
+  hold the store's lock, and the new owner's first write waits behind it). With
+  ``--tick-busy`` the pause between ticks is CPU work (a loop holding the GIL) instead of
+  ``ctx.wait``: a CPU-bound handler, which a freeze most
   likely stops holding the GIL, so that once thawed it checks ``ctx.cancelled`` before any
   other thread of the process runs;
 - with ``--slow-watch S``, the handler has a ``watch`` that blocks ``S`` seconds (``time.sleep``,
@@ -237,29 +240,34 @@ def main(argv: list[str] | None = None) -> int:
                 child.join(10.0)
                 history.write("fork_child", exitcode=child.exitcode, **common)
             duration = run_seconds.get(shard, args.run_seconds)
+            gave_up = False
             if args.ignore_cancel:
                 time.sleep(duration)
             elif args.tick > 0:
-                self.tick(ctx, common, duration)
+                gave_up = self.tick(ctx, common, duration)
             elif duration > 0:
                 ctx.wait(duration)
-            if store is not None:
+            # A ticking handler is the cooperative kind: once it saw ``ctx.cancelled`` it
+            # writes nothing more. (The others make their last write regardless, so that the
+            # store's token check is what stops a stale one.)
+            if store is not None and not gave_up:
                 self.fenced_write(common, "end")
             outcome = "cancelled" if ctx.cancelled else "ok"
             history.write("end", outcome=outcome, **common)
 
-        def tick(self, ctx: Context, common: dict[str, Any], duration: float) -> None:
-            """Tick every ``--tick`` s for ``duration`` s, checking ``ctx.cancelled`` first."""
+        def tick(self, ctx: Context, common: dict[str, Any], duration: float) -> bool:
+            """Tick every ``--tick`` s for ``duration`` s, checking ``ctx.cancelled`` first;
+            True when it stopped because the run was cancelled."""
             deadline = time.monotonic() + duration
             ticks = 0
             while True:
                 checked = time.time()
                 if ctx.cancelled:
                     history.write("cancel_seen", ticks=ticks, **common)
-                    return
+                    return True
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return
+                    return False
                 ticks += 1
                 history.write("tick", n=ticks, checked=checked, **common)
                 if store is not None:
