@@ -1,8 +1,12 @@
-"""One shard's dedicated thread: waits for fire times and performs runs.
+"""One shard's thread: waits for fire times and performs runs.
 
 A :class:`ShardRunner` owns one shard of one worker. With a schedule it sleeps until each fire
 time (an interruptible ``Event.wait`` against the wall clock, recomputed from the previous fire
 time so it never drifts) and performs one run per fire time; runs of one shard never overlap.
+A shard with nothing to do for a while *parks*: its thread ends and the process-wide
+:data:`~goworker_py.alarm.ALARM` (or a wake-up: trigger, resume, stop, an upstream's fire time)
+starts a fresh one that carries on where the last left off. Its steps are a generator, which
+any thread may advance in turn, so an idle shard costs no thread and no periodic wake-up.
 Fire times that pass while a run is still going are *misfires*, handled by the worker's
 misfire policy: ``skip`` (default) drops them and logs once, ``run_once`` runs once at once.
 Without a schedule it performs a single run.
@@ -23,6 +27,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from goworker_py import aio
+from goworker_py.alarm import ALARM, LEAD, WakeUp
+from goworker_py.clock import SYSTEM_CLOCK
 from goworker_py.errors import AttemptsExhausted, RunCancelled
 from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
@@ -42,7 +48,14 @@ from goworker_py.run import (
 from goworker_py.schedule import IntervalSchedule
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+    from typing import TypeAlias
+
     from goworker_py.feed import UpstreamFeed
+
+    #: What a shard's steps yield: park until a wall-clock time (a float) or until woken
+    #: (None), or :data:`_NEED_THREAD`.
+    Steps: TypeAlias = Generator[float | str | None, None, None]
     from goworker_py.schedule import Schedule
 
 __all__ = [
@@ -55,8 +68,16 @@ __all__ = [
     "ShardRunner",
 ]
 
-#: Longest single sleep: a wall clock stepped forward while we sleep is noticed this soon.
+#: Longest single sleep under an injected clock (tests): a parking shard never sleeps longer
+#: than :data:`PARK_AFTER` on its own thread.
 MAX_SLEEP = 30.0
+#: A shard whose next fire time is further away than this parks: the alarm starts it again
+#: :data:`~goworker_py.alarm.LEAD` before the fire time.
+PARK_AFTER = 2 * LEAD
+#: Yielded by a shard's steps: what comes next may block (or run handler code), so it must go
+#: on on a thread of the shard's own, not on the thread that started or stopped it.
+_NEED_THREAD = "need a thread"
+
 #: Misfires counted one by one up to this many; beyond, the schedule restarts from now.
 _MAX_MISFIRES_COUNTED = 10_000
 _STEPS = ("before", "do", "after")
@@ -68,7 +89,7 @@ os.register_at_fork(after_in_child=lambda: _RUN_IDS.seed(os.urandom(16)))
 
 
 class ShardRunner:
-    """The thread of one shard of one worker."""
+    """One shard of one worker: its steps, and the thread that advances them while needed."""
 
     def __init__(
         self,
@@ -105,17 +126,77 @@ class ShardRunner:
         #: Stopping, but a run in flight (or beginning right now) may finish: see drain().
         self._draining = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._main,
-            name=f"goworker:{settings.worker_name}:shard-{shard_index}",
-            daemon=True,
-        )
+        #: Park between fire times (never under an injected clock: tests count its waits).
+        self._parking = settings.clock is SYSTEM_CLOCK
+        self._steps: Steps | None = None
+        #: The steps are advanced by a thread that did not start for them (start(), stop()):
+        #: they ask for a thread of their own before anything that may block.
+        self._inline = False
+        #: The steps are parked: no thread advances them until the alarm or a wake-up.
+        self._parked = False
+        self._alarm: WakeUp | None = None
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
 
     # -- control, from any thread -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the shard's thread."""
-        self._thread.start()
+        """Start the shard: on the caller's thread up to its first wait, then on its own (or
+        parked, when its first fire time is far away)."""
+        self._steps = self._main()
+        if self._parking:
+            self._inline = True
+            self._drive()
+        else:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._inline = False
+        thread = threading.Thread(
+            target=self._drive,
+            name=f"goworker:{self.settings.worker_name}:shard-{self.shard.index}",
+            daemon=True,
+        )
+        self._thread = thread
+        thread.start()
+
+    def _drive(self) -> None:
+        """Advance the steps until they end, park, or ask for a thread of their own."""
+        steps = self._steps
+        assert steps is not None
+        for request in steps:
+            if isinstance(request, str):  # _NEED_THREAD
+                self._spawn()
+                return
+            if self._park(request):
+                return
+
+    def _park(self, until: float | None) -> bool:
+        """Give the thread up until wall-clock time ``until`` (None: until woken); False
+        when a wake-up came meanwhile (the steps go on at once)."""
+        with self._lock:
+            if self._wake.is_set():
+                return False
+            self._parked = True
+            if until is not None:
+                self._alarm = ALARM.call_at(until, self._unpark)
+        return True
+
+    def _unpark(self, inline: bool = False) -> None:
+        """Advance parked steps again: on a new thread, or (``inline``: stopping, when nothing
+        can block any more) on the caller's."""
+        with self._lock:
+            if not self._parked:
+                return
+            self._parked = False
+            if self._alarm is not None:
+                self._alarm.cancel()
+                self._alarm = None
+        if inline:
+            self._inline = True
+            self._drive()
+        else:
+            self._spawn()
 
     def stop(self, cause: str = SHUTDOWN) -> None:
         """Ask the thread to stop: no new run starts; the in-flight run is cancelled.
@@ -130,6 +211,7 @@ class ShardRunner:
             self._stop.set()
             self._wake.set()
             self._cancel(cause)
+        self._unpark(inline=True)
 
     def drain(self) -> None:
         """Ask the thread to stop once the in-flight run, if any, has ended (a hand-over).
@@ -143,6 +225,7 @@ class ShardRunner:
                 self._draining = True
             self._stop.set()
             self._wake.set()
+        self._unpark(inline=True)
 
     def _cancel(self, cause: str) -> bool:
         # Under self._lock.
@@ -167,11 +250,17 @@ class ShardRunner:
         with self._lock:
             self._triggered = True
             self._wake.set()
+        self._unpark()
         return True
 
     def wake(self) -> None:
-        """Interrupt the thread's wait (the worker was resumed)."""
+        """Interrupt the shard's wait (the worker was resumed, an upstream fire time came).
+
+        A shard parked until a fire time stays parked: nothing changes for it before then.
+        """
         self._wake.set()
+        if self._alarm is None:
+            self._unpark()
 
     def cancel_run(self, cause: str = STOP_RUN) -> bool:
         """Cancel the in-flight run only (the shard keeps its schedule); False if none.
@@ -184,16 +273,15 @@ class ShardRunner:
             return self._cancel(cause)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread to end; return True if it did."""
-        if self._thread.ident is None:
+        """Wait for the shard's steps to end; return True if they did."""
+        if self._steps is None:
             return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._done.wait(timeout)
 
     @property
     def alive(self) -> bool:
-        """True from ``start()`` until the thread has left its run loop for good."""
-        return self._thread.ident is not None and not self._finished
+        """True from ``start()`` until the shard has left its run loop for good."""
+        return self._steps is not None and not self._finished
 
     @property
     def stopping(self) -> bool:
@@ -219,46 +307,53 @@ class ShardRunner:
 
     # -- the thread ---------------------------------------------------------------------------
 
-    def _main(self) -> None:
+    def _main(self) -> Steps:
         try:
-            if self.failover_fire is not None and self._hold_while_paused():
+            if self.failover_fire is not None and (yield from self._hold_while_paused()):
                 self.result = self.execute(self.failover_fire)
-                self._rerun_fenced()
+                yield from self._rerun_fenced()
                 if self.settings.schedule is None and self.settings.feed is None:
                     return  # a run-once (consumer) shard: that was its run
             if self.settings.feed is not None:
-                self._fed_loop(self.settings.feed)
+                yield from self._fed_loop(self.settings.feed)
             elif self.settings.schedule is None:
-                if self._hold_while_paused():
+                if (yield from self._hold_while_paused()):
                     self.result = self.execute(self._now())
-                    self._rerun_fenced()
+                    yield from self._rerun_fenced()
             else:
-                self._scheduled_loop(self.settings.schedule)
+                yield from self._scheduled_loop(self.settings.schedule)
         except BaseException as exc:  # noqa: BLE001 - a dying shard thread must be reported
             self.logger.opt(exception=exc).critical("shard thread crashed: {!r}", exc)
             self.result = RunResult(run_id="", ok=False, error=exc, failed_step="framework")
         finally:
             self._finished = True
             self.host.runner_exited(self)
+            self._done.set()
+
+    def _own_thread(self) -> Steps:
+        """Before anything that may block or call handler code: go on on a thread of the
+        shard's own if the steps are being advanced by another's (start(), stop())."""
+        if self._inline:
+            yield _NEED_THREAD
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.settings.clock.time(), timezone.utc).astimezone(
             self.settings.zone
         )
 
-    def _rerun_fenced(self) -> None:
+    def _rerun_fenced(self) -> Steps:
         """Re-run, once the instance is healthy again, a fire whose run self-fencing cut short.
 
         Only while this runner still owns the shard: after a lost session the shard's next
         owner re-runs it instead (the run marker still says ``running``).
         """
         while self.failover_fire is not None:
-            if not self._hold_while_paused() or not self.host.wait_ready(self):
+            if not (yield from self._hold_while_paused()) or not self.host.wait_ready(self):
                 self.failover_fire = None
                 return
             self.result = self.execute(self.failover_fire)
 
-    def _scheduled_loop(self, schedule: Schedule) -> None:
+    def _scheduled_loop(self, schedule: Schedule) -> Steps:
         clock, grace = self.settings.clock, self.settings.misfire_grace
         real_time = isinstance(schedule, IntervalSchedule)
         self._skew = clock.time() - clock.monotonic()
@@ -270,7 +365,7 @@ class ShardRunner:
         else:
             fire = self._first_fire(schedule)
         while fire is not None:
-            reached = self._sleep_until(fire, real_time)
+            reached = yield from self._sleep_until(fire, real_time)
             if self._stop.is_set() or not self.host.wait_ready(self):
                 break
             if reached is None:  # woken by trigger()
@@ -290,20 +385,21 @@ class ShardRunner:
                     continue
                 reached = due
             self.execute(reached)
-            self._rerun_fenced()
+            yield from self._rerun_fenced()
             fire = self._next_fire(schedule, reached)
         if fire is None and not self._stop.is_set():
             self.logger.info("schedule {!r} has no further fire time", schedule.expression)
 
-    def _fed_loop(self, feed: UpstreamFeed) -> None:
+    def _fed_loop(self, feed: UpstreamFeed) -> Steps:
         """A downstream worker's shard: run each fire time its upstreams completed."""
         index = self.shard.index
-        feed.attach(index, self._wake)
+        feed.attach(index, self.wake)
         while True:
             self._wake.clear()
             if self._stop.is_set():
                 return
             if self._triggered:
+                yield from self._own_thread()
                 if self.host.wait_ready(self):
                     self._run_triggered()
                 continue
@@ -311,8 +407,9 @@ class ShardRunner:
             if fire is None:
                 if feed.closed:
                     return
-                self.settings.clock.wait(self._wake, MAX_SLEEP)
+                yield from self._wait(None)
                 continue
+            yield from self._own_thread()
             if not self.host.wait_ready(self):
                 return
             if self.settings.control.paused:
@@ -321,7 +418,18 @@ class ShardRunner:
                 self.host.skip_fire(self, fire)
                 continue
             self.result = self.execute(fire)
-            self._rerun_fenced()
+            yield from self._rerun_fenced()
+
+    def _wait(self, until: float | None) -> Steps:
+        """Wait for a wake-up or wall-clock time ``until`` (None: no time limit): parked when
+        that is far away, else on the shard's thread."""
+        clock = self.settings.clock
+        remaining = None if until is None else until - clock.time()
+        if self._parking and (remaining is None or remaining > PARK_AFTER):
+            yield until
+            return
+        yield from self._own_thread()
+        clock.wait(self._wake, MAX_SLEEP if remaining is None else min(remaining, MAX_SLEEP))
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
         """The first fire time; an interval counts from the worker's anchor (its start time).
@@ -335,8 +443,8 @@ class ShardRunner:
         periods = math.floor((now - anchor).total_seconds() / schedule.interval) + 1
         return schedule.next_after(anchor + timedelta(seconds=schedule.interval * (periods - 1)))
 
-    def _hold_while_paused(self) -> bool:
-        """Block while the worker is paused; return False if the runner stopped meanwhile."""
+    def _hold_while_paused(self) -> Generator[float | str | None, None, bool]:
+        """Wait while the worker is paused; return False if the runner stopped meanwhile."""
         control = self.settings.control
         if control.paused:
             self.logger.info("paused: the run waits for resume()")
@@ -345,9 +453,10 @@ class ShardRunner:
             if self._stop.is_set():
                 return False
             if not control.paused:
+                yield from self._own_thread()
                 return True
-            # resume() wakes every runner; the timeout is a backstop only.
-            self._wake.wait(MAX_SLEEP)
+            # resume() wakes every runner.
+            yield from self._wait(None)
 
     def _run_triggered(self) -> None:
         with self._lock:
@@ -357,7 +466,9 @@ class ShardRunner:
             return
         self.execute(self._now(), triggered=True)
 
-    def _sleep_until(self, fire: datetime, real_time: bool = False) -> datetime | None:
+    def _sleep_until(
+        self, fire: datetime, real_time: bool = False
+    ) -> Generator[float | str | None, None, datetime | None]:
         """Sleep until ``fire``; return the fire time reached, or None if stopped or triggered.
 
         Cron fire times are wall-clock instants. An interval (``@every``) counts real time, so
@@ -366,17 +477,20 @@ class ShardRunner:
         clock, target = self.settings.clock, fire.timestamp()
         while True:
             self._wake.clear()
-            if self._stop.is_set() or self._triggered:
+            if self._stop.is_set():
+                return None
+            if self._triggered:
+                yield from self._own_thread()
                 return None
             skew = clock.time() - clock.monotonic()
             if real_time and abs(skew - self._skew) > 1.0:
                 target += skew - self._skew
                 fire += timedelta(seconds=skew - self._skew)
             self._skew = skew
-            remaining = target - clock.time()
-            if remaining <= 0:
+            if target - clock.time() <= 0:
+                yield from self._own_thread()
                 return fire
-            clock.wait(self._wake, min(remaining, MAX_SLEEP))
+            yield from self._wait(target)
 
     def _next_fire(self, schedule: Schedule, previous: datetime) -> datetime | None:
         """The fire time after ``previous``; fire times the run overran are misfires."""
