@@ -18,10 +18,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cluster.conftest import Ledger, RunRecord, check_ledger, owners_by, poll
+from cluster.conftest import SERVICE, Cluster, Ledger, RunRecord, check_ledger, owners_by, poll
 from cluster.test_processes import WORKER, read_ledger
 from helpers import Process, wait_until
 
@@ -31,10 +32,13 @@ from goworker_py import (
     Handler,
     Model,
     ServiceConfigConflict,
+    WatchInfo,
     Worker,
     WorkerGroup,
+    WorkerInstance,
 )
 from goworker_py.cli import main
+from goworker_py.cluster.backend import RunRecord as BackendRunRecord
 from goworker_py.cluster.backend import RunState
 from goworker_py.errors import GoWorkerError, ServicePaused
 
@@ -72,6 +76,9 @@ def test_join_and_leave_one_to_five_and_back(worker_cluster: BackendCluster) -> 
         status = observer.wait_settled(total, len(workers), workers=workers)
         settled = time.monotonic()
         after, tokens_after = owners_of(status), tokens_of(status)
+        ranked = [m.instance.id for m in status.instances]
+        assert ranked == [w.host.instance.id for w in workers], "members not in join order"
+        assert all(m.instance.health.name == "GREEN" for m in status.instances)
         held = [s for w in workers for s in w.shards]
         assert sorted(held) == list(range(total)), f"shards run by the workers: {held}"
         moved = {s for s in range(total) if before and after[s] != before[s]}
@@ -139,6 +146,49 @@ def test_runs_never_overlap_across_churn(worker_cluster: BackendCluster) -> None
     assert events >= 10
     assert {r.shard for r in records} == set(range(total))
     assert len({r.instance for r in records}) >= 5, "runs happened on few instances"
+
+
+class WatchLog(Handler):
+    """Records the members each ``watch`` call saw (class attribute: a subclass per test)."""
+
+    seen: list[tuple[int, tuple[str, ...]]]
+
+    def watch(self, info: WatchInfo) -> None:
+        ids = tuple(i.id for i in info.cluster_instances)
+        self.seen.append((info.current_instance.shard_index, ids))
+
+    def do(self, ctx: Context) -> None:
+        raise AssertionError("no run is due")
+
+
+@pytest.mark.timeout(60)
+def test_watch_is_called_on_membership_changes(worker_cluster: BackendCluster) -> None:
+    """With no run due, joins and leaves still reach ``watch`` (the backend's member changes
+    wake every instance)."""
+    cluster = worker_cluster
+    observer = cluster.observer()
+    handler: type[WatchLog] = type("OwnWatchLog", (WatchLog,), {"seen": []})
+    first = cluster.make(handler, total=3, cron=HOURLY)
+    observer.wait_settled(3, 1, workers=[first])
+    a = first.host.instance.id
+
+    def seen(members: tuple[str, ...], shards: set[int]) -> bool:
+        return shards <= {shard for shard, ids in list(handler.seen) if ids == members}
+
+    wait_until(lambda: seen((a,), {0, 1, 2}), 5.0, what="watch with the first member alone")
+    second = cluster.make(handler, total=3, cron=HOURLY)
+    b = second.host.instance.id
+    owners = owners_of(observer.wait_settled(3, 2, workers=[first, second]))
+    wait_until(lambda: seen((a, b), {0, 1, 2}), 5.0, what="watch on every shard, both members")
+    kept = {s for s, o in owners.items() if o == a}
+    mark = len(handler.seen)
+    cluster.stop(second)
+    observer.wait_settled(3, 1, workers=[first])
+    wait_until(
+        lambda: {s for s, ids in handler.seen[mark:] if ids == (a,)} >= kept | {0, 1, 2},
+        5.0,
+        what="watch after the leave",
+    )
 
 
 # -- instances as OS processes ---------------------------------------------------------------------
@@ -522,6 +572,95 @@ def test_cli_pause_status_trigger_resume_stop_run(
         assert shard["token"] == tokens[shard["shard"]]
         assert shard["state"] == "cancelled"
         assert shard["next_fire"] is not None
+
+
+@pytest.mark.timeout(60)
+def test_requests_made_before_an_instance_started_are_not_replayed(
+    worker_cluster: BackendCluster,
+) -> None:
+    cluster = worker_cluster
+    observer = cluster.observer()
+    handler = gate()
+    first = cluster.make(handler, total=2, cron=HOURLY)
+    observer.wait_settled(2, 1, workers=[first])
+    observer.admin.trigger()
+    # Sent at once, stop-run could cancel the triggered runs before their do() started.
+    wait_until(lambda: len(handler.ledger.snapshot()) == 2, 5, what="the triggered runs")
+    observer.admin.stop_run()
+    Cluster.stop(first)
+    second = cluster.make(handler, total=2, cron=HOURLY)
+    observer.wait_settled(2, 1, workers=[second])
+    time.sleep(0.5)
+    assert len(handler.ledger.snapshot()) == 2, "an old trigger must not fire on a new instance"
+    assert observer.admin.control() == {"paused": False, "trigger": 1, "stop_run": 1}
+
+
+@pytest.mark.timeout(60)
+def test_a_failover_run_waits_while_the_service_is_paused(worker_cluster: BackendCluster) -> None:
+    """Shard 0's last run was left running by an instance that is gone, and the service is
+    paused before any instance starts: the next owner re-runs that fire only once resumed."""
+    cluster = worker_cluster
+    gone = cluster.kit.make(SERVICE)
+    gone.register(WorkerInstance.create(SERVICE))
+    claim = gone.claim(0, "gone")
+    assert claim is not None
+    fire = time.time() - 0.5
+    record = BackendRunRecord(
+        shard=0, owner="gone", lease=gone.lease_id, run_id="r0", fire_time=fire, token=claim.token
+    )
+    assert gone.begin_run(claim, record)
+    gone.update_control(lambda state: replace(state, paused=True))
+    gone.close()
+    observer = cluster.observer()
+    assert observer.status().shards[0].state == "interrupted"
+    ledger = Ledger()
+    worker = cluster.make(ledger.handler(), total=1, cron=HOURLY)
+    status = observer.wait_settled(1, 1, workers=[worker])
+    assert worker.paused and status.paused
+    assert status.shards[0].token is not None and status.shards[0].token > claim.token
+    time.sleep(0.5)
+    assert ledger.snapshot() == [], "the failover run must wait for resume"
+    observer.admin.resume()
+    wait_until(lambda: len(ledger.snapshot()) == 1, 5, what="the failover run after resume")
+    (run,) = ledger.snapshot()
+    assert run.failover and run.instance == worker.host.instance.id
+    assert abs(run.scheduled - fire) < 1e-3
+    wait_until(lambda: observer.status().shards[0].state == "done", 5, what="the run recorded")
+
+
+TOKEN_JOB = """
+import json, pathlib
+from goworker_py import Handler
+
+class Job(Handler):
+    def do(self, ctx):
+        pathlib.Path("ran.json").write_text(json.dumps(
+            {"token": ctx.fencing_token, "instance": ctx.instance.id, "total": ctx.shard.total}
+        ))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_cli_run_with_a_discovery_url_is_a_cluster_member(
+    worker_cluster: BackendCluster, handler_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``goworker-py run module:Handler --discovery URL --service S``: cluster mode, a fencing
+    token from the backend, the run recorded there; settings conflicts name the flag."""
+    cluster = worker_cluster
+    (handler_dir / "token_job.py").write_text(TOKEN_JOB)
+    argv = ["run", "token_job:Job", *cluster.cli_args(), "--shards", "2"]
+    # A cluster member runs until stopped (a run-once one too): --timeout stops it.
+    assert main([*argv, "--timeout", "1.5"]) == 0
+    ran = json.loads((handler_dir / "ran.json").read_text())
+    assert isinstance(ran["token"], int) and ran["total"] == 2
+    status = cluster.observer().status()
+    assert status.settings == {"sharding_total_count": 2, "params": "", "schedule": ""}
+    assert [s.state for s in status.shards] == ["done", "done"]
+    capsys.readouterr()
+    assert main(["run", "token_job:Job", *cluster.cli_args(), "--shards", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "has --shards 2 but this instance has --shards 3" in err
+    assert "pass --overwrite to replace them" in err
 
 
 # -- depends_on across instances -------------------------------------------------------------------
