@@ -50,15 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss.SSS} {level} {message}")
     ledger = os.open(args.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    timeouts = {
+    settings = {
         "session_timeout": args.session_timeout,
         "connect_timeout": 10.0,
         "namespace": args.namespace,
     }
     if args.discovery:
-        discovery = DiscoveryConfig.from_url(args.discovery, **timeouts)
+        discovery = DiscoveryConfig.from_url(args.discovery, **settings)
     else:
-        discovery = DiscoveryConfig(hosts=args.hosts, **timeouts)
+        discovery = DiscoveryConfig(hosts=args.hosts, **settings)
 
     class Recording(Handler):
         def do(self, ctx: Context) -> None:
