@@ -358,8 +358,9 @@ class ShardRunner:
         real_time = isinstance(schedule, IntervalSchedule)
         self._skew = clock.time() - clock.monotonic()
         if self.start_after is not None:
-            # Continue from the last fire time the shard's previous owner handled.
-            fire = schedule.next_after(self.start_after)
+            # Continue from the last fire time the shard's previous owner handled (or the
+            # moment it first claimed the shard: an interval goes on on its grid).
+            fire = self._after(schedule, self.start_after)
             if fire is not None and fire.timestamp() <= clock.time():
                 fire = self._catch_up(schedule, fire, grace, "while the shard changed owner")
         else:
@@ -432,16 +433,24 @@ class ShardRunner:
         clock.wait(self._wake, MAX_SLEEP if remaining is None else min(remaining, MAX_SLEEP))
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
-        """The first fire time; an interval counts from the worker's anchor (its start time).
+        """The first fire time; an interval counts from the worker's anchor (its start time;
+        in cluster mode the Unix epoch).
 
-        So every shard of a worker (and every worker of a group) fires ``@every`` at the same
-        instants, however late its thread started.
+        So every shard of a worker (and every worker of a group, every instance of a cluster
+        service) fires ``@every`` at the same instants, however late its thread started.
         """
-        now, anchor = self._now(), self.settings.anchor
-        if not isinstance(schedule, IntervalSchedule) or anchor is None or anchor > now:
-            return schedule.next_after(now)
-        periods = math.floor((now - anchor).total_seconds() / schedule.interval) + 1
-        return schedule.next_after(anchor + timedelta(seconds=schedule.interval * (periods - 1)))
+        return self._after(schedule, self._now())
+
+    def _after(self, schedule: Schedule, after: datetime) -> datetime | None:
+        """The fire time after ``after``; an interval's, on its anchor's grid."""
+        anchor = self.settings.anchor
+        if not isinstance(schedule, IntervalSchedule) or anchor is None or anchor > after:
+            return schedule.next_after(after)
+        periods = math.floor((after - anchor).total_seconds() / schedule.interval)
+        fire = schedule.next_after(anchor + timedelta(seconds=schedule.interval * periods))
+        while fire is not None and fire <= after:  # rounding put the grid point at ``after``
+            fire = schedule.next_after(fire)
+        return fire
 
     def _hold_while_paused(self) -> Generator[float | str | None, None, bool]:
         """Wait while the worker is paused; return False if the runner stopped meanwhile."""

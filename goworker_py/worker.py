@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 #: Seconds before the supervisor tries again after a pass failed on an unexpected error.
 _RETRY_PAUSE = 1.0
+#: Where a cluster service's ``@every`` schedules count from.
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class _Host(ShardHost, Protocol):
@@ -258,9 +260,17 @@ class Worker:
             control=self._control,
             feed=self._feed,
             listeners=tuple(self._run_listeners),
-            anchor=self._anchor or datetime.fromtimestamp(self.clock.time(), timezone.utc),
+            anchor=self._interval_anchor(model),
             noop_steps=_noop_steps(handler),
         )
+
+    def _interval_anchor(self, model: Model) -> datetime:
+        """Where ``@every`` counts from: the worker's (or its group's) start in local mode; in
+        cluster mode the Unix epoch, so that every instance of a service, whenever it started
+        or claimed a shard, fires at the same instants."""
+        if model is Model.CLUSTER:
+            return _EPOCH
+        return self._anchor or datetime.fromtimestamp(self.clock.time(), timezone.utc)
 
     def _validate_cluster(self, config: WorkerConfig) -> None:
         discovery = config.discovery

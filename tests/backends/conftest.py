@@ -247,3 +247,27 @@ def private_backend_factory(request: pytest.FixtureRequest) -> Iterator[BackendK
     kit = _KITS[request.param](request, True)
     yield kit
     kit.close()
+
+
+# -- Cluster-mode workers on each server backend (test_workers.py) ------------------------------
+# (One block, kept apart: fixtures of other worker-level suites go in blocks of their own.)
+
+from helpers import WorkerTracker  # noqa: E402
+
+from .workers import BackendCluster  # noqa: E402
+
+
+@pytest.fixture
+def worker_cluster(server_backend_factory: BackendKit) -> Iterator[BackendCluster]:
+    """Cluster-mode workers on each server backend's shared server, in this test's namespace;
+    every worker is cancelled and every observer closed after the test."""
+    tracker = WorkerTracker()
+    cluster = BackendCluster(server_backend_factory, tracker)
+    try:
+        yield cluster
+    finally:
+        tracker.close()
+        cluster.close()
+
+
+# -- end of the worker_cluster block ---------------------------------------------------------------

@@ -141,3 +141,28 @@ def test_the_admin_steers_a_memory_service(workers: WorkerTracker, store: str) -
 def test_memory_needs_a_store_name() -> None:
     with pytest.raises(DiscoveryError, match="store name"):
         MemoryBackend(DiscoveryConfig(protocol="memory"), "svc")
+
+
+def test_every_instance_of_a_service_fires_an_interval_at_the_same_instants(
+    workers: WorkerTracker, store: str
+) -> None:
+    """``@every`` in cluster mode counts from the Unix epoch, not from when an instance started
+    or claimed a shard: shards owned by instances started at different moments fire together
+    (a downstream waiting for every upstream shard's fire time depends on it)."""
+    ledger = Ledger()
+    first = make(workers, store, ledger.handler(), cron="@every 700ms")
+    wait_until(lambda: len(first.shards) == 4, 5.0)
+    time.sleep(0.33)  # the fault: the second instance starts out of step with the first
+    second = make(workers, store, ledger.handler(), cron="@every 700ms")
+    wait_until(lambda: sorted(len(w.shards) for w in (first, second)) == [2, 2], 5.0)
+    joined = time.time()
+    wait_until(
+        lambda: {r.shard for r in ledger.snapshot() if r.scheduled > joined + 1} == {0, 1, 2, 3},
+        10.0,
+        what="runs of every shard after the join",
+    )
+    for record in ledger.snapshot():
+        periods = record.scheduled / 0.7
+        assert periods == pytest.approx(round(periods), abs=1e-4), (
+            f"shard {record.shard} fired at {record.scheduled:.3f}, off the 700 ms grid"
+        )

@@ -5,7 +5,11 @@ end, failover flag) to the ledger file with a single ``O_APPEND`` write, so the 
 processes never interleave. Times are ``time.monotonic()``, which on Linux is one clock for every
 process of the machine. SIGTERM stops the worker gracefully and the process exits 0.
 
+``--hosts`` names ZooKeeper hosts; ``--discovery`` a URL of any backend (``etcd://h:p``,
+``redis://h:p/0``, ``zookeeper://h:p``), with ``--namespace`` for the service's keys.
+
     python worker_process.py --hosts 127.0.0.1:2181/chroot --ledger /tmp/ledger.jsonl
+    python worker_process.py --discovery etcd://127.0.0.1:2379 --namespace t1 --ledger l.jsonl
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from goworker_py import (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--hosts", required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--hosts", help="ZooKeeper hosts[/chroot]")
+    where.add_argument("--discovery", help="a discovery URL (any backend)")
+    parser.add_argument("--namespace", default="goworker")
     parser.add_argument("--ledger", required=True)
     parser.add_argument("--service", default="svc")
     parser.add_argument("--shards", type=int, default=6)
@@ -43,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss.SSS} {level} {message}")
     ledger = os.open(args.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    settings = {
+        "session_timeout": args.session_timeout,
+        "connect_timeout": 10.0,
+        "namespace": args.namespace,
+    }
+    if args.discovery:
+        discovery = DiscoveryConfig.from_url(args.discovery, **settings)
+    else:
+        discovery = DiscoveryConfig(hosts=args.hosts, **settings)
 
     class Recording(Handler):
         def do(self, ctx: Context) -> None:
@@ -66,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(
         Recording,
         config=WorkerConfig(
-            discovery=DiscoveryConfig(
-                hosts=args.hosts, session_timeout=args.session_timeout, connect_timeout=10.0
-            ),
+            discovery=discovery,
             shutdown_timeout=5.0,
             misfire_policy=args.misfire_policy,
         ),
