@@ -23,10 +23,11 @@ the last packet it received from the client (its last ping), not from the kill.
 alive every T/3) and a private Redis (member and claim keys with a 2 s PX, refreshed every
 T/3; keyspace notifications off, the server's default: expiries are found by the T/3 poll).
 The kill instant is drawn the same way, over one keep-alive interval (T/3) plus 0.3 s. The
-survivor's claim is seen by a client of the seam (``_observers.SeamObserver``). Figures carry
-the backend: ``failover T=2 s [etcd]: ...``; target: lease + 0.5 s.
+survivor's claim is seen by a client of the seam (``_observers.SeamObserver``, which reads
+the claims every 10 ms: "survivor's claim -> failover run start" may then be slightly negative).
+Figures carry the backend: ``failover T=2 s: ... [etcd]``; target: lease + 0.5 s.
 
-About 50 s for ZooKeeper plus about 20 s per other backend (``--quick`` about 17 s + 10 s
+About 50 s for ZooKeeper plus about 15 s per other backend (``--quick`` about 17 s + 8 s
 each; ``--backends zookeeper --sessions 2 --reps 20`` about 60 s).
 
 Run: ``.venv/bin/python benchmarks/bench_failover.py [--quick] [--reps N] [--reps-t2 N]

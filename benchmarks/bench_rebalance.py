@@ -47,13 +47,14 @@ Each process holds about 33 MiB resident (3.3 GiB in all). ``--quick``: 30 proce
 
 **etcd and Redis** (issue #11, every backend side by side): the in-process 20 instances x
 1,000 shards scenario again on a private etcd and a private Redis (``--backend-reps`` x (join,
-leave), default 1; ``--quick``: 10 instances). Requests are the server's own count
-(``_targets.Target.counter``) minus the idle rate measured before; the observer reads the claims
-through the seam. Figures carry the backend: ``re-balance after instance 21 joins, 20 instances
-x 1,000 shards: convergence (max) [etcd]``. The grid and the worker-process scenarios stay on
-ZooKeeper.
+leave), default 1; ``--quick``: 10 instances; the instances start at once, then settle: a
+claim costs an etcd round trip of 2 ms, and growing one by one took minutes). Requests are the
+server's own count (``_targets.Target.counter``) minus the idle rate measured before; the
+observer reads the claims through the seam. Figures carry the backend: ``re-balance after
+instance 21 joins, 20 instances x 1,000 shards: convergence (max) [etcd]``. The grid and the
+worker-process scenarios stay on ZooKeeper.
 
-About 75 s for ZooKeeper plus about 40 s per other backend (``--quick`` about 30 s + 20 s
+About 75 s for ZooKeeper plus about 20 s per other backend (``--quick`` about 30 s + 15 s
 each).
 
 Run: ``.venv/bin/python benchmarks/bench_rebalance.py [--quick] [--reps N] [--big-reps N]

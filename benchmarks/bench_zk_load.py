@@ -170,7 +170,9 @@ def total_window(
     }
 
 
-def measure_backend(report: Report, server: Target, idle_s: float, busy_s: float) -> dict[str, Any]:
+def measure_backend(
+    report: Report, server: Target, intervals: int, busy_s: float
+) -> dict[str, Any]:
     """Idle, then 16 jobs/s, on 4 instances of etcd or Redis (see the module docstring)."""
     details: dict[str, Any] = {}
     sessions = [BACKEND_SESSION] * 4
@@ -179,8 +181,7 @@ def measure_backend(report: Report, server: Target, idle_s: float, busy_s: float
         log = EventLog(procs.path("events.jsonl"))
         start_cluster(server, procs, log, sessions, DAILY)
         # A whole number of keep-alive intervals: each instance's keep-alives count whole.
-        interval = BACKEND_SESSION / 3.0
-        idle = total_window(server, log, max(round(idle_s / interval), 2) * interval)
+        idle = total_window(server, log, intervals * BACKEND_SESSION / 3.0)
     details["idle"] = idle
     keepalives = 3.0 / BACKEND_SESSION
     report.add(
@@ -287,7 +288,8 @@ def main() -> None:
             if backend == "zookeeper":
                 measure_zookeeper(report, details, server, idle_s, busy_s)
             else:
-                details[backend] = measure_backend(report, server, idle_s, busy_s)
+                intervals = 2 if args.quick else 5
+                details[backend] = measure_backend(report, server, intervals, busy_s)
     report.details = details
     report.emit()
 
