@@ -263,38 +263,3 @@ def test_tls_with_the_servers_ca_and_a_clear_error_without() -> None:
         with pytest.raises(BackendError, match="TLS handshake"):
             untrusted.connect()
         assert time.monotonic() - began < 1.0  # at once: no retry fixes a certificate
-
-
-def test_only_the_release_of_a_claim_it_waits_for_wakes_an_instance(
-    etcd_server: EtcdServer, etcd_namespace: str
-) -> None:
-    """A ``CLAIMS`` change reports a claim this instance found held, as the seam promises —
-    not every release in the service: with every instance woken by every release, a clean
-    leave of one of 10 instances x 1,000 shards took 640 supervisor passes and 4 s
-    (bench_rebalance), 80 passes and under 2 s with only the waiters woken."""
-    from goworker_py.cluster.backends.etcd import EtcdBackend
-
-    changes = Changes()
-    holder = EtcdBackend(etcd_config(etcd_server, etcd_namespace), "svc")
-    waiter = EtcdBackend(etcd_config(etcd_server, etcd_namespace), "svc")
-    try:
-        holder.connect()
-        waiter.connect(changes)
-        holder.register(WorkerInstance.create("svc"))
-        waiter.register(WorkerInstance.create("svc"))
-        held = [holder.claim(shard, "holder") for shard in range(2)]
-        assert held[0] is not None and held[1] is not None
-        assert waiter.claim(1, "waiter") is None  # it waits for shard 1, not for shard 0
-        mark = changes.mark()
-        holder.release(held[0])
-        # A later write of another kind: the watch delivers events in revision order, so once
-        # its change is in, the release of shard 0 was seen before it.
-        holder.write_settings({"a": 1}, create_only=True)
-        changes.wait_for(Change.SETTINGS, mark)
-        assert Change.CLAIMS not in changes.events[mark:]
-        holder.release(held[1])
-        changes.wait_for(Change.CLAIMS, mark)
-        assert waiter.claim(1, "waiter") is not None
-    finally:
-        holder.close()
-        waiter.close()
