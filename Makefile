@@ -47,7 +47,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy goworker_py
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP) zookeeper etcd
+# The cluster benchmarks measure ZooKeeper, etcd and Redis side by side (private servers each).
+bench: $(STAMP) zookeeper etcd redis
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -1,21 +1,19 @@
 """Shared helpers of the cluster benchmarks (B5-B7, B9, B10, hand-over, re-balance).
 
-- :func:`zookeeper`: the ZooKeeper a benchmark measures against — its own private
-  :class:`~goworker_py.testing.ZooKeeperServer` (tick 100 ms by default), or the server that
-  ``ZK_HOSTS`` names (each benchmark then works under a service name of its own);
-- :class:`PacketCounter`: ZooKeeper requests from ``mntr`` ``zk_packets_received`` deltas,
-  corrected for the ``mntr`` queries themselves (each counts as one packet), and the server's
-  write and read counts;
-- in-process cluster workers: :func:`cluster_worker`, :class:`WorkerPool` (every worker is
-  cancelled and waited for on exit, even on failure), :class:`WaitClock` (records the instant a
-  shard thread starts waiting for its next fire time), :func:`cluster_state` and
-  :func:`settled` (has a re-balance converged?);
-- :class:`Observer`: an independent kazoo client reading and watching the claim nodes;
+- the server a benchmark measures against is a :class:`~_targets.Target` (``_targets.py``:
+  ZooKeeper, etcd or Redis, with a request counter; :func:`zookeeper` and
+  :class:`PacketCounter` are re-exported here for the ZooKeeper-only benchmarks); the observer
+  clients are in ``_observers.py`` (:class:`Observer` re-exported);
+- in-process cluster workers: :func:`cluster_worker` (given ZooKeeper's hosts or a discovery
+  URL), :class:`WorkerPool` (every worker is cancelled and waited for on exit, even on failure),
+  :class:`WaitClock` (records the instant a shard thread starts waiting for its next fire time),
+  :func:`cluster_state` and :func:`settled` (has a re-balance converged?);
 - worker *processes*: ``python benchmarks/_cluster.py worker ...`` runs one cluster worker
-  whose handler appends JSON lines (``ready``, ``start``, ``end``, ``exit``; ``publish`` and
-  ``armed`` on request) to an events file, optionally starting only once a file exists;
-  :class:`ProcessPool` starts them (killed with the parent: ``PR_SET_PDEATHSIG``) and kills
-  whatever is left on exit; :class:`EventLog` reads the events file.
+  (``--discovery``: ZooKeeper's hosts or a discovery URL) whose handler appends JSON lines
+  (``ready``, ``start``, ``end``, ``exit``; ``publish`` and ``armed`` on request) to an events
+  file, optionally starting only once a file exists; :class:`ProcessPool` starts them (killed
+  with the parent: ``PR_SET_PDEATHSIG``) and kills whatever is left on exit; :class:`EventLog`
+  reads the events file.
 
 Timestamps that cross processes are ``time.time()`` (one machine, one clock); in-process ones
 are ``time.perf_counter()``.
@@ -36,84 +34,24 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from _observers import ClaimWatch as ClaimWatch
+from _observers import Observer as Observer
+from _observers import SeamObserver as SeamObserver
+from _observers import observer as observer
+from _targets import PacketCounter as PacketCounter
+from _targets import Target as Target
+from _targets import ZkTarget as ZkTarget
+from _targets import discovery_config
+from _targets import zookeeper as zookeeper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: A daily schedule that never fires during a benchmark (03:00 is avoided by the runs below).
 DAILY = "0 3 * * *"
 EVERY_SECOND = "* * * * * *"
-
-
-# -- ZooKeeper ----------------------------------------------------------------------------------
-
-
-@dataclass
-class ZkTarget:
-    """The server a benchmark talks to: ``hosts``, ``tick_time`` and ``mntr()``."""
-
-    hosts: str
-    tick_time: int
-    external: bool
-    server: Any
-
-    def mntr(self) -> dict[str, Any]:
-        return dict(self.server.mntr())
-
-    def describe(self) -> str:
-        kind = "external (ZK_HOSTS)" if self.external else "private"
-        return f"{kind} ZooKeeper {self.hosts}, tick {self.tick_time} ms"
-
-
-@contextlib.contextmanager
-def zookeeper(tick_time: int = 100) -> Iterator[ZkTarget]:
-    """A private ZooKeeper server (closed on exit), or the one ``ZK_HOSTS`` names."""
-    hosts = os.environ.get("ZK_HOSTS", "").strip()
-    if hosts:
-        from goworker_py.testing import ExternalZooKeeper
-
-        external = ExternalZooKeeper(hosts)
-        tick = int(os.environ.get("ZK_TICK_MS", "2000"))
-        yield ZkTarget(hosts, tick, True, external)
-        return
-    from goworker_py.testing import ZooKeeperServer
-
-    server = ZooKeeperServer(tick_time=tick_time)
-    try:
-        server.start()
-        yield ZkTarget(server.hosts, tick_time, False, server)
-    finally:
-        server.close()
-
-
-class PacketCounter:
-    """ZooKeeper requests received by the server, from ``mntr`` deltas.
-
-    Every ``mntr`` query is itself counted as one packet by the server: :meth:`read` subtracts
-    the queries made through this counter, so a delta counts client requests (pings included).
-    """
-
-    def __init__(self, zk: ZkTarget) -> None:
-        self.zk = zk
-        self._queries = 0
-
-    def read(self) -> int:
-        return self.snapshot()["requests"]
-
-    def snapshot(self) -> dict[str, int]:
-        """One ``mntr`` query: ``requests`` (as :meth:`read`), ``writes`` and ``reads``.
-
-        ``writes`` and ``reads`` are the server's counts of update and read requests
-        (``zk_cnt_updatelatency``, ``zk_cnt_readlatency``): pings and ``mntr`` are neither.
-        """
-        mntr = self.zk.mntr()
-        self._queries += 1
-        return {
-            "requests": int(mntr["zk_packets_received"]) - self._queries,
-            "writes": int(mntr.get("zk_cnt_updatelatency", 0)),
-            "reads": int(mntr.get("zk_cnt_readlatency", 0)),
-        }
 
 
 def service_name(prefix: str) -> str:
@@ -181,7 +119,7 @@ def shard_thread_name(worker_name: str, shard: int) -> str:
 
 
 def cluster_worker(
-    hosts: str,
+    discovery: str,
     service: str,
     total: int,
     *,
@@ -193,12 +131,12 @@ def cluster_worker(
     clock: Any = None,
     handle_signals: bool = False,
 ) -> Any:
-    """A cluster-mode ``Worker`` (not started)."""
-    from goworker_py import DiscoveryConfig, Worker, WorkerConfig
+    """A cluster-mode ``Worker`` (not started); ``discovery``: ZooKeeper's hosts or a URL."""
+    from goworker_py import Worker, WorkerConfig
     from goworker_py.worker import Model
 
     config = WorkerConfig(
-        discovery=DiscoveryConfig(hosts=hosts, session_timeout=session_timeout, connect_timeout=5),
+        discovery=discovery_config(discovery, session_timeout, connect_timeout=5.0),
         shutdown_timeout=shutdown_timeout,
     )
     return Worker(
@@ -262,12 +200,10 @@ class WorkerPool:
 
 
 def member_sequence(worker: Any) -> int:
-    """The rank sequence of a running cluster worker (from its instance node's name)."""
-    node = worker.host.backend.node or ""
-    try:
-        return int(node.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+    """The rank of a running cluster worker's member entry (-1 before it registered): the
+    order the backend ranks members in (ZooKeeper: the instance node's sequence number)."""
+    member = getattr(worker.host, "_member", None)
+    return -1 if member is None else int(member.rank)
 
 
 @dataclass
@@ -355,86 +291,6 @@ def settled(
         time.sleep(poll)
 
 
-# -- observer -----------------------------------------------------------------------------------
-
-
-class Observer:
-    """An independent kazoo client: reads (and watches) a service's claim nodes."""
-
-    def __init__(self, hosts: str, service: str, namespace: str = "goworker") -> None:
-        from kazoo.client import KazooClient
-
-        self.root = f"/{namespace}/{service}"
-        self.claims_path = f"{self.root}/claims"
-        self.instances_path = f"{self.root}/instances"
-        self.client = KazooClient(hosts=hosts, timeout=10.0)
-        self.client.start(timeout=10.0)
-
-    def claim_owners(self) -> dict[int, str]:
-        """``{shard: owner instance id}`` of every claim node (pipelined reads)."""
-        from kazoo.exceptions import NoNodeError
-
-        try:
-            children = self.client.get_children(self.claims_path)
-        except NoNodeError:
-            return {}
-        pending = [
-            (c, self.client.get_async(f"{self.claims_path}/{c}")) for c in children if c.isdigit()
-        ]
-        owners: dict[int, str] = {}
-        for child, request in pending:
-            try:
-                raw, _ = request.get(timeout=10)
-            except NoNodeError:
-                continue
-            owners[int(child)] = str(json.loads(raw or b"{}").get("owner", ""))
-        return owners
-
-    def watch_owner(self, shard: int, predicate: Callable[[str], bool]) -> ClaimWatch:
-        """Watch ``claims/<shard>``: note ``time.time()`` once its owner passes ``predicate``."""
-        return ClaimWatch(self, shard, predicate)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.stop()
-        with contextlib.suppress(Exception):
-            self.client.close()
-
-    def __enter__(self) -> Observer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ClaimWatch:
-    """A data watch on one claim node (kazoo ``DataWatch``, re-armed on every event)."""
-
-    def __init__(self, observer: Observer, shard: int, predicate: Callable[[str], bool]) -> None:
-        from kazoo.recipe.watchers import DataWatch
-
-        self.event = threading.Event()
-        self.at: float | None = None
-        self.owner: str | None = None
-        self._predicate = predicate
-        self._stopped = False
-        path = f"{observer.claims_path}/{shard}"
-        DataWatch(observer.client, path, self._on_data)
-
-    def _on_data(self, data: bytes | None, stat: Any, *_event: Any) -> bool | None:
-        now = time.time()
-        if self._stopped:
-            return False
-        owner = str(json.loads(data).get("owner", "")) if data else ""
-        if data and self.at is None and self._predicate(owner):
-            self.at, self.owner = now, owner
-            self.event.set()
-        return None
-
-    def cancel(self) -> None:
-        self._stopped = True
-
-
 # -- worker processes ---------------------------------------------------------------------------
 
 
@@ -466,7 +322,7 @@ class ProcessPool:
 
     def spawn_worker(
         self,
-        hosts: str,
+        discovery: str,
         service: str,
         total: int,
         events: str,
@@ -480,7 +336,8 @@ class ProcessPool:
         start_when: str = "",
         failover_sleep: float | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``_cluster.py worker`` (a cluster worker that handles SIGTERM itself).
+        """Start ``_cluster.py worker`` (a cluster worker that handles SIGTERM itself) on
+        ``discovery`` (ZooKeeper's hosts or a discovery URL).
 
         ``start_when``: a path; the worker imports everything, appends an ``armed`` event,
         then waits for that file to exist before it connects (a start barrier).
@@ -493,8 +350,8 @@ class ProcessPool:
             sys.executable,
             os.path.join(HERE, "_cluster.py"),
             "worker",
-            "--hosts",
-            hosts,
+            "--discovery",
+            discovery,
             "--service",
             service,
             "--total",
@@ -626,15 +483,29 @@ def _append(path: str, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _log_publishes(events: str, pid: int) -> None:
+def backend_class(protocol: str) -> type:
+    """The backend class of a built-in protocol (whose ``publish`` :func:`_log_publishes` wraps)."""
+    if protocol == "zookeeper":
+        from goworker_py.cluster.backends.zookeeper import ZooKeeperBackend
+
+        return ZooKeeperBackend
+    if protocol in ("etcd", "etcdv3"):
+        from goworker_py.cluster.backends.etcd import EtcdBackend
+
+        return EtcdBackend
+    from goworker_py.cluster.backends.redis import RedisBackend
+
+    return RedisBackend
+
+
+def _log_publishes(events: str, pid: int, backend: type) -> None:
     """Append a ``publish`` event (the shards it owns) each time this instance publishes.
 
     An instance publishes whenever its claims change (after claiming and starting, or after
-    releasing): the parent rebuilds who owned what, when, from these lines.
+    releasing): the parent rebuilds who owned what, when, from these lines. ``backend``: the
+    backend class whose ``publish`` is wrapped.
     """
-    from goworker_py.cluster.backends.zookeeper import ZooKeeperBackend
-
-    original = ZooKeeperBackend.publish
+    original = backend.publish
 
     def publish(self: Any, instance: Any) -> None:
         original(self, instance)
@@ -643,17 +514,19 @@ def _log_publishes(events: str, pid: int) -> None:
             "pid": pid,
             "t": time.time(),
             "instance": instance.id,
-            "node": self.node,
+            "node": getattr(self, "node", None),
             "shards": list(instance.shards),
         }
         _append(events, record)
 
-    ZooKeeperBackend.publish = publish  # type: ignore[method-assign]
+    backend.publish = publish  # type: ignore[attr-defined]
 
 
 def worker_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description="one cluster worker for the benchmarks")
-    parser.add_argument("--hosts", required=True)
+    parser.add_argument(
+        "--discovery", "--hosts", required=True, help="ZooKeeper's hosts or a discovery URL"
+    )
     parser.add_argument("--service", required=True)
     parser.add_argument("--total", type=int, default=1)
     parser.add_argument("--events", required=True)
@@ -712,7 +585,8 @@ def worker_main(argv: Sequence[str]) -> int:
             )
 
     if args.publish_events:
-        _log_publishes(events, pid)
+        protocol = discovery_config(args.discovery, args.session_timeout).protocol
+        _log_publishes(events, pid, backend_class(protocol))
     if args.start_when:
         # Everything run() needs is imported before the barrier.
         importlib.import_module("goworker_py.cluster.membership")
@@ -722,7 +596,7 @@ def worker_main(argv: Sequence[str]) -> int:
             time.sleep(0.01)
     started = time.time()
     worker = cluster_worker(
-        args.hosts,
+        args.discovery,
         args.service,
         args.total,
         handler=Recorder,
@@ -734,6 +608,7 @@ def worker_main(argv: Sequence[str]) -> int:
     )
     worker.run()
     host = worker.host
+    member = getattr(host, "_member", None)
     _append(
         events,
         {
@@ -742,8 +617,11 @@ def worker_main(argv: Sequence[str]) -> int:
             "t": time.time(),
             "startup_s": time.time() - started,
             "instance": host.instance.id,
-            "node": host.backend.node,
-            "session": host.backend.session_id,
+            # ZooKeeper: the instance node's name and the session id (bench_zk_load, re-balance).
+            "node": None if member is None else member.key,
+            "rank": None if member is None else member.rank,
+            "session": getattr(host.backend, "session_id", None),
+            "lease": host.backend.lease_id,
         },
     )
     reason = worker.wait()
@@ -754,5 +632,5 @@ def worker_main(argv: Sequence[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         sys.exit(worker_main(sys.argv[2:]))
-    print("usage: python benchmarks/_cluster.py worker --hosts H --service S --events F ...")
+    print("usage: python benchmarks/_cluster.py worker --discovery D --service S --events F ...")
     sys.exit(2)

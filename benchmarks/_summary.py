@@ -3,9 +3,12 @@ use instead (APScheduler 3, hand-rolled threads) and next to the machine's floor
 figures of one ``run_all.py`` run.
 
 Each cell names the benchmark and the figure(s) it shows (several figures are joined with
-" / ", e.g. p50 / p99 / max). A figure missing from the run (a benchmark skipped with ``--only``,
-or failed) shows as "n/a"; a row with nothing to show is left out. The "target" column repeats
-the targets of the goworker-py figures of the row, with "✓" when met and "✗" when not.
+" / ", e.g. p50 / p99 / max), or other figures when none of those is in the run (``alt``: a
+``--quick`` run's smaller scenario). A figure missing from the run (a benchmark skipped with
+``--only``, or failed) shows as "n/a"; a row with nothing to show is left out. The "target"
+column repeats the targets of the goworker-py figures of the row, with "✓" when met and "✗" when
+not — or a table's own target text for the row, each cell then marked "✓" / "✗" by its figures'
+targets (the backends table: the same target for ZooKeeper, etcd and Redis).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from _targets import BACKENDS, LABELS, figure_name
+
 APS = "APScheduler 3 BackgroundScheduler"
 FLOOR = "bare Event.wait threads (floor)"
 PCT = ("p50", "p99", "max")
@@ -21,10 +26,18 @@ PCT = ("p50", "p99", "max")
 
 @dataclass(frozen=True)
 class Cell:
-    """Figures ``names`` of benchmark ``bench``, shown together."""
+    """Figures ``names`` of benchmark ``bench``, shown together (``alt`` instead, when none of
+    ``names`` is in the run)."""
 
     bench: str
     names: tuple[str, ...]
+    alt: tuple[str, ...] = ()
+
+    def shown(self, summary: dict[str, Any]) -> Cell:
+        """This cell, or its ``alt`` figures when the run has none of ``names``."""
+        if self.alt and not any(_figure(summary, self.bench, n) for n in self.names):
+            return Cell(self.bench, self.alt)
+        return self
 
 
 @dataclass
@@ -35,6 +48,8 @@ class Table:
     #: Index of the column whose figures' targets fill the "target" column.
     target_column: int = 0
     note: str = ""
+    #: Row label -> the "target" column's text; each cell is then marked ✓ / ✗ itself.
+    targets: dict[str, str] = field(default_factory=dict)
 
 
 def _figure(summary: dict[str, Any], bench: str, name: str) -> dict[str, Any] | None:
@@ -66,6 +81,7 @@ def _cell_text(summary: dict[str, Any], cell: Cell | None) -> tuple[str, bool]:
     """The cell's text and whether any of its figures was found."""
     if cell is None:
         return "", False
+    cell = cell.shown(summary)
     figs = [_figure(summary, cell.bench, name) for name in cell.names]
     found = [f for f in figs if f is not None]
     if not found:
@@ -77,9 +93,22 @@ def _cell_text(summary: dict[str, Any], cell: Cell | None) -> tuple[str, bool]:
     return f"{values} {found[0]['unit']}".strip(), True
 
 
+def _mark(summary: dict[str, Any], cell: Cell | None) -> str:
+    """ " ✗" if a figure of the cell missed its target, " ✓" if all with a target met it."""
+    if cell is None:
+        return ""
+    cell = cell.shown(summary)
+    met = [f.get("met") for n in cell.names if (f := _figure(summary, cell.bench, n))]
+    met = [m for m in met if m is not None]
+    if not met:
+        return ""
+    return " ✓" if all(met) else " ✗"
+
+
 def _target_text(summary: dict[str, Any], cell: Cell | None) -> str:
     if cell is None:
         return ""
+    cell = cell.shown(summary)
     parts = []
     for name in cell.names:
         fig = _figure(summary, cell.bench, name)
@@ -98,7 +127,14 @@ def render(summary: dict[str, Any], tables: Sequence[Table]) -> list[str]:
             texts = [_cell_text(summary, cell) for cell in cells]
             if not any(found for _, found in texts):
                 continue
-            target = _target_text(summary, cells[table.target_column])
+            if label in table.targets:
+                target = table.targets[label]
+                texts = [
+                    (text + (_mark(summary, cell) if found else ""), found)
+                    for (text, found), cell in zip(texts, cells, strict=True)
+                ]
+            else:
+                target = _target_text(summary, cells[table.target_column])
             lines.append(f"| {label} | " + " | ".join(text for text, _ in texts) + f" | {target} |")
         if not lines:
             continue
@@ -351,4 +387,76 @@ def tables() -> list[Table]:
             ],
         ),
     ]
-    return [lateness, throughput, overhead, idle, cluster]
+    return [lateness, throughput, overhead, idle, cluster, backends_table()]
+
+
+def backends_table() -> Table:
+    """Issue #11's performance targets on every backend, side by side."""
+    table = Table(
+        "Cluster backends side by side: ZooKeeper, etcd v3, Redis (issue #11)",
+        [LABELS[b] for b in BACKENDS],
+        note="Each on a private server on loopback (ZooKeeper without fsync, etcd's data on "
+        "tmpfs, Redis without persistence), measured one after the other in the same "
+        "benchmark run. Each cell is marked ✓ / ✗ against the row's target.",
+    )
+
+    def row(label: str, target: str, bench: str, names: Any, alt: Any = None) -> None:
+        cells: list[Cell | None] = [
+            Cell(bench, tuple(names(b)), tuple(alt(b)) if alt else ()) for b in BACKENDS
+        ]
+        table.rows.append((label, cells))
+        table.targets[label] = target
+
+    row(
+        "failover after kill -9, 2 s lease: kill → failover run start (p50 / max)",
+        "≤ lease + 0.5 s = 2.5 s",
+        "bench_failover",
+        lambda b: [
+            figure_name(b, f"failover T=2 s: kill -> failover run start, {p}")
+            for p in ("p50", "max")
+        ],
+    )
+    handover = "hand-over, cancel() -> new owner claimed + shard thread waiting"
+    row(
+        "hand-over after a clean stop, in-process (p50 / p99)",
+        "p99 ≤ 100 ms",
+        "bench_handover",
+        lambda b: [figure_name(b, f"{handover}, {p}") for p in ("p50", "p99")],
+    )
+    row(
+        "backend writes / requests per run",
+        "≤ 2 writes, ≤ 2 round trips",
+        "bench_run_overhead",
+        lambda b: (
+            [
+                "cluster mode: ZooKeeper writes per run (mntr zk_cnt_updatelatency)",
+                "cluster mode: ZooKeeper requests per run (mntr zk_packets_received)",
+            ]
+            if b == "zookeeper"
+            else [
+                figure_name(b, "cluster mode: backend writes per run"),
+                figure_name(b, "cluster mode: backend requests per run"),
+            ]
+        ),
+    )
+    big = "instances x 1,000 shards: convergence (max)"
+    row(
+        "re-balance after a join, 20 instances x 1,000 shards (max; --quick: 10 instances)",
+        "≤ 2 s",
+        "bench_rebalance",
+        lambda b: [figure_name(b, f"re-balance after instance 21 joins, 20 {big}")],
+        lambda b: [figure_name(b, f"re-balance after instance 11 joins, 10 {big}")],
+    )
+    row(
+        "idle requests per instance, lease T = 10 s",
+        "pings / keep-alives only: ≈ 3/T, + 25 %",
+        "bench_zk_load",
+        lambda b: [
+            figure_name(
+                b,
+                "idle requests per instance, session T = 10 s",
+                "idle ZK requests per instance, session T = 10 s",
+            )
+        ],
+    )
+    return table

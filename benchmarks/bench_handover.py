@@ -12,10 +12,17 @@ Subprocess variant: two worker processes (``_cluster.py worker``); ``SIGTERM`` t
 → an observer client's data watch sees the claim node owned by the standby (includes the
 signal's delivery and the observer's watch notification).
 
-Target (issue #3, printed, not asserted): hand-over p99 ≤ 100 ms. About 5 s
-(``--quick`` about 3 s).
+Every backend side by side (issue #11): the same on a private etcd and a private Redis
+(``--backend-trials``, default 20 in-process and 5 across processes; ``--quick`` 5 and 2), where
+the observer is a client of the seam (``_observers.SeamObserver``: it reads the claims on every
+change the backend reports, at least every 10 ms). Figures carry the backend: ``hand-over ...,
+p99 [etcd]``.
 
-Run: ``.venv/bin/python benchmarks/bench_handover.py [--quick] [--trials N]``
+Target (issue #3, printed, not asserted): hand-over p99 ≤ 100 ms. About 5 s for ZooKeeper plus
+about 5 s per other backend (``--quick`` about 3 s + 2 s each).
+
+Run: ``.venv/bin/python benchmarks/bench_handover.py [--quick] [--trials N]
+[--backends zookeeper etcd redis] [--backend-trials N]``
 """
 
 from __future__ import annotations
@@ -29,18 +36,17 @@ from typing import Any
 
 from _cluster import (
     EventLog,
-    Observer,
     ProcessPool,
     WaitClock,
     WorkerPool,
-    ZkTarget,
     cluster_worker,
     service_name,
     settled,
     shard_thread_name,
-    zookeeper,
 )
 from _common import Report, calibrate, fmt_stats, parse_args, quiet_logging, remove_file, stats
+from _observers import observer
+from _targets import BACKENDS, Target, figure_name, started
 
 TARGET_MS = 100.0
 SESSION_TIMEOUT = 4.0
@@ -61,7 +67,7 @@ def _instrument(obj: Any, method: str, sink: list[float], when: Callable[[Any], 
     setattr(obj, method, wrapped)
 
 
-def in_process(zk: ZkTarget, trials: int) -> dict[str, Any]:
+def in_process(zk: Target, trials: int) -> dict[str, Any]:
     clock = WaitClock()
     service = service_name("handover")
     latencies: list[float] = []
@@ -78,7 +84,7 @@ def in_process(zk: ZkTarget, trials: int) -> dict[str, Any]:
         nonlocal count
         count += 1
         worker = cluster_worker(
-            zk.hosts,
+            zk.discovery,
             service,
             1,
             clock=clock,
@@ -127,17 +133,17 @@ def in_process(zk: ZkTarget, trials: int) -> dict[str, Any]:
     }
 
 
-def subprocess_variant(zk: ZkTarget, trials: int) -> dict[str, Any]:
+def subprocess_variant(zk: Target, trials: int) -> dict[str, Any]:
     service = service_name("handover-proc")
     latencies: list[float] = []
     exits: list[float] = []
     failures = 0
-    with ProcessPool() as procs, Observer(zk.hosts, service) as observer:
+    with ProcessPool() as procs, observer(zk, service) as watcher:
         log = EventLog(procs.path("events.jsonl"))
 
         def spawn() -> dict[str, Any]:
             proc = procs.spawn_worker(
-                zk.hosts, service, 1, log.path, session_timeout=SESSION_TIMEOUT
+                zk.discovery, service, 1, log.path, session_timeout=SESSION_TIMEOUT
             )
             ready = log.wait_for(lambda e: e["event"] == "ready" and e["pid"] == proc.pid, 30)
             if ready is None:
@@ -150,13 +156,13 @@ def subprocess_variant(zk: ZkTarget, trials: int) -> dict[str, Any]:
             deadline = time.monotonic() + 10
             owner_id = ""
             while time.monotonic() < deadline:
-                owner_id = observer.claim_owners().get(0, "")
+                owner_id = watcher.claim_owners().get(0, "")
                 if owner_id in {m["instance"] for m in members}:
                     break
                 time.sleep(0.01)
             owner = next(m for m in members if m["instance"] == owner_id)
             standby = next(m for m in members if m is not owner)
-            watch = observer.watch_owner(0, lambda o, s=standby["instance"]: o == s)
+            watch = watcher.watch_owner(0, lambda o, s=standby["instance"]: o == s)
             start = time.time()
             os.kill(owner["pid"], signal.SIGTERM)
             if watch.event.wait(15) and watch.at is not None:
@@ -173,51 +179,73 @@ def subprocess_variant(zk: ZkTarget, trials: int) -> dict[str, Any]:
 def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=None, help="in-process trials")
     parser.add_argument("--proc-trials", type=int, default=None, help="subprocess trials")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument(
+        "--backend-trials", type=int, default=None, help="in-process trials on etcd and Redis"
+    )
+
+
+def measure(report: Report, server: Target, trials: int, proc_trials: int) -> dict[str, Any]:
+    """Both variants on one backend; its figures."""
+
+    def name(figure: str) -> str:
+        return figure_name(server.name, figure)
+
+    print(
+        f"{server.label}, in-process: 2 workers x 1 shard, {trials} clean hand-overs "
+        f"(session {SESSION_TIMEOUT:g} s) ...",
+        flush=True,
+    )
+    result = in_process(server, trials)
+    s = stats(result["latencies"], 1e3)
+    print(f"    cancel() -> standby's shard thread waiting: {fmt_stats(s, 'ms')}")
+    for phase_name, phase in result["phases"].items():
+        print(f"    phase '{phase_name}' (from cancel()): {fmt_stats(phase, 'ms')}")
+    label = "hand-over, cancel() -> new owner claimed + shard thread waiting"
+    report.add(name(f"{label}, p50"), s.get("p50"), "ms")
+    report.add(name(f"{label}, p99"), s.get("p99"), "ms", TARGET_MS)
+    report.add(name(f"{label}, max"), s.get("max"), "ms")
+    report.add(name("hand-over trials that never completed (in-process)"), result["failures"], "")
+    details: dict[str, Any] = {"in_process": {"ms": s, **result}}
+    if proc_trials:
+        print(
+            f"{server.label}, subprocess: SIGTERM to the owner process -> observer sees the "
+            f"standby's claim, {proc_trials} trials ...",
+            flush=True,
+        )
+        sub = subprocess_variant(server, proc_trials)
+        ps = stats(sub["latencies"], 1e3)
+        print(f"    {fmt_stats(ps, 'ms')}; owner exit {fmt_stats(sub['process_exit'], 'ms')}")
+        plabel = "hand-over (processes), SIGTERM -> observer sees standby's claim"
+        report.add(name(f"{plabel}, p50"), ps.get("p50"), "ms")
+        report.add(name(f"{plabel}, p99"), ps.get("p99"), "ms", TARGET_MS)
+        report.add(name(f"{plabel}, max"), ps.get("max"), "ms")
+        details["subprocess"] = {"ms": ps, **sub}
+    return details
 
 
 def main() -> None:
     args = parse_args((__doc__ or "").splitlines()[0], _extra)
     trials = args.trials or (8 if args.quick else 40)
     proc_trials = args.proc_trials if args.proc_trials is not None else (3 if args.quick else 10)
+    backend_trials = args.backend_trials or (5 if args.quick else 20)
+    backend_proc_trials = min(proc_trials, 2 if args.quick else 5)
     report = Report("bench_handover", "issue#3", args.quick)
     log_path = quiet_logging("INFO")
     try:
-        with zookeeper(tick_time=100) as zk:
-            print(zk.describe(), flush=True)
-            report.calibration = calibrate(quick=True, zk_hosts=zk.hosts)
-            print(
-                f"in-process: 2 workers x 1 shard, {trials} clean hand-overs "
-                f"(session {SESSION_TIMEOUT:g} s) ...",
-                flush=True,
-            )
-            result = in_process(zk, trials)
-            s = stats(result["latencies"], 1e3)
-            print(f"    cancel() -> standby's shard thread waiting: {fmt_stats(s, 'ms')}")
-            for name, phase in result["phases"].items():
-                print(f"    phase '{name}' (from cancel()): {fmt_stats(phase, 'ms')}")
-            label = "hand-over, cancel() -> new owner claimed + shard thread waiting"
-            report.add(f"{label}, p50", s.get("p50"), "ms")
-            report.add(f"{label}, p99", s.get("p99"), "ms", TARGET_MS)
-            report.add(f"{label}, max", s.get("max"), "ms")
-            report.add("hand-over trials that never completed (in-process)", result["failures"], "")
-            details: dict[str, Any] = {"in_process": {"ms": s, **result}}
-            if proc_trials:
-                print(
-                    f"subprocess: SIGTERM to the owner process -> observer sees the standby's "
-                    f"claim, {proc_trials} trials ...",
-                    flush=True,
-                )
-                sub = subprocess_variant(zk, proc_trials)
-                ps = stats(sub["latencies"], 1e3)
-                print(
-                    f"    {fmt_stats(ps, 'ms')}; owner exit {fmt_stats(sub['process_exit'], 'ms')}"
-                )
-                plabel = "hand-over (processes), SIGTERM -> observer sees standby's claim"
-                report.add(f"{plabel}, p50", ps.get("p50"), "ms")
-                report.add(f"{plabel}, p99", ps.get("p99"), "ms", TARGET_MS)
-                report.add(f"{plabel}, max", ps.get("max"), "ms")
-                details["subprocess"] = {"ms": ps, **sub}
-            report.details = details
+        for backend in args.backends:
+            with started(backend, tick_time=100) as server:
+                if server is None:
+                    continue
+                if report.calibration is None:
+                    zk_hosts = server.discovery if backend == "zookeeper" else None
+                    report.calibration = calibrate(quick=True, zk_hosts=zk_hosts)
+                if backend == "zookeeper":
+                    report.details.update(measure(report, server, trials, proc_trials))
+                else:
+                    report.details[backend] = measure(
+                        report, server, backend_trials, backend_proc_trials
+                    )
     finally:
         remove_file(log_path)
     report.emit()

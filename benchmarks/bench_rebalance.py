@@ -45,10 +45,21 @@ instances share this machine's 2 cores, so convergence here is bounded by CPU, n
 ZooKeeper) and the joiner's ``run()``.
 Each process holds about 33 MiB resident (3.3 GiB in all). ``--quick``: 30 processes.
 
-About 75 s (``--quick`` about 30 s).
+**etcd and Redis** (issue #11, every backend side by side): the in-process 20 instances x
+1,000 shards scenario again on a private etcd and a private Redis (``--backend-reps`` x (join,
+leave), default 1; ``--quick``: 10 instances; the instances start at once, then settle: a
+claim costs an etcd round trip of 2 ms, and growing one by one took minutes). Requests are the
+server's own count (``_targets.Target.counter``) minus the idle rate measured before; the
+observer reads the claims through the seam. Figures carry the backend: ``re-balance after
+instance 21 joins, 20 instances x 1,000 shards: convergence (max) [etcd]``. The grid and the
+worker-process scenarios stay on ZooKeeper.
+
+About 75 s for ZooKeeper plus about 20 s per other backend (``--quick`` about 30 s + 15 s
+each).
 
 Run: ``.venv/bin/python benchmarks/bench_rebalance.py [--quick] [--reps N] [--big-reps N]
-[--large-reps N] [--no-grid] [--no-processes] [--no-large]``
+[--large-reps N] [--no-grid] [--no-processes] [--no-large] [--backends zookeeper etcd redis]
+[--backend-reps N]``
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -73,7 +85,6 @@ from _cluster import (
     member_sequence,
     service_name,
     settled,
-    zookeeper,
 )
 from _common import (
     Report,
@@ -86,6 +97,8 @@ from _common import (
     remove_file,
     stats,
 )
+from _observers import observer
+from _targets import BACKENDS, Target, figure_name, started
 
 TARGET_S = 2.0
 SESSION_TIMEOUT = 4.0
@@ -145,14 +158,14 @@ class Passes:
 class Cluster:
     """N in-process workers of one fresh service, plus an observer."""
 
-    def __init__(self, zk: ZkTarget, pool: WorkerPool, total: int, prefix: str) -> None:
+    def __init__(self, zk: Target, pool: WorkerPool, total: int, prefix: str) -> None:
         self.zk = zk
         self.pool = pool
         self.total = total
         self.service = service_name(prefix)
         self.workers: list[Any] = []
         self.passes = Passes()
-        self.packets = PacketCounter(zk)
+        self.packets = zk.counter()
         self.ping_rate = 0.0
         self.last_join_s = 0.0
         self._count = 0
@@ -160,20 +173,40 @@ class Cluster:
     def new_worker(self) -> Any:
         self._count += 1
         return cluster_worker(
-            self.zk.hosts,
+            self.zk.discovery,
             self.service,
             self.total,
             name=f"{self.service[-8:]}-{self._count}",
             session_timeout=SESSION_TIMEOUT,
         )
 
-    def grow(self, size: int, timeout: float, limit: float | None = None) -> None:
+    def grow(
+        self, size: int, timeout: float, limit: float | None = None, together: bool = False
+    ) -> None:
         """Start workers one by one (each join settled) until there are ``size``.
 
         Raises ``RuntimeError`` when a join does not converge within ``timeout``, or when
         ``limit`` seconds have passed (saying how many workers were running then).
+        ``together``: start them all at once (each ``run()`` on a thread of its own), then wait
+        for the cluster to converge: each claims its share instead of the first claiming every
+        shard and handing most of them on (a set-up of seconds, not minutes, where a claim
+        costs a few milliseconds).
         """
         began = time.perf_counter()
+        if together:
+            fresh = [self.new_worker() for _ in range(size - len(self.workers))]
+            starters = [threading.Thread(target=self.pool.start, args=(w,)) for w in fresh]
+            for thread in starters:
+                thread.start()
+            for thread in starters:
+                thread.join()
+            for worker in fresh:
+                self.passes.instrument(worker)
+                self.workers.append(worker)
+            at, state = converge(self.workers, self.total, max(timeout, 10.0 * size))
+            if at is None:
+                raise RuntimeError(f"{len(self.workers)} workers never converged: {state.why}")
+            return
         while len(self.workers) < size:
             if limit is not None and time.perf_counter() - began > limit:
                 raise RuntimeError(
@@ -245,8 +278,8 @@ class Cluster:
 
     def verify_with_observer(self) -> int:
         """Claims in ZooKeeper that disagree with the workers' own (0 when consistent)."""
-        with Observer(self.zk.hosts, self.service) as observer:
-            in_zk = observer.claim_owners()
+        with observer(self.zk, self.service) as watcher:
+            in_zk = watcher.claim_owners()
         mine = self.owners()
         return sum(1 for s in set(in_zk) | set(mine) if in_zk.get(s) != mine.get(s))
 
@@ -259,19 +292,21 @@ class Cluster:
 
 
 def run_scenario(
-    zk: ZkTarget,
+    zk: Target,
     instances: int,
     total: int,
     reps: int,
     timeout: float,
     limit: float | None = None,
+    together: bool = False,
 ) -> dict[str, Any]:
-    """``instances`` workers on ``total`` shards; ``reps`` x (join, then leave of rank 0)."""
+    """``instances`` workers on ``total`` shards; ``reps`` x (join, then leave of rank 0)
+    (``together``: see :meth:`Cluster.grow`)."""
     with WorkerPool() as pool:
         cluster = Cluster(zk, pool, total, f"rb{instances}x{total}")
         try:
             began = time.perf_counter()
-            cluster.grow(instances, timeout, limit)
+            cluster.grow(instances, timeout, limit, together)
             setup_s = time.perf_counter() - began
             cluster.measure_pings(1.0)
             events: list[dict[str, Any]] = []
@@ -715,162 +750,211 @@ def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-processes", action="store_true", help="skip the worker-process variant"
     )
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument(
+        "--backend-reps", type=int, default=None, help="reps of 20 x 1,000 on etcd and Redis"
+    )
+
+
+def report_big(report: Report, backend: str, big_n: int, big: dict[str, Any]) -> None:
+    """The figures of the in-process ``big_n`` x 1,000 scenario on ``backend``."""
+    joins = [e for e in big["events"] if e["kind"] == "join"]
+    leaves = [e for e in big["events"] if e["kind"] == "leave"]
+    label = f"{big_n} instances x 1,000 shards"
+
+    def name(figure: str, zookeeper: str | None = None) -> str:
+        return figure_name(backend, figure, zookeeper)
+
+    report.add(
+        name(f"re-balance after instance {big_n + 1} joins, {label}: convergence (max)"),
+        big["join_s"].get("max"),
+        "s",
+        TARGET_S,
+        note="from just before the new worker's run()",
+    )
+    report.add(
+        name(
+            f"re-balance after instance {big_n + 1} joins, {label}: from its run() returning (max)"
+        ),
+        max((e["converged_s"] - e["run_returned_s"] for e in joins), default=None),
+        "s",
+    )
+    report.add(
+        name(f"joining worker's run() (connect + register + first pass), {label}, max"),
+        big["join_run_returned_s"].get("max"),
+        "s",
+    )
+    report.add(
+        name(f"re-balance after a clean leave, {label}: convergence (max)"),
+        big["leave_s"].get("max"),
+        "s",
+        TARGET_S,
+    )
+    report.add(
+        name(
+            f"backend requests per join re-balance, {label}",
+            f"ZooKeeper requests per join re-balance, {label}",
+        ),
+        sum(e["zk_requests"] for e in joins) / max(len(joins), 1),
+        "requests",
+    )
+    report.add(
+        name(
+            f"backend requests per leave re-balance, {label}",
+            f"ZooKeeper requests per leave re-balance, {label}",
+        ),
+        sum(e["zk_requests"] for e in leaves) / max(len(leaves), 1),
+        "requests",
+    )
+    report.add(
+        name(f"supervisor passes (all instances) per join, {label}"),
+        sum(e["passes"] for e in joins) / max(len(joins), 1),
+        "passes",
+    )
+    report.add(
+        name(f"process CPU per join, {label}"),
+        sum(e["cpu_s"] for e in joins) / max(len(joins), 1),
+        "s",
+    )
+    report.add(
+        name(f"shards moved per join / minimal, {label}"),
+        sum(e["moved"] for e in joins) / max(sum(e["minimal"] for e in joins), 1),
+        "x minimal",
+        1.0,
+    )
+    report.add(
+        name(
+            f"claims in the backend disagreeing with the workers, {label}",
+            f"claims in ZooKeeper disagreeing with the workers, {label}",
+        ),
+        big["observer_mismatches"],
+        "",
+    )
+
+
+def measure_zookeeper(
+    report: Report, details: dict[str, Any], zk: Target, args: argparse.Namespace
+) -> None:
+    """B6 on ZooKeeper: 20 (or 10) x 1,000 in-process, the processes, the grid, 100 x 1,000."""
+    reps = args.reps or (1 if args.quick else 2)
+    big_reps = args.big_reps or (1 if args.quick else 2)
+    large_reps = args.large_reps or (1 if args.quick else 2)
+    big_n = 10 if args.quick else 20
+    print(f"{big_n} instances x 1,000 shards, {big_reps} x (join, leave) ...", flush=True)
+    big = run_scenario(zk, big_n, 1000, big_reps, 60)
+    print(summarize(f"{big_n} x 1000", big), flush=True)
+    details[f"{big_n}x1000"] = big
+    report_big(report, "zookeeper", big_n, big)
+    if not args.no_processes:
+        pn, pt = (5, 256) if args.quick else (20, 1000)
+        print(
+            f"worker processes: {pn} x {pt:,} shards, one joins, then rank 0 leaves ...",
+            flush=True,
+        )
+        proc = process_scenario(zk, pn, pt, 60)
+        details[f"processes_{pn}x{pt}"] = proc
+        print(summarize_processes(f"{pn} x {pt}", proc), flush=True)
+        report_processes(report, proc, big=False)
+    if not args.no_grid:
+        grid_n = (3, 5) if args.quick else (3, 5, 10)
+        grid_t = (16, 256) if args.quick else (16, 64, 256)
+        print(f"B6 grid {grid_n} x {grid_t}, {reps} x (join, leave) each ...", flush=True)
+        grid: dict[str, Any] = {}
+        for n in grid_n:
+            for t in grid_t:
+                cell = run_scenario(zk, n, t, reps, 30)
+                print(summarize(f"{n} x {t}", cell), flush=True)
+                grid[f"{n}x{t}"] = cell
+        details["grid"] = grid
+        cells = list(grid.values())
+        all_events = [e for c in cells for e in c["events"]]
+        join_max = max(
+            (c["join_s"].get("max", 0.0) for c in cells if c["join_s"].get("n")),
+            default=None,
+        )
+        leave_max = max(
+            (c["leave_s"].get("max", 0.0) for c in cells if c["leave_s"].get("n")),
+            default=None,
+        )
+        report.add("B6 grid: join convergence, worst cell max", join_max, "s", TARGET_S)
+        report.add("B6 grid: leave convergence, worst cell max", leave_max, "s", TARGET_S)
+        report.add(
+            "B6 grid: shards moved / minimal (all events)",
+            sum(e["moved"] for e in all_events) / max(sum(e["minimal"] for e in all_events), 1),
+            "x minimal",
+            1.0,
+        )
+        report.add(
+            "B6 grid: events that never converged",
+            sum(c["unconverged"] for c in cells),
+            "",
+        )
+        for key, cell in grid.items():
+            join_p50 = cell["join_s"].get("p50")
+            report.add(f"B6 grid {key}: join convergence p50", join_p50, "s")
+            report.add(f"B6 grid {key}: leave convergence p50", cell["leave_s"].get("p50"), "s")
+    if not args.no_large:
+        ln, lt = (30, 1000) if args.quick else (100, 1000)
+        print(
+            f"worker processes: {ln} x {lt:,} shards (session timeout "
+            f"{LARGE_SESSION_TIMEOUT:g} s), {large_reps} x (one joins, then rank 0 "
+            "leaves) ...",
+            flush=True,
+        )
+        try:
+            large = process_scenario(
+                zk, ln, lt, 60, large_reps, session_timeout=LARGE_SESSION_TIMEOUT
+            )
+        except RuntimeError as exc:
+            print(f"  {ln} x {lt} processes not measured: {exc}", flush=True)
+            details[f"processes_{ln}x{lt}"] = {"error": str(exc)}
+            report.add(
+                f"re-balance after process {ln + 1} joins, {ln} worker processes x "
+                f"{lt:,} shards: convergence",
+                None,
+                "s",
+                TARGET_S,
+                note=f"not measured: {str(exc).splitlines()[0]}",
+            )
+        else:
+            details[f"processes_{ln}x{lt}"] = large
+            print(summarize_processes(f"{ln} x {lt}", large), flush=True)
+            report_processes(report, large, big=True)
+
+
+def measure_backend(
+    report: Report, details: dict[str, Any], server: Target, args: argparse.Namespace
+) -> None:
+    """20 (or 10) instances x 1,000 shards, in-process, on etcd or Redis."""
+    big_n = 10 if args.quick else 20
+    reps = args.backend_reps or 1
+    print(
+        f"{server.label}: {big_n} instances x 1,000 shards, {reps} x (join, leave) ...", flush=True
+    )
+    big = run_scenario(server, big_n, 1000, reps, 60, together=True)
+    print(summarize(f"{server.label} {big_n} x 1000", big), flush=True)
+    details[f"{server.name} {big_n}x1000"] = big
+    report_big(report, server.name, big_n, big)
 
 
 def main() -> None:
     args = parse_args((__doc__ or "").splitlines()[0], _extra)
-    reps = args.reps or (1 if args.quick else 2)
-    big_reps = args.big_reps or (1 if args.quick else 2)
-    large_reps = args.large_reps or (1 if args.quick else 2)
     report = Report("bench_rebalance", "B6", args.quick)
     log_path = quiet_logging("INFO")
     details: dict[str, Any] = {}
     try:
-        with zookeeper(tick_time=100) as zk:
-            print(zk.describe(), flush=True)
-            report.calibration = calibrate(quick=True, zk_hosts=zk.hosts)
-            big_n = 10 if args.quick else 20
-            print(f"{big_n} instances x 1,000 shards, {big_reps} x (join, leave) ...", flush=True)
-            big = run_scenario(zk, big_n, 1000, big_reps, 60)
-            print(summarize(f"{big_n} x 1000", big), flush=True)
-            details[f"{big_n}x1000"] = big
-            joins = [e for e in big["events"] if e["kind"] == "join"]
-            leaves = [e for e in big["events"] if e["kind"] == "leave"]
-            label = f"{big_n} instances x 1,000 shards"
-            report.add(
-                f"re-balance after instance {big_n + 1} joins, {label}: convergence (max)",
-                big["join_s"].get("max"),
-                "s",
-                TARGET_S,
-                note="from just before the new worker's run()",
-            )
-            report.add(
-                f"re-balance after instance {big_n + 1} joins, {label}: from its run() "
-                "returning (max)",
-                max((e["converged_s"] - e["run_returned_s"] for e in joins), default=None),
-                "s",
-            )
-            report.add(
-                f"joining worker's run() (connect + register + first pass), {label}, max",
-                big["join_run_returned_s"].get("max"),
-                "s",
-            )
-            report.add(
-                f"re-balance after a clean leave, {label}: convergence (max)",
-                big["leave_s"].get("max"),
-                "s",
-                TARGET_S,
-            )
-            report.add(
-                f"ZooKeeper requests per join re-balance, {label}",
-                sum(e["zk_requests"] for e in joins) / max(len(joins), 1),
-                "requests",
-            )
-            report.add(
-                f"ZooKeeper requests per leave re-balance, {label}",
-                sum(e["zk_requests"] for e in leaves) / max(len(leaves), 1),
-                "requests",
-            )
-            report.add(
-                f"supervisor passes (all instances) per join, {label}",
-                sum(e["passes"] for e in joins) / max(len(joins), 1),
-                "passes",
-            )
-            report.add(
-                f"process CPU per join, {label}",
-                sum(e["cpu_s"] for e in joins) / max(len(joins), 1),
-                "s",
-            )
-            report.add(
-                f"shards moved per join / minimal, {label}",
-                sum(e["moved"] for e in joins) / max(sum(e["minimal"] for e in joins), 1),
-                "x minimal",
-                1.0,
-            )
-            report.add(
-                f"claims in ZooKeeper disagreeing with the workers, {label}",
-                big["observer_mismatches"],
-                "",
-            )
-            if not args.no_processes:
-                pn, pt = (5, 256) if args.quick else (20, 1000)
-                print(
-                    f"worker processes: {pn} x {pt:,} shards, one joins, then rank 0 leaves ...",
-                    flush=True,
-                )
-                proc = process_scenario(zk, pn, pt, 60)
-                details[f"processes_{pn}x{pt}"] = proc
-                print(summarize_processes(f"{pn} x {pt}", proc), flush=True)
-                report_processes(report, proc, big=False)
-            if not args.no_grid:
-                grid_n = (3, 5) if args.quick else (3, 5, 10)
-                grid_t = (16, 256) if args.quick else (16, 64, 256)
-                print(f"B6 grid {grid_n} x {grid_t}, {reps} x (join, leave) each ...", flush=True)
-                grid: dict[str, Any] = {}
-                for n in grid_n:
-                    for t in grid_t:
-                        cell = run_scenario(zk, n, t, reps, 30)
-                        print(summarize(f"{n} x {t}", cell), flush=True)
-                        grid[f"{n}x{t}"] = cell
-                details["grid"] = grid
-                cells = list(grid.values())
-                all_events = [e for c in cells for e in c["events"]]
-                join_max = max(
-                    (c["join_s"].get("max", 0.0) for c in cells if c["join_s"].get("n")),
-                    default=None,
-                )
-                leave_max = max(
-                    (c["leave_s"].get("max", 0.0) for c in cells if c["leave_s"].get("n")),
-                    default=None,
-                )
-                report.add("B6 grid: join convergence, worst cell max", join_max, "s", TARGET_S)
-                report.add("B6 grid: leave convergence, worst cell max", leave_max, "s", TARGET_S)
-                report.add(
-                    "B6 grid: shards moved / minimal (all events)",
-                    sum(e["moved"] for e in all_events)
-                    / max(sum(e["minimal"] for e in all_events), 1),
-                    "x minimal",
-                    1.0,
-                )
-                report.add(
-                    "B6 grid: events that never converged",
-                    sum(c["unconverged"] for c in cells),
-                    "",
-                )
-                for key, cell in grid.items():
-                    join_p50 = cell["join_s"].get("p50")
-                    report.add(f"B6 grid {key}: join convergence p50", join_p50, "s")
-                    report.add(
-                        f"B6 grid {key}: leave convergence p50", cell["leave_s"].get("p50"), "s"
-                    )
-            if not args.no_large:
-                ln, lt = (30, 1000) if args.quick else (100, 1000)
-                print(
-                    f"worker processes: {ln} x {lt:,} shards (session timeout "
-                    f"{LARGE_SESSION_TIMEOUT:g} s), {large_reps} x (one joins, then rank 0 "
-                    "leaves) ...",
-                    flush=True,
-                )
-                try:
-                    large = process_scenario(
-                        zk, ln, lt, 60, large_reps, session_timeout=LARGE_SESSION_TIMEOUT
-                    )
-                except RuntimeError as exc:
-                    print(f"  {ln} x {lt} processes not measured: {exc}", flush=True)
-                    details[f"processes_{ln}x{lt}"] = {"error": str(exc)}
-                    report.add(
-                        f"re-balance after process {ln + 1} joins, {ln} worker processes x "
-                        f"{lt:,} shards: convergence",
-                        None,
-                        "s",
-                        TARGET_S,
-                        note=f"not measured: {str(exc).splitlines()[0]}",
-                    )
+        for backend in args.backends:
+            with started(backend, tick_time=100) as server:
+                if server is None:
+                    continue
+                if report.calibration is None:
+                    zk_hosts = server.discovery if backend == "zookeeper" else None
+                    report.calibration = calibrate(quick=True, zk_hosts=zk_hosts)
+                if backend == "zookeeper":
+                    measure_zookeeper(report, details, server, args)
                 else:
-                    details[f"processes_{ln}x{lt}"] = large
-                    print(summarize_processes(f"{ln} x {lt}", large), flush=True)
-                    report_processes(report, large, big=True)
-            report.details = details
+                    measure_backend(report, details, server, args)
+        report.details = details
     finally:
         remove_file(log_path)
     report.emit()

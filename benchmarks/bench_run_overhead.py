@@ -42,16 +42,25 @@ is checked to have completed. INFO sink. Measured:
 
 About 10 s of the total.
 
-Target (printed, not asserted): ≤ 50 µs per run (standalone); cluster mode ≤ 2 ZooKeeper
-writes per run.
+**etcd and Redis** (issue #11, every backend side by side; ``_backend_costs.py``): the same
+worker on a private etcd and a private Redis — the floor of a run through the seam (the
+backend's ``begin_run`` + ``end_run``), the overhead per run, and the server's own count of
+the requests and writes each run sends (etcd ``/metrics``: gRPC messages received, Raft
+proposals committed; Redis ``INFO commandstats``: top-level commands, Lua scripts run). Figures
+carry the backend: ``cluster mode: backend writes per run [etcd]``. About 5 s each.
 
-About 25 s (``--quick``: 6 s).
+Target (printed, not asserted): ≤ 50 µs per run (standalone); cluster mode ≤ 2 writes (and
+round trips) per run, on every backend.
 
-Run: ``.venv/bin/python benchmarks/bench_run_overhead.py [--quick]``
+About 35 s (``--quick``: 10 s).
+
+Run: ``.venv/bin/python benchmarks/bench_run_overhead.py [--quick]
+[--backends zookeeper etcd redis]``
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import cProfile
 import functools
@@ -68,9 +77,11 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from _backend_costs import backend_run_costs, report_backend_costs
 from _cluster import DAILY, PacketCounter, WorkerPool, ZkTarget, cluster_worker, service_name
 from _cluster import zookeeper as private_zookeeper
 from _common import Report, calibrate, cpu_seconds, fmt_stats, parse_args, remove_file, stats
+from _targets import BACKENDS, started
 from loguru import logger
 
 from goworker_py import Context, Handler, LoggerConfig, Worker, configure_logging
@@ -532,8 +543,12 @@ def report_cluster(report: Report, cluster: dict[str, Any], direct: float) -> No
     )
 
 
+def _extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+
+
 def main() -> None:
-    args = parse_args((__doc__ or "").splitlines()[0])
+    args = parse_args((__doc__ or "").splitlines()[0], _extra)
     runs, reps = (2_000, 3) if args.quick else (10_000, 5)
     report = Report("bench_run_overhead", "B3", args.quick)
     report.calibration = calibrate(quick=True)
@@ -615,9 +630,20 @@ def main() -> None:
         )
 
         cluster_runs, cluster_reps = (300, 2) if args.quick else (2_000, 3)
-        cluster = cluster_costs(cluster_runs, cluster_reps, 200 if args.quick else 1_000)
-        details["cluster"] = cluster
-        report_cluster(report, cluster, direct)
+        if "zookeeper" in args.backends:
+            cluster = cluster_costs(cluster_runs, cluster_reps, 200 if args.quick else 1_000)
+            details["cluster"] = cluster
+            report_cluster(report, cluster, direct)
+        backend_runs = (200, 2) if args.quick else (600, 3)
+        for backend in args.backends:
+            if backend == "zookeeper":
+                continue
+            with started(backend) as server:
+                if server is None:
+                    continue
+                costs = backend_run_costs(server, Noop, *backend_runs, 100 if args.quick else 300)
+                details[f"cluster_{backend}"] = costs
+                report_backend_costs(report, backend, costs, direct)
 
         table, rows = profile_path(runs)
         details["profile_top"] = rows

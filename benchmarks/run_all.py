@@ -20,8 +20,12 @@ Targets are printed next to the values, never asserted: this exits non-zero only
 script fails or times out. ``--only`` and ``--quick`` runs overwrite ``results.*`` too (the
 results of one run belong together): point them elsewhere with ``--out DIR``.
 
+The cluster benchmarks (failover, hand-over, run overhead, re-balance, request load) measure
+ZooKeeper, etcd and Redis side by side, each on a private server (``make bench`` installs the
+three): ``results.md`` has a table of the three next to each other.
+
 Run: ``.venv/bin/python benchmarks/run_all.py [--quick] [--only NAME ...] [--timeout S]
-[--out DIR]`` (about 9 minutes; ``--quick`` about 2 minutes)
+[--out DIR]`` (about 12 minutes; ``--quick`` about 6 minutes on a busy machine)
 """
 
 from __future__ import annotations
@@ -157,7 +161,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Run every benchmarks/bench_*.py")
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
     parser.add_argument("--only", nargs="+", help="run scripts whose name contains one of these")
-    parser.add_argument("--timeout", type=float, default=180.0, help="per script, seconds")
+    parser.add_argument("--timeout", type=float, default=300.0, help="per script, seconds")
     parser.add_argument(
         "--out", default=RESULTS_DIR, help="results directory (default benchmarks/results)"
     )

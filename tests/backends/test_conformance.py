@@ -147,6 +147,32 @@ def test_a_claim_vanishes_when_its_owner_closes_and_waiters_hear_of_it(
     assert taken is not None and taken.token > held.token
 
 
+def test_only_the_release_of_a_claim_it_waits_for_reports_claims(
+    backend_factory: BackendKit,
+) -> None:
+    """A ``CLAIMS`` change reports a claim this instance found held, as the seam promises —
+    not every release in the service: with every instance woken by every release, a clean
+    leave of one of 10 instances x 1,000 shards took 640 supervisor passes and 4 s on etcd
+    (bench_rebalance), and 2.2 s at 20 x 1,000 on Redis."""
+    kit = backend_factory
+    changes = Changes()
+    holder, waiter = registered(kit), registered(kit, on_change=changes)
+    held = [holder.claim(shard, "holder") for shard in range(2)]
+    assert held[0] is not None and held[1] is not None
+    assert waiter.claim(1, "waiter") is None  # it waits for shard 1, not for shard 0
+    waiter.read_settings()  # (a read re-arms the watch of that kind of state)
+    mark = changes.mark()
+    holder.release(held[0])
+    # A later write of another kind: changes are delivered in order, so once its change is
+    # in, the release of shard 0 was seen before it.
+    holder.write_settings({"a": 1}, create_only=True)
+    changes.wait_for(Change.SETTINGS, mark)
+    assert Change.CLAIMS not in changes.events[mark:]
+    holder.release(held[1])
+    changes.wait_for(Change.CLAIMS, mark)
+    assert waiter.claim(1, "waiter") is not None
+
+
 def test_a_lease_expired_by_the_server_loses_everything_then_a_new_one_comes(
     backend_factory: BackendKit,
 ) -> None:

@@ -470,6 +470,8 @@ def test_keyspace_notifications_are_used_when_on(redis_namespace: str) -> None:
                 assert b._keyspace == ["__keyevent@0__:expired"]
                 held = a.claim(0, a.register(instance()).instance.id)
                 assert held is not None
+                # b waits for shard 0: its claim's expiry is a change for b.
+                assert b.claim(0, b.register(instance()).instance.id) is None
                 mark = events.mark()
                 proxy.blackhole()
                 fence = a.lease_valid_until()

@@ -74,7 +74,7 @@ class MemoryStore:
         self.runs: dict[str, dict[int, RunRecord]] = {}
         self.settings: dict[str, dict[str, Any]] = {}
         self.control: dict[str, ControlState] = {}
-        self._watchers: list[tuple[str, Callable[[Change], None]]] = []
+        self._watchers: list[tuple[str, Callable[[Change, frozenset[int]], None]]] = []
         self._run_watchers: list[tuple[str, int, Callable[[RunRecord | None], bool]]] = []
         self._wake = threading.Event()
         self._closed = False
@@ -106,20 +106,23 @@ class MemoryStore:
 
     def revoke(self, lease: str) -> None:
         """End ``lease`` now, as the server does when it expires (tests call it too)."""
-        changed: set[tuple[str, Change]] = set()
+        members_left: set[str] = set()
+        released: dict[str, set[int]] = {}
         with self._lock:
             if self.leases.pop(lease, None) is None:
                 return
             for service, members in self.members.items():
                 for key in [k for k, m in members.items() if m.lease == lease]:
                     del members[key]
-                    changed.add((service, Change.MEMBERS))
+                    members_left.add(service)
             for service, claims in self.claims.items():
                 for shard in [s for s, c in claims.items() if c.handle == lease]:
                     del claims[shard]
-                    changed.add((service, Change.CLAIMS))
-        for service, change in changed:
-            self.notify(service, change)
+                    released.setdefault(service, set()).add(shard)
+        for service in members_left:
+            self.notify(service, Change.MEMBERS)
+        for service, shards in released.items():
+            self.notify(service, Change.CLAIMS, frozenset(shards))
 
     def alive(self, lease: str) -> bool:
         with self._lock:
@@ -139,19 +142,20 @@ class MemoryStore:
 
     # -- changes ----------------------------------------------------------------------------------
 
-    def subscribe(self, service: str, callback: Callable[[Change], None]) -> None:
+    def subscribe(self, service: str, callback: Callable[[Change, frozenset[int]], None]) -> None:
         with self._lock:
             self._watchers.append((service, callback))
 
-    def unsubscribe(self, callback: Callable[[Change], None]) -> None:
+    def unsubscribe(self, callback: Callable[[Change, frozenset[int]], None]) -> None:
         with self._lock:
             self._watchers = [(s, c) for s, c in self._watchers if c is not callback]
 
-    def notify(self, service: str, change: Change) -> None:
+    def notify(self, service: str, change: Change, shards: frozenset[int] = frozenset()) -> None:
+        """Tell the service's backends of ``change`` (``shards``: the claims released)."""
         with self._lock:
             callbacks = [c for s, c in self._watchers if s == service]
         for callback in callbacks:
-            callback(change)
+            callback(change, shards)
 
     def watch_runs(
         self, service: str, shard: int, callback: Callable[[RunRecord | None], bool]
@@ -210,6 +214,8 @@ class MemoryBackend:
         self._state = ConnectionState.SUSPENDED
         self._answered_at = time.monotonic()
         self._partitioned = False
+        #: Shards whose claim this instance found held: their release is a CLAIMS change.
+        self._awaited: set[int] = set()
         self._member: str | None = None
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
@@ -254,7 +260,14 @@ class MemoryBackend:
         )
         self._keeper.start()
 
-    def _changed(self, change: Change) -> None:
+    def _changed(self, change: Change, shards: frozenset[int]) -> None:
+        if change is Change.CLAIMS:
+            # Only a claim this instance found held (as ZooKeeper's one-shot watch on it).
+            with self.store.lock:
+                waited = self._awaited & shards
+                self._awaited -= waited
+            if not waited:
+                return
         self._on_change(change)
 
     def _keep_alive(self) -> None:
@@ -360,7 +373,10 @@ class MemoryBackend:
             claims = self.store.claims.setdefault(self.service, {})
             held = claims.get(shard)
             if held is not None:
-                return held if held.handle == self._lease and held.owner == owner else None
+                if held.handle == self._lease and held.owner == owner:
+                    return held
+                self._awaited.add(shard)
+                return None
             claim = ShardClaim(shard, self.store.next_revision(), owner, self._lease)
             claims[shard] = claim
             return claim
@@ -369,9 +385,10 @@ class MemoryBackend:
         self._call(f"releasing shard {claim.shard}")
         with self.store.lock:
             claims = self.store.claims.get(self.service, {})
-            if claims.get(claim.shard) == claim:
-                del claims[claim.shard]
-        self.store.notify(self.service, Change.CLAIMS)
+            if claims.get(claim.shard) != claim:
+                return
+            del claims[claim.shard]
+        self.store.notify(self.service, Change.CLAIMS, frozenset({claim.shard}))
 
     def claims(self) -> dict[int, ShardClaim]:
         self._call("reading the claims")

@@ -69,6 +69,8 @@ class EtcdBackend:
         self._runs: RunWatches | None = None
         #: This instance's member key and its create revision (its rank), once registered.
         self._member: tuple[str, int] | None = None
+        #: Shards whose claim this instance found held by another: their deletion is a CLAIMS.
+        self._awaited: set[int] = set()
         self._connected = False
         self._closed = False
 
@@ -310,10 +312,13 @@ class EtcdBackend:
         lease = self._held_lease()
         key = f"{self.root}claims/{shard}"
         value = json.dumps({"owner": owner, "lease": f"{lease:x}"}).encode()
+        # Awaited before the request: the holder's deletion comes after it, never missed.
+        self._awaited.add(shard)
         reply = self._txn(
             [keys.compare(key, "CREATE", 0)], [keys.put(key, value, lease)], [keys.get(key)]
         )
         if reply.get("succeeded"):
+            self._awaited.discard(shard)
             return ShardClaim(shard=shard, token=keys.revision(reply), owner=owner, handle=key)
         found = keys.failure_kv(reply)
         if found is None:
@@ -321,6 +326,7 @@ class EtcdBackend:
             return None
         if found.lease == lease and keys.owner(found) == owner:
             # Ours already (a retried request whose first reply was lost).
+            self._awaited.discard(shard)
             return ShardClaim(shard=shard, token=found.create_revision, owner=owner, handle=key)
         return None
 
@@ -461,6 +467,12 @@ class EtcdBackend:
             if name.startswith("members/"):
                 change = Change.MEMBERS
             elif name.startswith("claims/") and event.deleted:
+                # Only a claim this instance waits for (as ZooKeeper's one-shot watch on it):
+                # every instance woken by every release makes a re-balance crawl.
+                shard = name[len("claims/") :]
+                if not shard.isdigit() or int(shard) not in self._awaited:
+                    continue
+                self._awaited.discard(int(shard))
                 change = Change.CLAIMS
             elif name == "settings":
                 change = Change.SETTINGS

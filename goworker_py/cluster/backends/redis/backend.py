@@ -176,7 +176,10 @@ class RedisBackend(RedisLease):
         lease = self._lease
         if not lease:
             raise LeaseLost("no Redis lease: register first")
+        self._await_release(shard, True)
         reply = self._call("claim", self.prefix, lease, str(shard), owner)
+        if int(reply[0]) != 0:
+            self._await_release(shard, False)
         if int(reply[0]) == -1:
             self._lease_gone(lease, "it expired before a claim")
             raise LeaseLost("the Redis lease expired")

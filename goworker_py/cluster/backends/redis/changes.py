@@ -164,7 +164,8 @@ RunCallback = Callable[[RunRecord | None], bool]
 class ChangeFeed:
     """What a Redis backend follows, and what it reports (on the listener's thread).
 
-    ``emit`` reports a change of this service; ``read_run(service, shard)`` reads a run record;
+    ``emit`` reports a change of this service (a release of claims only when ``awaited(shards)``
+    says this instance waits for one of them); ``read_run(service, shard)`` reads a run record;
     ``look_again()`` wakes the backend's ticker (an expiry to prune, or our own lease gone);
     ``own_lease()`` is the current lease id.
     """
@@ -176,6 +177,7 @@ class ChangeFeed:
         service: str,
         prefix_of: Callable[[str], str],
         emit: Callable[[Change], None],
+        awaited: Callable[[list[int]], bool],
         read_run: Callable[[str, int], RunRecord | None],
         look_again: Callable[[], None],
         own_lease: Callable[[], str],
@@ -187,6 +189,7 @@ class ChangeFeed:
         self._requests = requests
         self._prefix_of = prefix_of
         self._emit = emit
+        self._awaited = awaited
         self._read_run = read_run
         self._look_again = look_again
         self._own_lease = own_lease
@@ -280,8 +283,12 @@ class ChangeFeed:
         with self._lock:
             if seq.isdigit():
                 self._seen[service] = max(self._seen.get(service, 0), int(seq))
-        if service == self.service and kind in KINDS:
-            self._emit(KINDS[kind])
+        if service == self.service:
+            if kind.startswith("claims:"):
+                if self._awaited(_shards(kind[len("claims:") :])):
+                    self._emit(Change.CLAIMS)
+            elif kind in KINDS:
+                self._emit(KINDS[kind])
         if kind.startswith("run:") and kind[4:].isdigit():
             self._fire(service, int(kind[4:]))
 
@@ -293,7 +300,8 @@ class ChangeFeed:
         if name.startswith("member:"):
             self._emit(Change.MEMBERS)
         elif name.startswith("claim:"):
-            self._emit(Change.CLAIMS)
+            if self._awaited(_shards(name[len("claim:") :])):
+                self._emit(Change.CLAIMS)
         elif name != f"lease:{self._own_lease()}":
             return
         self._look_again()  # prune the index (publishing it), or find our own lease gone
@@ -341,3 +349,8 @@ class ChangeFeed:
                 self._fire(service, shard)
             except BackendError as exc:
                 logger.debug("Redis: re-reading run record {}/{} failed: {!r}", service, shard, exc)
+
+
+def _shards(text: str) -> list[int]:
+    """``"3,7"`` -> ``[3, 7]`` (anything else is skipped)."""
+    return [int(part) for part in text.split(",") if part.isdigit()]

@@ -75,6 +75,8 @@ class RedisLease:
         self._ticker: threading.Thread | None = None
         #: Leases the server expired (or took away) under this backend.
         self.leases_lost = 0
+        #: Shards whose claim this instance found held: their release is a CLAIMS change.
+        self._awaited: set[int] = set()
 
     def prefix_of(self, service: str) -> str:
         """The key prefix of ``service`` in this backend's namespace."""
@@ -128,6 +130,7 @@ class RedisLease:
                 service=self.service,
                 prefix_of=self.prefix_of,
                 emit=self._emit,
+                awaited=self._released,
                 read_run=lambda service, shard: self._read_run_at(service, shard),
                 look_again=self._tick_wake.set,
                 own_lease=lambda: self._lease,
@@ -224,6 +227,23 @@ class RedisLease:
             changed, self._state = self._state is not state, state
         if changed:
             self._emit(Change.CONNECTION)
+
+    def _await_release(self, shard: int, waiting: bool) -> None:
+        """Note (before the claim request goes out, so its release is never missed) or forget
+        that this instance waits for ``shard``'s claim to be released."""
+        with self._lock:
+            if waiting:
+                self._awaited.add(shard)
+            else:
+                self._awaited.discard(shard)
+
+    def _released(self, shards: list[int]) -> bool:
+        """Claims were released: True when this instance waited for one of them (as
+        ZooKeeper's one-shot watch on the claim, not every release of the service)."""
+        with self._lock:
+            waited = self._awaited.intersection(shards)
+            self._awaited -= waited
+        return bool(waited)
 
     def _emit(self, change: Change) -> None:
         callback = self._on_change

@@ -5,7 +5,8 @@ builds its key names from it (the layout is in :mod:`.backend`), which a standal
 server (or a Sentinel-managed primary) allows; Redis Cluster is not supported. Scripts that
 change what other instances look at end with ``notify(kind)``: the
 service's change counter ``seq`` is incremented and ``"<seq> <kind>"`` published on the
-service's ``changes`` channel, so a listener that lost messages can tell (see ``TICK``).
+service's ``changes`` channel, so a listener that lost messages can tell (see ``TICK``). A
+release names its shards (``claims:3,7``): only an instance waiting for one of them cares.
 
 A script never decides expiry by a clock of its own: keys expire by their Redis TTL, and a
 script only asks ``PTTL``/``EXISTS``. The one clock read, ``TIME`` in ``CLAIM``, only floors the
@@ -41,7 +42,7 @@ TICK = (
     + """
 local lease, ttl = ARGV[2], tonumber(ARGV[3])
 local status, why = 0, ''
-local pruned_members, pruned_claims = 0, 0
+local pruned_members, pruned_claims = 0, {}
 if lease ~= '' then
   local lk = p .. 'lease:' .. lease
   local held = redis.call('HGETALL', lk)
@@ -65,7 +66,7 @@ if lease ~= '' then
           if redis.call('GET', p .. 'claim:' .. shard) == held[i + 1] then
             redis.call('DEL', p .. 'claim:' .. shard)
             redis.call('SREM', p .. 'claims', shard)
-            pruned_claims = pruned_claims + 1
+            pruned_claims[#pruned_claims + 1] = shard
           end
         end
       end
@@ -100,13 +101,13 @@ for _, shard in ipairs(redis.call('SMEMBERS', p .. 'claims')) do
   local left = redis.call('PTTL', p .. 'claim:' .. shard)
   if left == -2 then
     redis.call('SREM', p .. 'claims', shard)
-    pruned_claims = pruned_claims + 1
+    pruned_claims[#pruned_claims + 1] = shard
   elseif left >= 0 and left < next_expiry then
     next_expiry = left
   end
 end
 if pruned_members > 0 then notify('members') end
-if pruned_claims > 0 then notify('claims') end
+if #pruned_claims > 0 then notify('claims:' .. table.concat(pruned_claims, ',')) end
 local out = {status, next_expiry, why}
 for i = 4, #ARGV do
   out[#out + 1] = tonumber(redis.call('GET', ARGV[i]) or '0') or 0
@@ -228,7 +229,7 @@ local ck = p .. 'claim:' .. shard
 if redis.call('GET', ck) ~= value then return 0 end
 redis.call('DEL', ck)
 redis.call('SREM', p .. 'claims', shard)
-notify('claims')
+notify('claims:' .. shard)
 return 1
 """
 )
@@ -311,14 +312,14 @@ CLOSE = (
 local lease = ARGV[2]
 local lk = p .. 'lease:' .. lease
 local held = redis.call('HGETALL', lk)
-local claims = 0
+local claims = {}
 for i = 1, #held, 2 do
   if string.sub(held[i], 1, 1) == 'c' then
     local shard = string.sub(held[i], 2)
     if redis.call('GET', p .. 'claim:' .. shard) == held[i + 1] then
       redis.call('DEL', p .. 'claim:' .. shard)
       redis.call('SREM', p .. 'claims', shard)
-      claims = claims + 1
+      claims[#claims + 1] = shard
     end
   end
 end
@@ -326,8 +327,8 @@ local members = redis.call('DEL', p .. 'member:' .. lease)
 members = members + redis.call('ZREM', p .. 'members', lease)
 redis.call('DEL', lk)
 if members > 0 then notify('members') end
-if claims > 0 then notify('claims') end
-return claims
+if #claims > 0 then notify('claims:' .. table.concat(claims, ',')) end
+return #claims
 """
 )
 
