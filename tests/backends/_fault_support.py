@@ -4,7 +4,8 @@
   (``handle_signals=False``) on a given connection string — the server's, or a proxy's in front
   of it — and cancels every one of them at teardown.
 - :class:`Watch` records what one worker's host went through: each time its fence tripped (with
-  the lease's validity at that instant: the fence margin), its health changes, its leases.
+  the earliest moment the server could then expire the lease: the fence margin), its health
+  changes, its leases.
 - :class:`Owners` reads who owns what through :class:`~goworker_py.cluster.admin.ClusterAdmin`
   — a client of its own, never a worker's — and waits for the cluster to settle.
 
@@ -283,9 +284,9 @@ def every_shard_ran(ledger: Ledger, owners: dict[int, str], since: float) -> boo
 def wait_runs_everywhere(
     ledger: Ledger, owners: dict[int, str], since: float, timeout: float = 10.0
 ) -> float:
-    """Wait until :func:`every_shard_ran`; return the seconds since ``since``."""
+    """Wait until :func:`every_shard_ran`; return when (``time.monotonic()``)."""
     wait_until(lambda: every_shard_ran(ledger, owners, since), timeout, what="runs on every shard")
-    return time.monotonic() - since
+    return time.monotonic()
 
 
 def in_flight_everywhere(ledger: Ledger, owners: dict[int, str], timeout: float = 10.0) -> None:
