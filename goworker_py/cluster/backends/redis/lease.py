@@ -9,6 +9,13 @@ are all still there, and otherwise reports the lease lost (LOST); the ticker the
 one (``lease_id`` changes) and the host registers again. ``answered_at`` is the send time of the
 last refresh the server answered: a failed or timed-out request renews nothing, and
 ``lease_valid_until()`` is that plus the TTL, which the server's expiry cannot precede.
+
+A server that closes (or resets) the listener's connection may be restarting, and a Redis
+without persistence comes back with every key gone: another instance may claim our shards as
+soon as it serves again, long before our TTL would have run out. So from that moment the lease
+counts as lapsed (``lease_valid_until()`` is the moment of the cut: the host's self-fencing
+stops every run at once) until a refresh sent after it is answered — the lease is then still
+there (only the connection was lost) or found gone (LOST).
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ class RedisLease:
         self._lease = ""
         self._lease_wanted = False
         self._answered_at = time.monotonic()
+        #: When the server cut the listener's connection, if no refresh sent since answered.
+        self._cut_at: float | None = None
         self._next_tick = 0.0
         self._tick_wake = threading.Event()
         self._closing = threading.Event()
@@ -137,6 +146,7 @@ class RedisLease:
                 wake_id=secrets.token_hex(8),
                 max_backoff=self._interval,
                 confirm_timeout=self.config.connect_timeout,
+                on_cut=self._connection_cut,
             )
         return feed.start(self._keyspace)
 
@@ -184,8 +194,29 @@ class RedisLease:
         return self._answered_at
 
     def lease_valid_until(self) -> float:
-        """The last successful refresh set every key's TTL to T no earlier than it was sent."""
-        return self._answered_at + self.config.session_timeout
+        """The last successful refresh set every key's TTL to T no earlier than it was sent —
+        unless the server cut our connection since (it may have restarted empty): then the
+        moment of the cut."""
+        valid = self._answered_at + self.config.session_timeout
+        cut = self._cut_at
+        return valid if cut is None else min(valid, cut)
+
+    def _connection_cut(self) -> None:
+        """The listener's thread: the server closed or reset its connection (see the module
+        docstring). Counts the lease as lapsed now, and wakes the ticker to find out."""
+        with self._lock:
+            if not self._lease or self._cut_at is not None:
+                return
+            self._cut_at = time.monotonic()
+            if self._state is ConnectionState.CONNECTED:
+                self._state = ConnectionState.SUSPENDED
+        logger.warning(
+            "Redis closed our connection (a restart without persistence loses every lease): "
+            "lease {} counts as lapsed until a refresh is answered",
+            self._lease,
+        )
+        self._emit(Change.CONNECTION)  # the host looks at its fence again
+        self._tick_wake.set()
 
     def round_trip(self, timeout: float) -> None:
         """One refresh answered within ``timeout`` s; ``LeaseLost`` if the lease is gone."""
@@ -207,6 +238,8 @@ class RedisLease:
             with self._lock:
                 self._lease, self._lease_wanted = lease, True
                 self._answered_at = sent
+                if self._cut_at is not None and sent > self._cut_at:
+                    self._cut_at = None
                 self._next_tick = sent + self._interval
             self._set_state(ConnectionState.CONNECTED)
             return lease
@@ -290,6 +323,8 @@ class RedisLease:
             held = status == 1 and lease == self._lease
             if held or (status == 0 and not lease and not self._lease_wanted):
                 self._answered_at = max(self._answered_at, sent)
+            if held and self._cut_at is not None and sent > self._cut_at:
+                self._cut_at = None  # the lease outlived the cut
             self._next_tick = min(sent + self._interval, now + next_ms / 1000 + EXPIRY_MARGIN)
         if status < 0:
             self._lease_gone(lease, why)
