@@ -5,7 +5,7 @@ The herd of issue #12. Lateness of each run behind its scheduled second, for gow
 user gets (loguru's default sink, to stderr, here a file), APScheduler 3's
 ``BackgroundScheduler`` with the same ``CronTrigger(second='*')`` and bare
 ``threading.Event.wait`` threads (the floor), each in a fresh interpreter, 10 measured fires
-each after one warm-up fire (about 50 s; ``--quick``: 3 fires, about 20 s). See ``_cron.py`` for
+each after one warm-up fire (about 45 s; ``--quick``: 3 fires, about 19 s). See ``_cron.py`` for
 the method. Goals (printed, not asserted): goworker-py's p50 and p99 within 1.5x the floor's
 and ahead of APScheduler's, with either logging.
 

@@ -25,7 +25,7 @@ process-wide alarm starts a fresh one a second before its fire time, which waits
 timer, fires, and parks again (the next fire is a day later). A noise witness in the idle
 parent measures the machine's timer lateness meanwhile.
 
-About 3 min (``--quick``: 2,000 jobs over 20 s, 5 s idle window, about 1 min).
+About 2.7 min (``--quick``: 2,000 jobs over 20 s, 5 s idle window, about 1 min).
 
 Targets (printed, not asserted; issue #12): at most 1 wake-up/s whatever the number of
 workers; RSS per idle worker <= 16 KiB. The rest is reported beside APScheduler.
