@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
-from goworker_py.cluster.backends.zookeeper.clock import ReplyClock
+from goworker_py.testing import observer_client
 from goworker_py.testing.process import die_with_parent_prefix, wait_for_threads
 
 from .checker import check_fenced_writes, check_history
@@ -330,15 +329,7 @@ class Observer:
 
     def __init__(self, hosts: str, service: str) -> None:
         self.root = f"/{NAMESPACE}/{service}"
-        self.client = KazooClient(
-            hosts=hosts,
-            timeout=10.0,
-            connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 2, "max_delay": 0.5},
-        )
-        # As goworker-py's backend does, give up a connect attempt not answered in time (1 s
-        # here): a restarting ZooKeeper accepts connections before it serves them and leaves
-        # some unanswered, and kazoo would hold such an attempt (and every read) for T = 10 s.
-        ReplyClock(self.client, 10.0, give_up_after=1.0)
+        self.client = observer_client(hosts)
         self.client.start(timeout=15.0)
 
     def close(self) -> None:
