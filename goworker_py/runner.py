@@ -18,7 +18,6 @@ on this thread, in order.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import random
@@ -29,11 +28,9 @@ from typing import TYPE_CHECKING, Any
 from goworker_py import aio
 from goworker_py.alarm import ALARM, LEAD, WakeUp
 from goworker_py.clock import SYSTEM_CLOCK
-from goworker_py.errors import AttemptsExhausted, RunCancelled
 from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
-from goworker_py.instance import WatchInfo
-from goworker_py.retry import StepResult, StepRetrier
+from goworker_py.perform import RunSteps
 from goworker_py.run import (
     FENCE,
     HANDOVER,
@@ -80,7 +77,6 @@ _NEED_THREAD = "need a thread"
 
 #: Misfires counted one by one up to this many; beyond, the schedule restarts from now.
 _MAX_MISFIRES_COUNTED = 10_000
-_STEPS = ("before", "do", "after")
 #: Run ids: 64 random bits, drawn without a system call. ``os.urandom`` releases the GIL, and a
 #: thread that gives the GIL up on its way to ``do`` waits behind every other thread woken at
 #: the same instant: with a thousand jobs firing together that doubled their lateness.
@@ -111,7 +107,8 @@ class ShardRunner:
         self.start_after = start_after
         #: Cluster mode: the host's claim of this shard.
         self.claim: Any = None
-        self._abandoned = False
+        #: What one run does: watch, before, do, after under the retry policy.
+        self.steps = RunSteps(settings, self.shard, host, self.logger)
         self._finished = False
         self._skew = 0.0
         self._stop = threading.Event()
@@ -293,7 +290,7 @@ class ShardRunner:
 
         ``error_message`` is never called after ``wait()`` returned (SPEC section 1).
         """
-        self._abandoned = True
+        self.steps.abandoned = True
 
     @property
     def failover_pending(self) -> bool:
@@ -586,7 +583,7 @@ class ShardRunner:
         result = RunResult(run_id=run_id, ok=False)
         started = settings.clock.time()
         try:
-            result = self._perform(ctx)
+            result = self.steps.perform(ctx)
         finally:
             with self._lock:
                 self._run_event = None
@@ -611,128 +608,10 @@ class ShardRunner:
                     self.logger.opt(exception=exc).error("run listener raised {!r}", exc)
         return result
 
-    def _perform(self, ctx: Context) -> RunResult:
-        settings = self.settings
-        handler = settings.handler_factory()
-        ctx.logger.trace("run started for {}", ctx.scheduled_time)
-        if settings.wants_watch:
-            self._call_watch(handler, ctx)
-        # Once cancelled, do is not started, but after still runs when before succeeded and
-        # do did not fail (left normally or through RunCancelled), to release before's work.
-        cancelled = False
-        for step in _STEPS:
-            if ctx.cancelled and step != "after":
-                ctx.logger.info("run cancelled before {}", step)
-                if step == "before":
-                    return RunResult(ctx.run_id, ok=False, cancelled=True)
-                cancelled = True
-                continue
-            if step in settings.noop_steps:
-                continue  # Handler's own empty before/after: nothing to call
-            method = getattr(handler, step, None)
-            if method is None:
-                continue
-            ctx.step = step
-            ctx.attempt = 1
-            try:
-                # The first attempt is a plain call: the retry machinery is built only when
-                # it fails, which keeps a run's framework cost at a few microseconds.
-                try:
-                    result = method(ctx)
-                    if result is not None:  # an async def method: run it to completion here
-                        aio.run_step(result, ctx)
-                    if step == "do" and ctx.cancelled:
-                        # Returned early because it was cancelled (the usual way a long
-                        # step stops): the run did not complete.
-                        ctx.logger.info("run cancelled during do")
-                        cancelled = True
-                    continue
-                except RunCancelled:
-                    outcome = StepResult(ok=False, reason="cancelled")
-                except Exception as first_error:  # noqa: BLE001 - retried and reported below
-                    outcome = StepRetrier(
-                        policy=settings.retry_policy,
-                        call=functools.partial(_call_step, method, ctx),
-                        report=lambda err: self._report(handler, ctx, err),
-                        set_attempt=functools.partial(self._set_attempt, ctx),
-                        cancelled=lambda: ctx.cancelled,
-                        sleep=ctx.wait,
-                    ).continue_after(first_error)
-            except BaseException as exc:  # noqa: BLE001 - SystemExit & co. from handler code
-                # Not retried, but a failed step like any other: it must not kill the shard.
-                self._report(handler, ctx, exc)
-                self._report(
-                    handler,
-                    ctx,
-                    AttemptsExhausted(step, ctx.attempt, exc, "non-retryable error"),
-                )
-                return RunResult(ctx.run_id, ok=False, error=exc, failed_step=step)
-            if outcome.ok:
-                cancelled = cancelled or (step == "do" and ctx.cancelled)
-                continue
-            if outcome.reason == "cancelled":
-                ctx.logger.info("run cancelled during {}", step)
-                if step == "do" and outcome.error is None:
-                    cancelled = True
-                    continue
-                return RunResult(
-                    ctx.run_id, ok=False, cancelled=True, error=outcome.error, failed_step=step
-                )
-            assert outcome.error is not None
-            self._report(
-                handler,
-                ctx,
-                AttemptsExhausted(step, outcome.attempts, outcome.error, outcome.reason),
-            )
-            return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
-        if cancelled:
-            return RunResult(ctx.run_id, ok=False, cancelled=True)
-        ctx.logger.trace("run finished")
-        return RunResult(ctx.run_id, ok=True)
-
-    def _set_attempt(self, ctx: Context, attempt: int) -> None:
-        ctx.attempt = attempt
-        if attempt > 1:
-            for observer in OBSERVERS:
-                observer.retried(self.settings.worker_name, ctx.step)
-
     def _misfired(self, count: int) -> None:
         for observer in OBSERVERS:
             observer.misfired(self.settings.worker_name, count)
 
-    def _call_watch(self, handler: Any, ctx: Context) -> None:
-        info = WatchInfo(ctx.instance, self.shard.param, self.host.members())
-        try:
-            aio.run_callback(handler.watch(info), ctx.event, ctx.logger)
-        except Exception as exc:  # noqa: BLE001 - a failing watch must not stop the run
-            ctx.logger.opt(exception=exc).error("watch() raised {!r}", exc)
-
     def notify_watch(self) -> None:
         """Call the handler's ``watch`` on this thread's behalf (membership or shards changed)."""
-        if not self.settings.wants_watch:
-            return
-        handler = self.settings.handler_factory()
-        info = WatchInfo(
-            self.host.instance_for(self.shard.index), self.shard.param, self.host.members()
-        )
-        try:
-            aio.run_callback(handler.watch(info), None, self.logger)
-        except Exception as exc:  # noqa: BLE001
-            self.logger.opt(exception=exc).error("watch() raised {!r}", exc)
-
-    def _report(self, handler: Any, ctx: Context, err: BaseException) -> None:
-        report = getattr(handler, "error_message", None)
-        if report is None or self._abandoned:
-            ctx.logger.error("{} failed: {!r}", ctx.step, err)
-            return
-        try:
-            aio.run_callback(report(ctx, err), ctx.event, ctx.logger)
-        except Exception as exc:  # noqa: BLE001 - spec: logged and swallowed
-            ctx.logger.opt(exception=exc).error("error_message() raised {!r}", exc)
-
-
-def _call_step(method: Any, ctx: Context) -> None:
-    """One attempt of a step after the first (the retry path): plain or ``async def``."""
-    result = method(ctx)
-    if result is not None:
-        aio.run_step(result, ctx)
+        self.steps.notify_watch(self.host.instance_for(self.shard.index))
