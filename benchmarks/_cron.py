@@ -13,7 +13,7 @@
   time rounded down to the second (valid because a run more than 1 s late is dropped as a
   misfire, and counted missed here);
 - ``floor``: N bare threads, each ``Event.wait``-ing for the next whole second (its own
-  ``Event``) — the floor of a thread-per-job design.
+  ``Event``) — the floor of a thread-per-job design (:class:`FloorThreads`).
 
 APScheduler runs with the standard library's logging unconfigured, so it writes no line per
 run, with either goworker-py variant (the stricter comparison). With 100 and more jobs
@@ -254,37 +254,54 @@ def run_apscheduler(
     return result
 
 
-def run_floor(workers: int, fires: int, warmup: int = 1, load: str = "idle") -> dict[str, Any]:
-    """N threads, each waiting on its own Event for the next whole second."""
-    samples: list[Sample] = []
-    stop = threading.Event()
-    stops = [threading.Event() for _ in range(workers)]
+class FloorThreads:
+    """``count`` bare threads, each ``Event.wait``-ing (on an Event of its own) for the next
+    whole second, then calling ``record(slot)``: the floor of a thread-per-job design."""
 
-    def loop(own: threading.Event) -> None:
+    def __init__(self, count: int, record: Callable[[float], None]) -> None:
+        self._record = record
+        self._stop = threading.Event()
+        self._own = [threading.Event() for _ in range(count)]
+        self._threads: list[threading.Thread] = []
+
+    def _loop(self, own: threading.Event) -> None:
         slot = float(math.floor(time.time()) + 1)
-        while not stop.is_set():
+        while not self._stop.is_set():
             while (remaining := slot - time.time()) > 0:
                 if own.wait(remaining):
                     return
-            wall, mono = time.time(), time.monotonic()
-            samples.append((slot, wall, mono))
+            self._record(slot)
             slot += 1.0
 
+    def start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._loop, args=(own,), name=f"floor{i}", daemon=True)
+            for i, own in enumerate(self._own)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Wake every thread to end, and wait for them."""
+        self._stop.set()
+        for own in self._own:
+            own.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def run_floor(workers: int, fires: int, warmup: int = 1, load: str = "idle") -> dict[str, Any]:
+    """N threads, each waiting on its own Event for the next whole second."""
+    samples: list[Sample] = []
+    floor = FloorThreads(
+        workers, lambda slot: samples.append((slot, time.time(), time.monotonic()))
+    )
     started = time.perf_counter()
-    threads = [
-        threading.Thread(target=loop, args=(own,), name=f"floor{i}", daemon=True)
-        for i, own in enumerate(stops)
-    ]
-    for thread in threads:
-        thread.start()
+    floor.start()
     setup_s = time.perf_counter() - started
     first_slot, cpu_s, wall_s, load_info = _fire_window(samples, workers, fires, warmup, load)
     stop_started = time.perf_counter()
-    stop.set()
-    for own in stops:
-        own.set()
-    for thread in threads:
-        thread.join(30)
+    floor.stop()
     stop_s = time.perf_counter() - stop_started
     result = _summarise(samples, workers, first_slot, fires, setup_s, cpu_s, wall_s)
     result["stop_s"] = round(stop_s, 3)

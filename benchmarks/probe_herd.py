@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from _common import fmt_stats, quiet_logging, stats
+from _cron import FloorThreads
 
 
 def probe_path(runs: int, profile: bool) -> None:
@@ -160,26 +161,11 @@ def probe_herd(jobs: int, fires: int) -> None:
     print("  " + _per_run(before, after, max(len(kept), 1)))
 
     samples: list[tuple[float, float]] = []
-    stop = threading.Event()
-
-    def loop(own: threading.Event) -> None:
-        slot = float(math.floor(time.time()) + 1)
-        while not stop.is_set():
-            while (remaining := slot - time.time()) > 0:
-                if own.wait(remaining):
-                    return
-            samples.append((slot, time.time()))
-            slot += 1.0
-
-    events = [threading.Event() for _ in range(jobs)]
-    threads = [threading.Thread(target=loop, args=(e,), daemon=True) for e in events]
-    for thread in threads:
-        thread.start()
+    floor_threads = FloorThreads(jobs, lambda slot: samples.append((slot, time.time())))
+    floor_threads.start()
     first = float(math.floor(time.time()) + 2)
     before, after = _window(first, fires)
-    stop.set()
-    for event in events:
-        event.set()
+    floor_threads.stop()
     floor = [e - s for s, e in samples if first <= s <= first + fires - 1]
     print(f"floor, {jobs} bare Event.wait threads ({len(floor)} runs):")
     print("  lateness:", fmt_stats(stats(floor, 1e3), "ms"))

@@ -7,7 +7,8 @@
   the earliest moment the server could then expire the lease: the fence margin), its health
   changes, its leases.
 - :class:`Owners` reads who owns what through :class:`~goworker_py.cluster.admin.ClusterAdmin`
-  — a client of its own, never a worker's — and waits for the cluster to settle.
+  — a client of its own, never a worker's (``workers.AdminObserver``) — and waits for the
+  cluster to settle.
 
 Runs are recorded in a :class:`~cluster.conftest.Ledger` (``tests/cluster/conftest.py``) and
 judged by its ``check_ledger``.
@@ -24,8 +25,9 @@ from cluster.conftest import Cluster, Ledger, RunRecord
 from helpers import WorkerTracker, wait_until
 
 from goworker_py import DiscoveryConfig, HealthStatus, Worker, WorkerConfig
-from goworker_py.cluster.admin import ClusterAdmin, ServiceStatus
-from goworker_py.errors import BackendError
+from goworker_py.errors import ClusterError
+
+from .workers import AdminObserver
 
 SERVICE = "svc"
 #: The session timeout (lease TTL) of every test, unless one says otherwise.
@@ -190,8 +192,7 @@ class Owners:
     """Who owns what, read through ``ClusterAdmin`` on the server itself (never a proxy)."""
 
     def __init__(self, config: DiscoveryConfig, service: str = SERVICE) -> None:
-        self.admin = ClusterAdmin(config, service)
-        self._entered = False
+        self.observer = AdminObserver(config, service)
 
     def __enter__(self) -> Owners:
         return self
@@ -200,72 +201,24 @@ class Owners:
         self.close()
 
     def close(self) -> None:
-        if self._entered:
-            self.admin.close()
-
-    def status(self) -> ServiceStatus | None:
-        """The service as the server holds it now; None while the server does not answer."""
-        try:
-            if not self._entered:
-                self.admin.__enter__()  # once the service exists (it checks that it does)
-                self._entered = True
-            return self.admin.status()
-        except BackendError:
-            return None
+        self.observer.close()
 
     def members(self) -> list[str] | None:
-        status = self.status()
-        return None if status is None else [m.instance.id for m in status.instances]
-
-    def problems(self, total: int, count: int, workers: Sequence[Worker]) -> list[str]:
-        """What keeps the cluster from being settled: [] once every shard is owned once by one
-        of ``count`` members, evenly, and each worker runs exactly the shards it holds."""
-        status = self.status()
-        if status is None:
-            return ["the server does not answer"]
-        members = [m.instance.id for m in status.instances]
-        problems: list[str] = []
-        if len(members) != count:
-            problems.append(f"{len(members)} member(s), expected {count}")
-        owned = {s.shard: s.owner for s in status.shards if s.owner is not None}
-        if sorted(owned) != list(range(total)):
-            problems.append(f"owned shards {sorted(owned)}")
-        held: dict[str, list[int]] = {m: [] for m in members}
-        for shard, owner in sorted(owned.items()):
-            if owner not in held:
-                problems.append(f"shard {shard} claimed by {owner[:8]}, not a member")
-                continue
-            held[owner].append(shard)
-        counts = [len(shards) for shards in held.values()]
-        if counts and max(counts) - min(counts) > 1:
-            problems.append(f"uneven loads {counts}")
-        for worker in workers:
-            mine = held.get(worker.host.instance.id, [])
-            if list(worker.shards) != mine or worker.health is not HealthStatus.GREEN:
-                problems.append(
-                    f"{worker.host.instance.id[:8]} runs {list(worker.shards)} "
-                    f"({worker.health.name}), holds {mine}"
-                )
-        return problems
+        """The members in rank order; None while the server does not answer."""
+        try:
+            status = self.observer.status()
+        except ClusterError:
+            return None
+        return [m.instance.id for m in status.instances]
 
     def wait_settled(
         self, total: int, workers: Sequence[Worker], count: int | None = None, timeout: float = 20.0
     ) -> Settled:
-        """Wait until :meth:`problems` finds none; the claims and members then."""
-        last: list[str] = []
+        """Wait until every shard is owned once by one of ``count`` members (default: one per
+        worker), evenly, as they publish, and each of ``workers`` is GREEN and runs exactly the
+        shards it holds; the claims and members then."""
         count = len(workers) if count is None else count
-
-        def settled() -> bool:
-            nonlocal last
-            last = self.problems(total, count, workers)
-            return not last
-
-        try:
-            wait_until(settled, timeout, interval=0.02)
-        except AssertionError:
-            raise AssertionError(f"cluster not settled within {timeout} s: {last}") from None
-        status = self.status()
-        assert status is not None
+        status = self.observer.wait_settled(total, count, timeout, workers, green=True)
         claims = {
             s.shard: (s.owner, s.token)
             for s in status.shards

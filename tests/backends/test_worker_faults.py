@@ -55,7 +55,7 @@ from cluster.conftest import Ledger, RunRecord, check_ledger
 from helpers import wait_until
 from reliability.proxy import TcpProxy
 
-from goworker_py import HealthStatus
+from goworker_py import HealthStatus, Worker
 from goworker_py.testing.errors import ZooKeeperError
 from goworker_py.testing.etcd import EtcdCluster
 
@@ -64,6 +64,7 @@ from ._fault_support import (
     Fenced,
     Owners,
     Sampled,
+    Settled,
     T,
     Watch,
     in_flight_everywhere,
@@ -89,6 +90,26 @@ class Rig:
     server: Any
     cluster: FaultCluster
     owners: Owners
+
+    def settled(
+        self, ledger: Ledger, duration: float, count: int = 2
+    ) -> tuple[list[Worker], Settled]:
+        """``count`` workers whose runs last ``duration`` s, once the cluster settled."""
+        workers = [self.cluster.make(ledger, duration=duration) for _ in range(count)]
+        return workers, self.owners.wait_settled(6, workers)
+
+    def in_flight_everywhere(self, ledger: Ledger) -> tuple[list[Worker], Settled, list[Watch]]:
+        """Two workers, settled, with a (10 s) run in flight on every shard; each watched."""
+        workers, before = self.settled(ledger, duration=10.0)
+        in_flight_everywhere(ledger, before.owners())
+        return workers, before, [Watch(w) for w in workers]
+
+    def finish(self, ledger: Ledger, workers: list[Worker]) -> list[RunRecord]:
+        """Stop ``workers``; their runs, checked (no overlap, tokens never back)."""
+        self.cluster.stop(workers)
+        records = ledger.snapshot()
+        check_ledger(records)
+        return records
 
 
 @pytest.fixture
@@ -116,6 +137,47 @@ def first_fences(watches: list[Watch], since: float) -> list[Fenced]:
     return [f[0] for f in fences]
 
 
+def wait_fenced(watches: list[Watch], ledger: Ledger, since: float) -> list[Fenced]:
+    """Wait until every instance fenced itself and no run is in flight; the first fences."""
+    wait_until(
+        lambda: all(w.fences_after(since) for w in watches) and not ledger.in_flight(),
+        2 * T,
+        what="every instance fenced, no run in flight",
+    )
+    return first_fences(watches, since)
+
+
+def wait_past_expiry(fences: list[Fenced]) -> None:
+    """Until every lease could have expired by its time to live, and a little more."""
+    wait_until(lambda: time.monotonic() > max(f.expiry for f in fences) + 0.5, 2 * T)
+
+
+def check_cut_runs(
+    ledger: Ledger, watches: list[Watch], fences: list[Fenced], since: float
+) -> None:
+    """The runs in flight at ``since`` were cancelled, each instance's by its fence in time."""
+    cut = [r for r in ledger.snapshot() if r.start < since]
+    assert cut and all(r.cancelled for r in cut), "runs in flight were not cancelled"
+    for watch, fence in zip(watches, fences, strict=True):
+        assert_fenced_in_time(fence, [r for r in cut if r.instance == watch.instance_id])
+
+
+def check_claims_kept_or_new(before: Settled, after: Settled) -> None:
+    """A claim its owner kept kept its fencing token; a claim of a new owner has a larger one."""
+    for shard, (owner, token) in after.claims.items():
+        old_owner, old_token = before.claims[shard]
+        if owner == old_owner:
+            assert token == old_token, f"shard {shard}: a kept claim changed its token"
+        else:
+            assert token > old_token, f"shard {shard}: a new owner without a larger token"
+
+
+def check_tokens_grew(before: Settled, after: Settled) -> None:
+    """Every shard's fencing token grew (every claim is new)."""
+    for shard, token in after.tokens().items():
+        assert token > before.tokens()[shard], f"shard {shard}: the token did not grow"
+
+
 def fence_figures(fences: list[Fenced], since: float) -> str:
     return ", ".join(f"{f.margin:.3f} s (fenced {f.at - since:.3f} s in)" for f in fences)
 
@@ -140,8 +202,7 @@ def assert_fenced_in_time(fence: Fenced, runs: list[RunRecord]) -> None:
 @pytest.mark.parametrize("rig", ["etcd", "redis"], indirect=True)
 def test_an_outage_shorter_than_the_lease_changes_no_owner_and_no_token(rig: Rig) -> None:
     ledger = Ledger()
-    workers = [rig.cluster.make(ledger, duration=0.05) for _ in range(2)]
-    before = rig.owners.wait_settled(6, workers)
+    workers, before = rig.settled(ledger, duration=0.05)
     leases = [w.host.backend.lease_id for w in workers]
     watches = [Watch(w) for w in workers]
     began = time.monotonic()
@@ -159,8 +220,7 @@ def test_an_outage_shorter_than_the_lease_changes_no_owner_and_no_token(rig: Rig
     assert after.claims == before.claims, "an owner or a fencing token changed"
     assert [w.host.backend.lease_id for w in workers] == leases
     resumed = wait_runs_everywhere(ledger, after.owners(), began) - back
-    rig.cluster.stop(workers)
-    check_ledger(ledger.snapshot())
+    rig.finish(ledger, workers)
     print(
         f"{rig.kind}: out {back - began:.3f} s; GREEN {green:.3f} s after, runs on every "
         f"shard {resumed:.3f} s after; health {[w.states() for w in watches]}; "
@@ -176,46 +236,29 @@ def test_a_server_gone_longer_than_the_lease_fences_every_instance_then_recovers
     rig: Rig,
 ) -> None:
     ledger = Ledger()
-    workers = [rig.cluster.make(ledger, duration=10.0) for _ in range(2)]
-    before = rig.owners.wait_settled(6, workers)
-    in_flight_everywhere(ledger, before.owners())
-    watches = [Watch(w) for w in workers]
+    workers, before, watches = rig.in_flight_everywhere(ledger)
     stopped = time.monotonic()
     rig.server.stop()
-    wait_until(
-        lambda: all(w.fences_after(stopped) for w in watches) and not ledger.in_flight(),
-        2 * T,
-        what="every instance fenced, no run in flight",
-    )
+    fences = wait_fenced(watches, ledger, stopped)
     assert all(w.health is HealthStatus.RED for w in workers)
-    fences = first_fences(watches, stopped)
     # Down until every lease could have expired by its time to live, and a little more.
-    wait_until(lambda: time.monotonic() > max(f.expiry for f in fences) + 0.5, 2 * T)
+    wait_past_expiry(fences)
     assert all(w.health is HealthStatus.RED for w in workers)
     assert not ledger.in_flight(), "a run began in the outage"
     assert not [r for r in ledger.snapshot() if r.start > stopped], "a run began in the outage"
     rig.server.start()
     back = time.monotonic()
-    cut = [r for r in ledger.snapshot() if r.start < stopped]
-    assert cut and all(r.cancelled for r in cut), "runs in flight were not cancelled"
-    for watch, fence in zip(watches, fences, strict=True):
-        assert_fenced_in_time(fence, [r for r in cut if r.instance == watch.instance_id])
+    check_cut_runs(ledger, watches, fences, stopped)
     after = rig.owners.wait_settled(6, workers, timeout=30.0)
     recovered = time.monotonic() - back
     # (A run may begin before ``start()`` returns: the server serves before it has checked.)
     resumed = wait_runs_everywhere(ledger, after.owners(), stopped) - back
-    for shard, (owner, token) in after.claims.items():
-        old_owner, old_token = before.claims[shard]
-        if rig.kind == "redis":  # it came back empty: every instance is a new member
-            assert token > old_token, f"shard {shard}: the token did not grow"
-        elif owner == old_owner:  # the server restored the lease (a fresh time to live)
-            assert token == old_token, f"shard {shard}: a kept claim changed its token"
-        else:
-            assert token > old_token, f"shard {shard}: a new owner without a larger token"
-    if rig.kind == "redis":
+    if rig.kind == "redis":  # it came back empty: every instance is a new member
+        check_tokens_grew(before, after)
         assert not set(after.members) & set(before.members), "a member survived the restart"
-    rig.cluster.stop(workers)
-    check_ledger(ledger.snapshot())
+    else:  # the server restored the leases (a fresh time to live)
+        check_claims_kept_or_new(before, after)
+    rig.finish(ledger, workers)
     print(
         f"{rig.kind} stopped: fence margins {fence_figures(fences, stopped)}; settled "
         f"{recovered:.3f} s after the server was back, runs everywhere after {resumed:.3f} s; "
@@ -277,8 +320,7 @@ def test_a_partitioned_instance_fences_itself_before_the_others_take_its_shards(
         after = rig.owners.wait_settled(6, workers)
         rejoined = time.monotonic() - healed
         assert victim.host.instance.id != victim_id, "the victim must come back as a new member"
-        rig.cluster.stop(workers)  # (through the proxy: before it closes)
-    check_ledger(ledger.snapshot())
+        rig.finish(ledger, workers)  # (through the proxy: before it closes)
     print(
         f"{rig.kind} partition: fenced {fence.at - cut_at:.3f} s after the cut, "
         f"margin {fence.margin:.3f} s to the earliest expiry ({expired - fence.at:.3f} s to the "
@@ -296,37 +338,20 @@ def test_a_server_frozen_longer_than_the_lease_ends_in_one_consistent_state(
     rig: Rig,
 ) -> None:
     ledger = Ledger()
-    workers = [rig.cluster.make(ledger, duration=10.0) for _ in range(2)]
-    before = rig.owners.wait_settled(6, workers)
-    in_flight_everywhere(ledger, before.owners())
-    watches = [Watch(w) for w in workers]
+    workers, before, watches = rig.in_flight_everywhere(ledger)
     paused = time.monotonic()
     with rig.server.paused():
-        wait_until(
-            lambda: all(w.fences_after(paused) for w in watches) and not ledger.in_flight(),
-            2 * T,
-            what="every instance fenced, no run in flight",
-        )
-        fences = first_fences(watches, paused)
-        wait_until(lambda: time.monotonic() > max(f.expiry for f in fences) + 0.5, 2 * T)
+        fences = wait_fenced(watches, ledger, paused)
+        wait_past_expiry(fences)
     resumed = time.monotonic()
-    cut = [r for r in ledger.snapshot() if r.start < paused]
-    assert cut and all(r.cancelled for r in cut), "runs in flight were not cancelled"
-    for watch, fence in zip(watches, fences, strict=True):
-        assert_fenced_in_time(fence, [r for r in cut if r.instance == watch.instance_id])
+    check_cut_runs(ledger, watches, fences, paused)
     after = rig.owners.wait_settled(6, workers, timeout=30.0)
     settled = time.monotonic() - resumed
     wait_runs_everywhere(ledger, after.owners(), paused)  # (no run can begin in the pause)
     # One consistent state: a lease kept kept its claims, a new member's claims are new.
     kept = [m for m in before.members if m in after.members]
-    for shard, (owner, token) in after.claims.items():
-        old_owner, old_token = before.claims[shard]
-        if owner == old_owner:
-            assert token == old_token, f"shard {shard}: a kept claim changed its token"
-        else:
-            assert token > old_token, f"shard {shard}: a new owner without a larger token"
-    rig.cluster.stop(workers)
-    check_ledger(ledger.snapshot())
+    check_claims_kept_or_new(before, after)
+    rig.finish(ledger, workers)
     print(
         f"{rig.kind} frozen: fence margins {fence_figures(fences, paused)}; settled "
         f"{settled:.3f} s after the resume; {len(kept)} of {len(before.members)} member(s) kept"
@@ -359,9 +384,7 @@ def test_an_etcd_cluster_losing_its_leader_carries_on(etcd_cluster: EtcdCluster)
         leader.start()  # for the next test of this module's cluster
     records = ledger.snapshot()
     check_ledger(records)
-    for shard, (owner, token) in after.claims.items():
-        old_owner, old_token = before.claims[shard]
-        assert token == old_token if owner == old_owner else token > old_token
+    check_claims_kept_or_new(before, after)
     gap = longest_gap(records, killed, until)
     assert gap < 2 * T, f"a shard went {gap:.3f} s without a run"
     print(
@@ -401,13 +424,10 @@ def test_a_redis_restart_without_persistence_re_registers_every_instance(rig: Ri
     after = rig.owners.wait_settled(6, workers)
     settled = time.monotonic() - back
     assert not set(after.members) & set(before.members), "a member survived the restart"
-    for shard, token in after.tokens().items():
-        assert token > before.tokens()[shard], f"shard {shard}: the fencing token went back"
+    check_tokens_grew(before, after)
     wait_runs_everywhere(ledger, after.owners(), stopped)
     fences = first_fences(watches, stopped)
-    rig.cluster.stop(workers)
-    records = ledger.snapshot()
-    check_ledger(records)
+    records = rig.finish(ledger, workers)
     cut = [r for r in records if r.start < stopped < r.end]
     assert cut and all(r.cancelled for r in cut)
     first_new = min(r.start for r in records if r.start > stopped)
@@ -441,8 +461,7 @@ def test_keys_lost_before_the_lease_is_refreshed_leave_no_claim_to_a_stale_membe
     assert set(after.owners().values()) == {worker.host.instance.id}
     assert after.members != before.members
     assert len(watch.leases) == 2, f"leases {watch.leases}"
-    rig.cluster.stop([worker])
-    check_ledger(ledger.snapshot())
+    rig.finish(ledger, [worker])
 
 
 @pytest.mark.parametrize("rig", ["redis"], indirect=True)
@@ -468,8 +487,6 @@ def test_a_connection_the_redis_server_closed_fences_at_once_and_the_lease_lives
     after = rig.owners.wait_settled(6, [worker])
     assert after.claims == before.claims and worker.host.backend.lease_id == lease
     wait_runs_everywhere(ledger, after.owners(), cut_at)
-    rig.cluster.stop([worker])
-    records = ledger.snapshot()
-    check_ledger(records)
+    records = rig.finish(ledger, [worker])
     assert all(r.cancelled for r in records if r.start < cut_at)
     print(f"redis connection cut: fenced {fence.at - cut_at:.3f} s after it, lease kept")
