@@ -241,7 +241,11 @@ class RedisLease:
                 if self._cut_at is not None and sent > self._cut_at:
                     self._cut_at = None
                 self._next_tick = sent + self._interval
-            self._set_state(ConnectionState.CONNECTED)
+                # With the lease, in one step: a LOST reported for the old lease meanwhile
+                # must not land after this (LOST with a live lease would last for good).
+                changed = self._switch(ConnectionState.CONNECTED)
+            if changed:
+                self._emit(Change.CONNECTION)
             return lease
 
     def _lease_gone(self, lease: str, why: str) -> None:
@@ -251,15 +255,24 @@ class RedisLease:
                 return
             self._lease = ""
             self.leases_lost += 1
+            # With the lease, in one step: the ticker may take a new lease right after.
+            changed = self._switch(ConnectionState.LOST)
         logger.warning("Redis lease {} lost: {}", lease, why)
-        self._set_state(ConnectionState.LOST)
-        self._tick_wake.set()
-
-    def _set_state(self, state: ConnectionState) -> None:
-        with self._lock:
-            changed, self._state = self._state is not state, state
         if changed:
             self._emit(Change.CONNECTION)
+        self._tick_wake.set()
+
+    def _set_state(self, state: ConnectionState, *, unless: ConnectionState | None = None) -> None:
+        """Move to ``state`` (and report the change) unless the state is ``unless``."""
+        with self._lock:
+            changed = self._state is not unless and self._switch(state)
+        if changed:
+            self._emit(Change.CONNECTION)
+
+    def _switch(self, state: ConnectionState) -> bool:
+        """Under ``_lock``: move to ``state``; True if that is a change."""
+        changed, self._state = self._state is not state, state
+        return changed
 
     def _await_release(self, shard: int, waiting: bool) -> None:
         """Note (before the claim request goes out, so its release is never missed) or forget
@@ -304,7 +317,7 @@ class RedisLease:
                 failures += 1
                 logger.debug("Redis refresh failed: {!r}", exc)
                 if self._state is ConnectionState.CONNECTED:
-                    self._set_state(ConnectionState.SUSPENDED)
+                    self._set_state(ConnectionState.SUSPENDED, unless=ConnectionState.LOST)
                 backoff = min(self._interval, 0.02 * 2 ** min(failures, 10))
                 self._next_tick = time.monotonic() + backoff
 
@@ -328,8 +341,9 @@ class RedisLease:
             self._next_tick = min(sent + self._interval, now + next_ms / 1000 + EXPIRY_MARGIN)
         if status < 0:
             self._lease_gone(lease, why)
-        elif self._state is not ConnectionState.LOST:
-            self._set_state(ConnectionState.CONNECTED)
+        else:
+            # Only a new lease ends LOST (checked and switched in one step: see _new_lease).
+            self._set_state(ConnectionState.CONNECTED, unless=ConnectionState.LOST)
         if feed is not None:
             for service, seq in zip(services, reply[3:], strict=False):
                 feed.check_seq(service, int(seq))
