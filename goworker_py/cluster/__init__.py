@@ -6,7 +6,9 @@
 - :mod:`~goworker_py.cluster.discovery` — the registry of backends by protocol name.
 - :mod:`~goworker_py.cluster.sharding` — who should own which shard (pluggable strategies).
 - :mod:`~goworker_py.cluster.membership` — keeping this instance's shards right as the cluster
-  changes, its health, and self-fencing (with :mod:`~goworker_py.cluster.fence`).
+  changes, its health, and self-fencing (with :mod:`~goworker_py.cluster.fence`), re-balancing
+  (:mod:`~goworker_py.cluster.rebalance`) and each shard's run records
+  (:mod:`~goworker_py.cluster.runs`).
 - :mod:`~goworker_py.cluster.service` — the service's shared settings and control state.
 - :mod:`~goworker_py.cluster.upstream` — WorkerGroup dependencies across instances.
 - :mod:`~goworker_py.cluster.admin` — a service seen and steered from outside.

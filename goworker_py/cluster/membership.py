@@ -7,6 +7,16 @@ shards it should no longer own (stopping their threads first, releasing the clai
 thread has ended) and claims the ones it should own (starting their threads only once the claim
 is held — after the previous owner released it).
 
+This module holds what makes an instance a member: registering (and registering again after a
+lost lease or a vanished entry), the supervisor pass, health, the fence and shutdown. The rest of
+``ClusterHost`` is a mixin per concept, each on the state ``ClusterHost.__init__`` sets up:
+
+- :class:`~goworker_py.cluster.rebalance.Rebalancer` — claiming and releasing shards to follow
+  the assignment, and hand-overs that never abandon a fire (SPEC 4.3);
+- :class:`~goworker_py.cluster.runs.RunLedger` — each claimed shard's run marker: where a new
+  owner continues from (failover), and the ``ShardHost`` calls its runs make on their threads;
+- :class:`~goworker_py.cluster.service.ServiceNodes` — the service's settings and control nodes.
+
 Health (SPEC 4.2): ``GREEN`` when connected and registered; ``YELLOW`` while the connection is
 suspended (no run starts); ``RED`` once the session is lost, or once the lease lapses: ZooKeeper
 has not answered a request sent in the last ``FENCE_AFTER`` of the negotiated session timeout.
@@ -20,11 +30,6 @@ re-registers as a new member.
 Threads: the supervisor (this class, woken by backend callbacks that only signal), the fence (never
 runs handler code nor I/O), the callback thread (``watch()`` on membership changes), and one
 thread per owned shard (everything else a handler does).
-
-Hand-overs never abandon a fire (SPEC 4.3): a shard that must move lets its in-flight run finish
-(up to ``handover_timeout``) before its claim is released; a run cut short by a hand-over, a
-graceful stop or the fence is recorded ``interrupted``, and the shard's next owner re-runs that
-fire time at once.
 """
 
 from __future__ import annotations
@@ -32,31 +37,29 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from goworker_py.callbacks import CallbackThread
 from goworker_py.cluster.backend import (
-    COMPLETED_KEPT,
     Change,
     ConnectionState,
     CoordinationBackend,
     Member,
-    RunRecord,
-    RunState,
     ShardClaim,
 )
 from goworker_py.cluster.fence import Fence
+from goworker_py.cluster.rebalance import Rebalancer
+from goworker_py.cluster.runs import RunLedger
 from goworker_py.cluster.service import ServiceNodes
-from goworker_py.cluster.sharding import ShardingStrategy, StickyStrategy, moved_shards
+from goworker_py.cluster.sharding import ShardingStrategy, StickyStrategy
 from goworker_py.errors import BackendError, BackendUnavailable, LeaseLost, MemberGone
-from goworker_py.handler import Context
 from goworker_py.instance import HealthStatus, WorkerInstance
-from goworker_py.run import FENCE, HANDOVER, RunResult, RunSettings, RunTicket
-from goworker_py.runner import ShardRunner
+from goworker_py.run import FENCE, HANDOVER, RunSettings
 
 if TYPE_CHECKING:
     from loguru import Logger
+
+    from goworker_py.runner import ShardRunner
 
 #: Fraction of the negotiated session timeout T after which an instance whose requests ZooKeeper
 #: has not answered fences itself. The server expires a session about T after it last heard
@@ -69,7 +72,7 @@ FENCE_AFTER = 0.7
 RETRY_PAUSE = 0.5
 
 
-class ClusterHost(ServiceNodes):
+class ClusterHost(Rebalancer, RunLedger, ServiceNodes):
     """Membership, shard ownership and health of one cluster-mode worker instance."""
 
     def __init__(
@@ -272,18 +275,6 @@ class ClusterHost(ServiceNodes):
         pending = [deadline for deadline in deadlines if deadline is not None]
         return max(min(pending) - now, 0.0) if pending else None
 
-    def _release_deadline(self, since: float) -> float | None:
-        """The next moment a release started at ``since`` needs a look: the end of the
-        hand-over's drain, then the moment its handler counts as stuck."""
-        now = time.monotonic()
-        for deadline in (
-            since + self.handover_timeout,
-            since + self.handover_timeout + self.shard_grace,
-        ):
-            if now < deadline:
-                return deadline
-        return None
-
     def step(self) -> None:
         """One supervisor pass: follow the connection state, then re-balance."""
         self._retry_at = None
@@ -381,72 +372,6 @@ class ClusterHost(ServiceNodes):
         self.claims.clear()
         self._member = None
 
-    # -- re-balancing ----------------------------------------------------------------------------
-
-    def rebalance(self) -> None:
-        """Claim what the strategy assigns to us, release what it does not."""
-        # A release finished here changes our shards too: it must be published like any other.
-        changed = self._finish_releases()
-        members = self.backend.members()
-        ids = [member.instance.id for member in members]
-        if self.instance.id not in ids:
-            if self._member is not None and not self.backend.registered():
-                self._node_vanished("deleted from the coordination server")
-            return  # not registered yet (or re-registering): nothing to own
-        claims: dict[int, str] = {}
-        for member in members:
-            if member.instance.id == self.instance.id:
-                continue
-            for shard in member.instance.shards:
-                claims.setdefault(shard, member.instance.id)
-        for shard in self.claims:
-            claims[shard] = self.instance.id
-        assignment = self.strategy.assign(ids, self.settings.total, claims)
-        mine = set(assignment.get(self.instance.id, ()))
-        before = {s: o for s, o in {**self._owners, **claims}.items() if s < self.settings.total}
-        moved = moved_shards(before, assignment)
-        self._owners = claims
-        for shard in sorted(set(self.claims) - mine):
-            if shard not in self._releasing:
-                self._release(shard)
-        for shard in sorted(mine - set(self.claims)):
-            runner = self.runners.get(shard)
-            if runner is not None and runner.alive:
-                continue  # our previous thread for it has not ended yet
-            claim = self.backend.claim(shard, self.instance.id)
-            if claim is None:
-                continue
-            self.claims[shard] = claim
-            self._start_runner(shard, claim)
-            changed = True
-        changed = self._finish_releases() or changed
-        membership_changed = tuple(ids) != self._member_ids
-        self._members = tuple(member.instance for member in members)
-        self._member_ids = tuple(ids)
-        if membership_changed:
-            # Counted once per membership change: the moves the new assignment asks of the
-            # whole cluster (every instance computes the same figure).
-            self.rebalances += 1
-            self.shards_moved += moved
-            self.logger.info(
-                "membership changed: {} member(s); the new assignment moves {} shard(s)",
-                len(ids),
-                moved,
-            )
-        if changed or membership_changed:
-            self._publish()
-            if self.settings.wants_watch:
-                for shard, runner in list(self.runners.items()):
-                    if runner.alive and not runner.stopping:
-                        self.callbacks.submit(shard, runner.notify_watch)
-        if changed:
-            self.logger.info(
-                "owning shard(s) {} of {} ({} member(s))",
-                sorted(self.claims),
-                self.settings.total,
-                len(ids),
-            )
-
     def _node_vanished(self, why: str) -> None:
         """Our instance node is gone while the session lives: give every shard up cleanly
         (each claim is released once its thread has ended) and register again."""
@@ -458,243 +383,3 @@ class ClusterHost(ServiceNodes):
                 self._release(shard)
         self._member = None
         self._retry_at = time.monotonic() + RETRY_PAUSE
-
-    def _release(self, shard: int) -> None:
-        """Stop the shard's thread; its claim is given up once the thread has ended.
-
-        A scheduled run in flight may finish first (up to ``handover_timeout``): cancelling it
-        would leave its fire to be run again by the next owner. A run without a schedule (a
-        consumer loop) never finishes on its own: it is cancelled at once.
-        """
-        runner = self.runners.get(shard)
-        self._releasing[shard] = time.monotonic()
-        scheduled = self.settings.schedule is not None or self.settings.feed is not None
-        if runner is not None and scheduled and self.handover_timeout > 0:
-            in_run = runner.in_run
-            runner.drain()
-            if in_run:
-                self.logger.info(
-                    "releasing shard {} once its run ends (cancelled after {:g} s)",
-                    shard,
-                    self.handover_timeout,
-                )
-                return
-        elif runner is not None:
-            runner.stop(HANDOVER)
-        self.logger.info("releasing shard {}", shard)
-
-    def _finish_releases(self) -> bool:
-        """Give up the claims of shards whose threads have ended; cancel runs that drained too
-        long; report stuck ones."""
-        done = False
-        for shard, since in list(self._releasing.items()):
-            runner = self.runners.get(shard)
-            if runner is not None and runner.alive:
-                waited = time.monotonic() - since
-                if waited >= self.handover_timeout:
-                    runner.stop(HANDOVER)  # the drain is over: cancel (idempotent)
-                grace = waited - self.handover_timeout
-                if grace > self.shard_grace and shard not in self._stuck_reported:
-                    self._stuck_reported.add(shard)
-                    self.logger.error(
-                        "shard {} is stuck: its handler ignored cancellation for {:.1f} s; "
-                        "keeping its claim so that no other instance runs it meanwhile",
-                        shard,
-                        grace,
-                    )
-                continue
-            claim = self.claims.pop(shard, None)
-            if claim is not None:
-                self.backend.release(claim)
-            self.runners.pop(shard, None)
-            self._completed.pop(shard, None)
-            self._releasing.pop(shard)
-            self._stuck_reported.discard(shard)
-            done = True
-        return done
-
-    def _publish(self) -> None:
-        """Write our shards and health to our node — only when they changed (every member
-        reads a node written: republishing unchanged data costs the cluster N reads)."""
-        instance = replace(self.instance, shards=tuple(sorted(self.claims)), health=self.health)
-        if instance == self._published:
-            return
-        self.instance = instance
-        self.backend.publish(instance)
-        self._published = instance
-
-    def _start_runner(self, shard: int, claim: ShardClaim) -> None:
-        """Start the shard's thread, continuing from where its previous owner left it."""
-        marker = self.backend.read_run(shard)
-        self._completed[shard] = () if marker is None else marker.completed
-        failover_fire: datetime | None = None
-        start_after: datetime | None = None
-        if marker is None:
-            # Never run anywhere: note when it was first claimed, so that a fire time due
-            # after now is owed by whoever owns the shard then, even before its first run.
-            self._write_marker(claim, shard, self.settings.clock.time())
-        else:
-            last = datetime.fromtimestamp(marker.fire_time, timezone.utc).astimezone(
-                self.settings.zone
-            )
-            start_after = last
-            owed = marker.state is RunState.INTERRUPTED or (
-                marker.state is RunState.RUNNING and marker.lease != self._lease
-            )
-            if owed:
-                how = (
-                    "was cut short by a hand-over or a stop"
-                    if marker.state is RunState.INTERRUPTED
-                    else "was interrupted on a dead instance"
-                )
-                if self.failover:
-                    failover_fire = last
-                    self.logger.warning(
-                        "shard {}: the run for {} {}; re-running it now (failover)",
-                        shard,
-                        last.isoformat(),
-                        how,
-                    )
-                else:
-                    self.logger.warning(
-                        "shard {}: the run for {} {}; not re-run (failover=False)",
-                        shard,
-                        last.isoformat(),
-                        how,
-                    )
-        runner = ShardRunner(
-            self.settings, shard, self, failover_fire=failover_fire, start_after=start_after
-        )
-        runner.claim = claim
-        self.runners[shard] = runner
-        if self.upstreams and self.settings.feed is not None:
-            from goworker_py.cluster.upstream import UpstreamWatch
-
-            UpstreamWatch(self.backend, runner, self.settings.feed, self.upstreams, self.logger)
-        runner.start()
-
-    def _write_marker(self, claim: ShardClaim, shard: int, fire_time: float) -> bool:
-        """Note that the shard was claimed at ``fire_time`` before any run (one fenced write)."""
-        record = self._record(claim, shard, "", fire_time, RunState.CLAIMED)
-        try:
-            return self.backend.begin_run(claim, record)
-        except BackendError as exc:
-            self.logger.info("could not write the run record of shard {}: {!r}", shard, exc)
-            return False
-
-    def _record(
-        self, claim: ShardClaim | None, shard: int, run_id: str, fire_time: float, state: RunState
-    ) -> RunRecord:
-        return RunRecord(
-            shard=shard,
-            owner=self.instance.id,
-            lease=self._lease,
-            run_id=run_id,
-            fire_time=fire_time,
-            token=0 if claim is None else claim.token,
-            state=state,
-            completed=self._completed.get(shard, ()),
-        )
-
-    # -- ShardHost --------------------------------------------------------------------------------
-
-    def instance_for(self, shard_index: int) -> WorkerInstance:
-        # Cached per shard until the instance changes (it does only on re-balance or health).
-        base, view = self._views.get(shard_index, (None, None))
-        if base is not self.instance or view is None:
-            view = self.instance.with_shard(shard_index)
-            self._views[shard_index] = (self.instance, view)
-        return view
-
-    def members(self) -> tuple[WorkerInstance, ...]:
-        return self._members
-
-    def wait_ready(self, runner: ShardRunner) -> bool:
-        """Block while the instance is not healthy (no run may start); False once stopping."""
-        while not runner.stopping:
-            if self.health is HealthStatus.GREEN:
-                return True
-            self._healthy.wait(0.05)
-        return False
-
-    def begin_run(self, runner: ShardRunner, fire_time: datetime, run_id: str) -> RunTicket | None:
-        claim: ShardClaim | None = runner.claim
-        if claim is None or runner.stopping:
-            return None
-        if runner.failover_pending and not self.failover:
-            return None  # a fire the fence cut short: re-run only with failover on
-        health = self.health
-        if health is not HealthStatus.GREEN:
-            runner.logger.warning(
-                "not starting the run for {}: health is {}", fire_time.isoformat(), health.name
-            )
-            return None
-        marker = self._record(
-            claim, runner.shard.index, run_id, fire_time.timestamp(), RunState.RUNNING
-        )
-        try:
-            began = self.backend.begin_run(claim, marker)
-        except BackendError:
-            began = False
-        if not began:
-            runner.logger.warning("not starting the run: this instance no longer holds the claim")
-            return None
-        late = self.settings.clock.time() - fire_time.timestamp()
-        # A downstream's run starts when its upstreams are done, long after their fire time.
-        skip = (
-            self.settings.misfire_policy == "skip"
-            and not runner.failover_pending
-            and self.settings.feed is None
-        )
-        if skip and late >= self.settings.misfire_grace:
-            # Beginning took too long (a reply lost in an outage): by now this fire is a misfire.
-            runner.logger.warning(
-                "skipped the run for {}: it could begin only {:.2f} s late", fire_time, late
-            )
-            self._record_end(runner, replace(marker, state=RunState.CANCELLED))
-            return None
-        return RunTicket(
-            fencing_token=claim.token,
-            is_failover=runner.failover_pending,
-            lease=self._fence_deadline,
-        )
-
-    def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
-        """Record how the run ended; a run cut short by a hand-over, a stop or the fence is
-        ``interrupted``: its fire time is owed (SPEC 4.3)."""
-        shard, fire = runner.shard.index, ctx.scheduled_time.timestamp()
-        if result.ok:
-            state = RunState.DONE
-            done = sorted({*self._completed.get(shard, ()), fire})
-            self._completed[shard] = tuple(done[-COMPLETED_KEPT:])
-        elif result.cancelled:
-            state = RunState.INTERRUPTED if result.interrupted else RunState.CANCELLED
-        else:
-            state = RunState.FAILED
-        marker = replace(
-            self._record(runner.claim, shard, ctx.run_id, fire, state),
-            token=ctx.fencing_token or 0,
-        )
-        self._record_end(runner, marker)
-        if not result.ok and not result.cancelled:
-            ctx.logger.warning("run failed in {}: {!r}", result.failed_step, result.error)
-
-    def skip_fire(self, runner: ShardRunner, fire_time: datetime) -> None:
-        """A fire time passed while paused: record it, so that the shard's next owner does
-        not take it for a missed one."""
-        marker = self._record(
-            runner.claim, runner.shard.index, "", fire_time.timestamp(), RunState.PAUSED
-        )
-        self._record_end(runner, marker)
-
-    def runner_exited(self, runner: ShardRunner) -> None:
-        self._wake.set()
-
-    def _record_end(self, runner: ShardRunner, marker: RunRecord) -> None:
-        claim: ShardClaim | None = runner.claim
-        if claim is None:
-            return
-        try:
-            self.backend.end_run(claim, marker)
-        except BackendError as exc:
-            runner.logger.warning("could not record the end of the run: {!r}", exc)

@@ -47,8 +47,10 @@ class ServiceNodes:
     #: The control node's request counters last acted on (None: not read yet).
     _control_seen: dict[str, int] | None = None
 
-    def _release(self, shard: int) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+        # Defined by Rebalancer, a sibling base of ClusterHost: a stub here would shadow it
+        # whenever ServiceNodes came first among ClusterHost's bases.
+        def _release(self, shard: int) -> None: ...
 
     def _service_settings(self) -> dict[str, Any]:
         return {
