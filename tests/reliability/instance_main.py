@@ -1,22 +1,32 @@
 """One worker instance of a reliability scenario, as an OS process of its own.
 
-    python tests/reliability/instance_main.py --hosts H --service S --shards N --cron EXPR \\
-        --session-timeout T --history FILE [--run-seconds D] [--shard-run-seconds 0=D0,1=D1] \\
-        [--ignore-cancel] \\
+    python tests/reliability/instance_main.py (--hosts H | --discovery URL) --service S \\
+        --shards N --cron EXPR --session-timeout T --history FILE [--run-seconds D] \\
+        [--shard-run-seconds 0=D0,1=D1] [--ignore-cancel] \\
         [--misfire-policy skip|run_once] [--shutdown-timeout S] [--name NAME] \\
         [--gil-hog SECONDS] [--fork-child] [--fence-dir DIR] [--tick SECONDS] [--tick-busy] \
         [--slow-watch SECONDS] [--handover-timeout SECONDS]
 
 A cluster-mode ``Worker`` whose handler appends what it does to the shared history file as JSON
-lines (``O_APPEND``, one ``os.write`` per line, so lines of several processes never mix):
+lines (``O_APPEND``, one ``os.write`` per line, so lines of several processes never mix).
+``--hosts`` is a ZooKeeper connection string; ``--discovery`` a discovery URL of any backend
+(``etcd://h:p``, ``redis://h:p/0``, ``zookeeper://h:p``). An instance's ``session`` is its lease:
+on ZooKeeper the session id in hex (``0x...``), elsewhere the backend's ``lease_id``.
 
 - ``start`` / ``end`` of every run (``end`` has ``outcome`` ``ok`` or ``cancelled``), with shard,
-  instance name, pid, session (hex), fencing token, fire time, time and failover flag;
+  instance name, pid, session, fencing token, fire time, time and failover flag;
 - ``health`` whenever ``worker.health`` changes (polled every 10 ms), with the session the
-  client held then (``session``, hex, or None without one), ``zk_state`` for every kazoo state
-  change (``t`` is when kazoo reported it);
-- ``registered`` for every new session (with ``session_id`` and ``session_passwd`` in hex, so a
-  test can expire the session from outside), ``exit`` with the exit code;
+  client held then (``session``, or None without one);
+- on ZooKeeper, ``zk_state`` for every kazoo state change (``t`` is when kazoo reported it);
+  on the other backends, ``conn_state`` for every connection-state change the backend reports
+  through the seam (``Change.CONNECTION``; ``state`` is the ``ConnectionState``'s name,
+  ``LOST``, ``SUSPENDED``, ``CONNECTED``, read when the change was delivered, and ``lease`` the
+  lease it concerns: for ``LOST`` the one lost). A lease replaced without a ``LOST`` delivered
+  for it is written as a ``LOST`` of the old lease with ``inferred`` true, at the moment the
+  new lease was seen (never earlier than the fact; see :class:`StateTap`);
+- ``registered`` for every new member entry (session, ``node``: the member key, ``member``:
+  the instance id; on ZooKeeper also ``session_id`` and ``session_passwd`` in hex, so a test can
+  expire the session from outside), ``exit`` with the exit code;
 - with ``--fence-dir``, ``fenced_write`` for every write to a small token-checking store (one at
   the start of ``do``, one when its work is done - also after a cancellation, except with
   ``--tick``), accepted or rejected;
@@ -54,6 +64,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +80,13 @@ from goworker_py import (
     WatchInfo,
     Worker,
     WorkerConfig,
+    WorkerInstance,
 )
+from goworker_py.cluster.backend import Change, CoordinationBackend, Member
+from goworker_py.cluster.discovery import get_discovery, set_discovery
+
+#: The protocol name the tapped backend is registered under (see :func:`tapped_discovery`).
+TAPPED = "reliability-tapped"
 
 
 class History:
@@ -141,6 +159,84 @@ class GilHog:
         pow(3, (1 << self.bits) - 1, self.MODULUS)
 
 
+class StateTap:
+    """A backend built by the registry, whose connection-state changes and registrations are
+    teed to ``record(event, **fields)`` on their way; everything else is the backend's own.
+
+    - ``conn_state`` (``state``, ``lease``, ``inferred``) for every ``Change.CONNECTION``
+      delivered to the host: the ``ConnectionState``'s name read on delivery, and the lease it
+      concerns. The tap knows the lease the instance holds (from ``register`` and from each
+      change): a ``LOST`` names that lease. A lease replaced without a ``LOST`` delivered for it
+      (the state read on delivery was ``CONNECTED`` again, or the host registered on the new
+      lease first) is recorded as a ``LOST`` of the old one, ``inferred``, when the new lease
+      was seen - never before the fact.
+    - ``registered`` (``session``: the lease, ``node``: the member key, ``member``: the
+      instance id, ``timeout``: the lease's TTL) for every member entry ``register`` made.
+
+    ``record`` runs on the backend's threads (the seam allows signalling only) or the host's
+    supervisor: it appends to a deque that the history watcher writes out.
+    """
+
+    def __init__(self, backend: CoordinationBackend, record: Callable[..., None]) -> None:
+        self._backend = backend
+        self._record = record
+        self._held = ""
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def connect(self, on_change: Callable[[Change], None] | None = None) -> None:
+        backend = self._backend
+
+        def tee(change: Change) -> None:
+            if change is Change.CONNECTION:
+                self._seen(backend.state.name, backend.lease_id)
+            if on_change is not None:
+                on_change(change)
+
+        backend.connect(tee)
+
+    def register(self, instance: WorkerInstance) -> Member:
+        member = self._backend.register(instance)
+        self._seen("", member.lease)
+        self._record(
+            "registered",
+            session=member.lease,
+            node=member.key,
+            member=member.instance.id,
+            timeout=self._backend.negotiated_timeout,
+        )
+        return member
+
+    def _seen(self, state: str, lease: str) -> None:
+        """A connection state (or, with ``state`` "", a registration) on ``lease``."""
+        with self._lock:
+            held = self._held
+            if held and (state == "LOST" or (lease and lease != held)):
+                self._held = ""
+                self._record("conn_state", state="LOST", lease=held, inferred=state != "LOST")
+                if state == "LOST":
+                    return
+            if lease:
+                self._held = lease
+            if state:
+                self._record("conn_state", state=state, lease=lease, inferred=False)
+
+
+def tapped_discovery(url: str, record: Callable[..., None], **settings: Any) -> DiscoveryConfig:
+    """The discovery config of ``url`` (with ``settings``), under the :data:`TAPPED` protocol:
+    its backend is the URL's own, wrapped in a :class:`StateTap` that calls ``record``."""
+    config = DiscoveryConfig.from_url(url, **settings)
+
+    def factory(tapped: DiscoveryConfig, service: str) -> CoordinationBackend:
+        backend = get_discovery(replace(tapped, protocol=config.protocol), service)
+        return StateTap(backend, record)  # type: ignore[return-value]
+
+    set_discovery(TAPPED, factory)
+    return replace(config, protocol=TAPPED)
+
+
 def _child_work(history_path: str, name: str, shard: int) -> None:
     # A forked child: a little work, one line of history, no ZooKeeper client.
     total = sum(i * i for i in range(10_000))
@@ -149,7 +245,9 @@ def _child_work(history_path: str, name: str, shard: int) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--hosts", required=True)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--hosts", help="a ZooKeeper connection string")
+    target.add_argument("--discovery", help="a discovery URL (etcd://h:p, redis://h:p/0, ...)")
     parser.add_argument("--service", default="svc")
     parser.add_argument("--shards", type=int, default=3)
     parser.add_argument("--cron", default="* * * * * *")
@@ -209,9 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     hogged = threading.Event()
     worker: Worker | None = None
 
+    zookeeper = args.hosts is not None
+
     def session_hex() -> str:
+        """The lease the instance holds now (its ``session`` in the history)."""
         assert worker is not None
-        return format(worker.host.backend.session_id, "#x")
+        if zookeeper:
+            return format(worker.host.backend.session_id, "#x")
+        return str(worker.host.backend.lease_id)
 
     class Recording(Handler):
         def do(self, ctx: Context) -> None:
@@ -317,14 +420,22 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {}
     if args.handover_timeout is not None:
         extra["handover_timeout"] = args.handover_timeout
+    states: collections.deque[tuple[float, str]] = collections.deque()
+    tapped: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque()
+    timeouts = {"session_timeout": args.session_timeout, "connect_timeout": args.connect_timeout}
+    if zookeeper:
+        discovery = DiscoveryConfig(hosts=args.hosts, **timeouts)
+    else:
+
+        def on_tapped(event: str, **fields: Any) -> None:
+            # The backend's thread: record only, the watcher thread writes it out.
+            tapped.append((time.time(), event, fields))
+
+        discovery = tapped_discovery(args.discovery, on_tapped, **timeouts)
     worker = Worker(
         SlowWatching if args.slow_watch > 0 else Recording,
         config=WorkerConfig(
-            discovery=DiscoveryConfig(
-                hosts=args.hosts,
-                session_timeout=args.session_timeout,
-                connect_timeout=args.connect_timeout,
-            ),
+            discovery=discovery,
             shutdown_timeout=args.shutdown_timeout,
             misfire_policy=args.misfire_policy,
             **extra,
@@ -343,13 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         history.write("exit", code=2, error=repr(exc))
         return 2
 
-    states: collections.deque[tuple[float, str]] = collections.deque()
+    if zookeeper:
 
-    def on_state(state: str) -> None:
-        # kazoo's connection thread: record only, the watcher thread writes it out.
-        states.append((time.time(), str(state)))
+        def on_state(state: str) -> None:
+            # kazoo's connection thread: record only, the watcher thread writes it out.
+            states.append((time.time(), str(state)))
 
-    worker.host.backend.client.add_listener(on_state)
+        worker.host.backend.client.add_listener(on_state)
     stop_watching = threading.Event()
 
     def watch() -> None:
@@ -385,7 +496,25 @@ def main(argv: list[str] | None = None) -> int:
             if stop_watching.wait(0.01):
                 return
 
-    watcher = threading.Thread(target=watch, name="history-watcher", daemon=True)
+    def watch_lease() -> None:
+        """Write health changes, and the connection-state changes and member entries the
+        :class:`StateTap` saw, to the history (the backends other than ZooKeeper)."""
+        host = worker.host
+        health = None
+        while True:
+            while tapped:
+                at, event, fields = tapped.popleft()
+                history.write(event, at=at, **fields)
+            if host.health != health:
+                health = host.health
+                # The lease read after the health: a GREEN of an expired lease shows it.
+                history.write("health", health=health.name, session=host.backend.lease_id or None)
+            if stop_watching.wait(0.01):
+                return
+
+    watcher = threading.Thread(
+        target=watch if zookeeper else watch_lease, name="history-watcher", daemon=True
+    )
     watcher.start()
     reason = worker.wait()
     stop_watching.set()
