@@ -223,6 +223,7 @@ def test_r2_pause_longer_than_the_session_timeout(scenario: Scenario) -> None:
         round(lost_at - resumed, 3),
         f"{lost_at - resumed:.3f} s{' (a new lease seen)' if lost_event.get('inferred') else ''}",
     )
+    scenario.figure("r2_stop_to_takeover_s", round(takeover[0]["start"] - stopped, 3))
     scenario.figure("r2_zombie_writes_accepted", accepted)
     scenario.figure("r2_zombie_writes_rejected", rejected)
     assert accepted == 0, f"{accepted} fenced write(s) of the zombie were accepted"

@@ -7,7 +7,8 @@ is doing; a resumed instance never works on, or reports GREEN for, a lease it lo
 hand-over never abandons a fire.
 
 - R21: one instance partitioned by its proxy: (a) RST at once, and on every new connection;
-  (b) silence, then a RST answering the client's next packet; (c) a black hole.
+  (b) silence, then a RST answering the client's next packet; (c) a black hole - (c) also on
+  etcd and Redis, two trials each (issue #11).
 - R22: an owner frozen (SIGSTOP) mid-run for 1.15 T and for 2 T, then resumed.
 - R23: a partition landing while the handler's ``watch()`` blocks for seconds.
 - R24: churn - instances started and SIGTERMed at random for 90 s, shards firing every second;
@@ -66,6 +67,8 @@ R21_VARIANTS: dict[str, PartitionMode] = {
     "c_blackhole": "drop",
 }
 R21_TRIALS = 3
+#: Trials of variant (c) on etcd and Redis (the suite's time budget).
+R21_OTHER_TRIALS = 2
 R21_PERIOD = 4.0  # fires every 4 s, runs of 3 s: a run is in flight most of the time
 R21_QUIET = 0.3  # the cut comes after the victim's link was quiet this long
 
@@ -85,6 +88,27 @@ def test_r21_partition_fences_before_the_session_can_expire(
     after the expiry. Over the whole history: no overlapping runs, no stale fenced write
     accepted. Figures: the margin per trial (min, median), when the RSTs came.
     """
+    r21_partition(scenario, variant, R21_TRIALS)
+
+
+@pytest.mark.timeout(120)
+@on_backends("etcd", "redis")
+def test_r21c_blackhole_fences_before_the_lease_can_expire(scenario: Scenario) -> None:
+    """R21 (c) on etcd and Redis, two trials each: the victim's proxy drops everything (its
+    keep-alives or refreshes get no answer at all), with the assertions of
+    :func:`test_r21_partition_fences_before_the_session_can_expire` - fenced at least T/4
+    before the server expires the lease, no run started after the cut, no tick after the
+    expiry, no take-over before it, no overlap, no stale fenced write accepted.
+
+    Variants (a) and (b), the RSTs, apply to both backends as well and run on ZooKeeper only,
+    for the suite's time budget: an error is no reply on any backend (a lease counts from
+    answered requests only), so a reset link fences by the same clock as a silent one.
+    """
+    r21_partition(scenario, "c_blackhole", R21_OTHER_TRIALS)
+
+
+def r21_partition(scenario: Scenario, variant: str, trials: int) -> None:
+    """R21's scenario: ``trials`` partitions of one instance the way ``variant`` says."""
     mode = R21_VARIANTS[variant]
     scenario.defaults.update(cron=f"*/{R21_PERIOD:g} * * * * *", run_seconds=3.0, tick=0.1)
     victim = scenario.spawn(1, via_proxy=True, fence_dir=True)[0]
@@ -95,7 +119,7 @@ def test_r21_partition_fences_before_the_session_can_expire(
     margins: list[float] = []
     problems: list[str] = []
     details: list[str] = []
-    for trial in range(R21_TRIALS):
+    for trial in range(trials):
         session = victim.session
         assert session is not None
         shards = sorted(s for s, owner in observer.claims().items() if owner == session)
