@@ -239,6 +239,25 @@ class Instance:
                 self.proc.kill()
                 self.proc.wait(10)
 
+    def thread_stacks(self, timeout: float = 2.0) -> str:
+        """Every thread's stack, as the running process writes it on SIGUSR1 ("" when it is
+        not running: exited, or frozen by :meth:`sigstop`)."""
+        if not self.alive or self._stopped_at is not None:
+            return ""
+        before = self.stderr_path.stat().st_size
+        with contextlib.suppress(OSError):
+            self._signal(signal.SIGUSR1)
+        deadline, size = time.monotonic() + timeout, before
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            grown = self.stderr_path.stat().st_size
+            if grown > before and grown == size:
+                break  # written, and done writing
+            size = grown
+        with open(self.stderr_path, "rb") as err:
+            err.seek(before)
+            return err.read().decode(errors="replace")
+
     def stderr_tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines of its stderr (its log)."""
         try:
@@ -649,14 +668,17 @@ class Scenario:
         print(f"{name}: {text or value}")
 
     def report(self, history_lines: int = 400) -> str:
-        """Stderr tails of every instance and the end of the history."""
+        """Stderr tails of every instance, the thread stacks of those still running, and the
+        end of the history."""
         parts = []
         for instance in self.instances:
+            tail = instance.stderr_tail()
             parts.append(
                 f"---- {instance.name} (pid {instance.pid}, exit "
-                f"{instance.proc.returncode if instance.proc else None}) stderr tail ----\n"
-                + instance.stderr_tail()
+                f"{instance.proc.returncode if instance.proc else None}) stderr tail ----\n" + tail
             )
+            if stacks := instance.thread_stacks():
+                parts.append(f"---- {instance.name} thread stacks ----\n{stacks}")
         try:
             lines = self.history_path.read_text().splitlines()
         except FileNotFoundError:

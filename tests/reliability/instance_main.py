@@ -49,7 +49,8 @@ on ZooKeeper the session id in hex (``0x...``), elsewhere the backend's ``lease_
 
 ``--handover-timeout S`` is passed to ``WorkerConfig(handover_timeout=S)``, and only when given.
 
-SIGTERM/SIGINT stop the worker gracefully; the process then exits 0.
+SIGTERM/SIGINT stop the worker gracefully; the process then exits 0. SIGUSR1 writes the stack of
+every thread to stderr (the harness asks for it when a test failed: where is it stuck?).
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import faulthandler
 import fcntl
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -288,6 +291,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     name = args.name or f"inst-{os.getpid()}"
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logger.remove()
     logger.add(
         sys.stderr,

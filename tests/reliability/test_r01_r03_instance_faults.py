@@ -162,6 +162,21 @@ def test_r2_pause_longer_than_the_session_timeout(scenario: Scenario) -> None:
     victim = instance_named(scenario, victim_run["instance"])
     old_session = victim.session
     victim_shards = shards_of(claims, old_session)
+    # Freeze it in its run, not inside the fenced store: frozen holding the store's lock, it
+    # keeps the new owner's first write (the one that raises the store's token) waiting until
+    # it resumes, and its own next write may take the lock first - accepted, as the store has
+    # not seen the new token yet. No fencing token can stop that; it is not what R2 is about.
+    scenario.wait_history(
+        lambda history: [
+            e
+            for e in history
+            if e["event"] == "fenced_write"
+            and e["run_id"] == victim_run["run_id"]
+            and e["phase"] == "start"
+        ],
+        2.0,
+        "the victim's first fenced write",
+    )
     stopped = victim.sigstop()
     time.sleep(3.0)  # the fault: a pause longer than T
     during = observer.claims()
