@@ -240,13 +240,16 @@ class Instance:
                 self.proc.wait(10)
 
     def thread_stacks(self, timeout: float = 2.0) -> str:
-        """Every thread's stack, as the running process writes it on SIGUSR1 ("" when it is
-        not running: exited, or frozen by :meth:`sigstop`)."""
+        """Every thread's stack and the backend's attributes, as the running process writes
+        them on SIGUSR1 and SIGUSR2 ("" when it is not running: exited, or frozen by
+        :meth:`sigstop`)."""
         if not self.alive or self._stopped_at is not None:
             return ""
         before = self.stderr_path.stat().st_size
         with contextlib.suppress(OSError):
-            self._signal(signal.SIGUSR1)
+            self._signal(signal.SIGUSR1)  # the stacks (faulthandler)
+            time.sleep(0.05)
+            self._signal(signal.SIGUSR2)  # the backend's state (instance_main.dump_backend)
         deadline, size = time.monotonic() + timeout, before
         while time.monotonic() < deadline:
             time.sleep(0.1)

@@ -50,7 +50,10 @@ on ZooKeeper the session id in hex (``0x...``), elsewhere the backend's ``lease_
 ``--handover-timeout S`` is passed to ``WorkerConfig(handover_timeout=S)``, and only when given.
 
 SIGTERM/SIGINT stop the worker gracefully; the process then exits 0. SIGUSR1 writes the stack of
-every thread to stderr (the harness asks for it when a test failed: where is it stuck?).
+every thread to stderr, SIGUSR2 the coordination backend's attributes (the harness asks for both
+when a test failed: where is it stuck, and why?). The log
+level is INFO, or ``RELIABILITY_LOG_LEVEL`` (``DEBUG`` to chase a failure); modules named in
+``RELIABILITY_DEBUG`` (comma-separated, e.g. ``goworker_py.cluster.backends.redis``) log at DEBUG.
 """
 
 from __future__ import annotations
@@ -293,9 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"inst-{os.getpid()}"
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logger.remove()
+    level = os.environ.get("RELIABILITY_LOG_LEVEL", "INFO")
+    # Modules logged at DEBUG whatever the level: less noise (and less delay) than DEBUG for all.
+    verbose = [m for m in os.environ.get("RELIABILITY_DEBUG", "").split(",") if m]
     logger.add(
         sys.stderr,
-        level="INFO",
+        level="DEBUG" if verbose else level,
+        filter={"": level, **dict.fromkeys(verbose, "DEBUG")},
         format="{time:HH:mm:ss.SSS} {level: <7} [{thread.name}] {message}",
         enqueue=False,
     )
@@ -312,6 +319,20 @@ def main(argv: list[str] | None = None) -> int:
     worker: Worker | None = None
 
     zookeeper = args.hosts is not None
+
+    def dump_backend(signum: int, frame: Any) -> None:
+        """SIGUSR2 (the harness sends it after SIGUSR1 when a test failed): the backend's own
+        attributes, as they are now - what its threads will do next."""
+        host = worker.host if worker is not None else None
+        if host is None:
+            return
+        backend = getattr(host.backend, "_backend", host.backend)
+        fields = {k: v for k, v in vars(backend).items() if not callable(v)}
+        fields["monotonic_now"] = time.monotonic()
+        lines = [f"  {k} = {v!r:.200}" for k, v in sorted(fields.items())]
+        print(f"backend {type(backend).__name__}:", *lines, sep="\n", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR2, dump_backend)
 
     def session_hex() -> str:
         """The lease the instance holds now (its ``session`` in the history)."""
