@@ -23,7 +23,7 @@ on ZooKeeper the session id in hex (``0x...``), elsewhere the backend's ``lease_
   ``LOST``, ``SUSPENDED``, ``CONNECTED``, read when the change was delivered, and ``lease`` the
   lease it concerns: for ``LOST`` the one lost). A lease replaced without a ``LOST`` delivered
   for it is written as a ``LOST`` of the old lease with ``inferred`` true, at the moment the
-  new lease was seen (never earlier than the fact; see :class:`StateTap`);
+  new lease was seen (never earlier than the fact; see ``state_tap.StateTap``);
 - ``registered`` for every new member entry (session, ``node``: the member key, ``member``:
   the instance id; on ZooKeeper also ``session_id`` and ``session_passwd`` in hex, so a test can
   expire the session from outside), ``exit`` with the exit code;
@@ -70,12 +70,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
+
+# This script's folder is on sys.path when it runs (``python tests/reliability/instance_main.py``).
+from state_tap import tapped_discovery
 
 from goworker_py import (
     Context,
@@ -86,13 +87,7 @@ from goworker_py import (
     WatchInfo,
     Worker,
     WorkerConfig,
-    WorkerInstance,
 )
-from goworker_py.cluster.backend import Change, CoordinationBackend, Member
-from goworker_py.cluster.discovery import get_discovery, set_discovery
-
-#: The protocol name the tapped backend is registered under (see :func:`tapped_discovery`).
-TAPPED = "reliability-tapped"
 
 
 class History:
@@ -163,84 +158,6 @@ class GilHog:
 
     def run(self) -> None:
         pow(3, (1 << self.bits) - 1, self.MODULUS)
-
-
-class StateTap:
-    """A backend built by the registry, whose connection-state changes and registrations are
-    teed to ``record(event, **fields)`` on their way; everything else is the backend's own.
-
-    - ``conn_state`` (``state``, ``lease``, ``inferred``) for every ``Change.CONNECTION``
-      delivered to the host: the ``ConnectionState``'s name read on delivery, and the lease it
-      concerns. The tap knows the lease the instance holds (from ``register`` and from each
-      change): a ``LOST`` names that lease. A lease replaced without a ``LOST`` delivered for it
-      (the state read on delivery was ``CONNECTED`` again, or the host registered on the new
-      lease first) is recorded as a ``LOST`` of the old one, ``inferred``, when the new lease
-      was seen - never before the fact.
-    - ``registered`` (``session``: the lease, ``node``: the member key, ``member``: the
-      instance id, ``timeout``: the lease's TTL) for every member entry ``register`` made.
-
-    ``record`` runs on the backend's threads (the seam allows signalling only) or the host's
-    supervisor: it appends to a deque that the history watcher writes out.
-    """
-
-    def __init__(self, backend: CoordinationBackend, record: Callable[..., None]) -> None:
-        self._backend = backend
-        self._record = record
-        self._held = ""
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    def connect(self, on_change: Callable[[Change], None] | None = None) -> None:
-        backend = self._backend
-
-        def tee(change: Change) -> None:
-            if change is Change.CONNECTION:
-                self._seen(backend.state.name, backend.lease_id)
-            if on_change is not None:
-                on_change(change)
-
-        backend.connect(tee)
-
-    def register(self, instance: WorkerInstance) -> Member:
-        member = self._backend.register(instance)
-        self._seen("", member.lease)
-        self._record(
-            "registered",
-            session=member.lease,
-            node=member.key,
-            member=member.instance.id,
-            timeout=self._backend.negotiated_timeout,
-        )
-        return member
-
-    def _seen(self, state: str, lease: str) -> None:
-        """A connection state (or, with ``state`` "", a registration) on ``lease``."""
-        with self._lock:
-            held = self._held
-            if held and (state == "LOST" or (lease and lease != held)):
-                self._held = ""
-                self._record("conn_state", state="LOST", lease=held, inferred=state != "LOST")
-                if state == "LOST":
-                    return
-            if lease:
-                self._held = lease
-            if state:
-                self._record("conn_state", state=state, lease=lease, inferred=False)
-
-
-def tapped_discovery(url: str, record: Callable[..., None], **settings: Any) -> DiscoveryConfig:
-    """The discovery config of ``url`` (with ``settings``), under the :data:`TAPPED` protocol:
-    its backend is the URL's own, wrapped in a :class:`StateTap` that calls ``record``."""
-    config = DiscoveryConfig.from_url(url, **settings)
-
-    def factory(tapped: DiscoveryConfig, service: str) -> CoordinationBackend:
-        backend = get_discovery(replace(tapped, protocol=config.protocol), service)
-        return StateTap(backend, record)  # type: ignore[return-value]
-
-    set_discovery(TAPPED, factory)
-    return replace(config, protocol=TAPPED)
 
 
 def _child_work(history_path: str, name: str, shard: int) -> None:
