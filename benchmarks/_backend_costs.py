@@ -27,7 +27,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from _cluster import DAILY, WorkerPool, cluster_worker, service_name
+from _cluster import WorkerPool, one_shard_host
 from _common import Report, fmt_stats, stats
 from _targets import Target, figure_name
 
@@ -69,22 +69,7 @@ def backend_run_costs(
 
     out: dict[str, Any] = {"server": server.describe(), "runs": runs, "reps": reps}
     with WorkerPool() as pool:
-        worker = cluster_worker(
-            server.discovery,
-            service_name("overhead"),
-            1,
-            handler=handler,
-            cron=DAILY,
-            session_timeout=10.0,
-            name=f"bench-{server.name}",
-        )
-        pool.start(worker)
-        host = worker.host
-        deadline = time.monotonic() + 10
-        while not (0 in host.claims and 0 in host.runners and host.runners[0].alive):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the {server.label} worker never claimed its shard")
-            time.sleep(0.01)
+        host = one_shard_host(pool, server.discovery, handler, f"bench-{server.name}")
         runner = host.runners[0]
         fire = datetime.now(runner.settings.zone) + timedelta(hours=1)
         for _ in range(50):

@@ -199,6 +199,30 @@ class WorkerPool:
         self.close()
 
 
+def one_shard_host(pool: WorkerPool, discovery: str, handler: Any, name: str) -> Any:
+    """The host of a one-shard cluster worker started in ``pool`` (on a daily schedule: it runs
+    nothing of its own), once it holds the shard and the shard's runner is alive — for a
+    benchmark that drives ``host.runners[0]`` itself."""
+    worker = pool.start(
+        cluster_worker(
+            discovery,
+            service_name("overhead"),
+            1,
+            handler=handler,
+            cron=DAILY,
+            session_timeout=10.0,
+            name=name,
+        )
+    )
+    host = worker.host
+    deadline = time.monotonic() + 10
+    while not (0 in host.claims and 0 in host.runners and host.runners[0].alive):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker {name} never claimed its shard")
+        time.sleep(0.01)
+    return host
+
+
 def member_sequence(worker: Any) -> int:
     """The rank of a running cluster worker's member entry (-1 before it registered): the
     order the backend ranks members in (ZooKeeper: the instance node's sequence number)."""

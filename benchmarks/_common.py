@@ -447,24 +447,37 @@ def last_json_line(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def run_child(script: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+def run_child(
+    script: str, args: Sequence[str], timeout: float, stderr_path: str | None = None
+) -> dict[str, Any]:
     """Run ``script`` with ``args`` in a fresh interpreter; return its last-line JSON.
 
-    The child's non-JSON stdout is echoed (indented) so its progress lines stay visible.
+    The child's non-JSON stdout is echoed (indented) so its progress lines stay visible. Its
+    stderr is captured through a pipe, or written to the file ``stderr_path`` (a log sink on
+    stderr then writes to a plain file, as when a service's stderr goes to a journal or file).
     """
-    proc = subprocess.run(
-        [sys.executable, script, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    with contextlib.ExitStack() as stack:
+        stderr: Any = subprocess.PIPE
+        if stderr_path is not None:
+            stderr = stack.enter_context(open(stderr_path, "w", encoding="utf-8"))
+        proc = subprocess.run(
+            [sys.executable, script, *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     result = last_json_line(proc.stdout)
     for line in proc.stdout.strip().splitlines():
         if not line.startswith("{"):
             print("    " + line, flush=True)
     if proc.returncode != 0 or result is None:
-        tail = proc.stderr.strip().splitlines()[-15:]
+        errors = proc.stderr or ""
+        if stderr_path is not None:
+            with open(stderr_path, encoding="utf-8", errors="replace") as written:
+                errors = written.read()
+        tail = errors.strip().splitlines()[-15:]
         raise RuntimeError(
             f"child {os.path.basename(script)} {' '.join(args)} failed "
             f"(exit {proc.returncode}):\n" + "\n".join(tail)

@@ -1,14 +1,24 @@
 """Shared code of the cron-lateness benchmarks (B2): N jobs firing every second, three ways.
 
 - ``goworker``: N ``Worker``\\ s on ``*/1 * * * * *`` (one shard thread each), lateness =
-  ``do`` entry ``time.time()`` - ``ctx.scheduled_time.timestamp()``;
+  ``do`` entry ``time.time()`` - ``ctx.scheduled_time.timestamp()``; loguru configured with an
+  INFO sink to a file (``_common.quiet_logging``);
+- ``goworker_default``: the same with the logging defaults a user gets when configuring none:
+  loguru's default sink (DEBUG and up, to stderr). The child's stderr is a file in /tmp
+  (:func:`run_contender`), so a terminal's speed is not what is measured; the lines it got are
+  counted (``stderr_lines``);
 - ``apscheduler``: one APScheduler 3 ``BackgroundScheduler`` holding N jobs with
   ``CronTrigger(second='*')`` and its defaults (10-thread pool, ``misfire_grace_time`` 1 s,
   ``coalesce``); APScheduler does not tell a job its scheduled time, so the slot is the entry
   time rounded down to the second (valid because a run more than 1 s late is dropped as a
   misfire, and counted missed here);
 - ``floor``: N bare threads, each ``Event.wait``-ing for the next whole second (its own
-  ``Event``) — the floor of a thread-per-job design.
+  ``Event``) — the floor of a thread-per-job design (:class:`FloorThreads`).
+
+APScheduler runs with the standard library's logging unconfigured, so it writes no line per
+run, with either goworker-py variant (the stricter comparison). With 100 and more jobs
+:func:`compare_main` adds issue #12's goals: goworker-py's p50 and p99 within 1.5x the floor's,
+and ahead of APScheduler's (ratios, printed, never asserted).
 
 Each configuration runs in a fresh interpreter (``--child``). Slots before every job is set
 up, plus ``warmup`` slots, are not measured; a slot's run that never came is counted missed.
@@ -19,29 +29,20 @@ While a child runs, its idle parent runs a noise witness (``_common.timer_witnes
 lateness at the tenths of a second between the fires, telling a slow scheduler from a busy
 machine.
 
-Load conditions (``LOADS``; B2's variants, used by ``bench_cron_load``):
-
-- ``idle``: nothing else runs (the ``bench_cron_compare_*`` scripts);
-- ``gil``: one CPU-bound pure-Python thread spins in the measured interpreter from the end of
-  set-up to the end of the measured window (GIL contention: a waking thread waits for the
-  spinner to give up the GIL, up to ``sys.getswitchinterval()``, 5 ms, each time);
-- ``hogs``: the parent runs 2 external CPU-hog processes (``while True: pass``) while the
-  child runs: the cores are busy, the measured interpreter's GIL is not.
+Load conditions (``LOADS``): see ``_load.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import gc
 import itertools
 import math
 import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from _common import (
@@ -55,118 +56,19 @@ from _common import (
     run_child,
     stats,
 )
+from _load import LOAD_LABELS, LOADS, in_process_load, parent_load
 
 SCHEDULERS = ("goworker", "apscheduler", "floor")
+#: Every contender; the herd benchmarks (100 and 1,000 jobs) add ``goworker_default``.
+CONTENDERS = ("goworker", "goworker_default", "apscheduler", "floor")
 LABELS = {
     "goworker": "goworker-py",
+    "goworker_default": "goworker-py, default logging",
     "apscheduler": "APScheduler 3 BackgroundScheduler",
     "floor": "bare Event.wait threads (floor)",
 }
 #: (slot, wall-clock entry, monotonic entry) of every run.
 Sample = tuple[float, float, float]
-
-LOADS = ("idle", "gil", "hogs")
-LOAD_LABELS = {
-    "idle": "idle",
-    "gil": "one GIL-busy thread",
-    "hogs": "2 CPU-hog processes",
-}
-#: External CPU-hog processes of the ``hogs`` condition (B2: "2 external CPU-hog processes").
-HOG_PROCESSES = 2
-
-
-# -- load conditions ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def gil_busy_thread() -> Iterator[dict[str, float]]:
-    """One pure-Python thread spinning (holding the GIL but for forced switches) meanwhile.
-
-    Yields a dict that, on exit, holds the spinner's loop iterations per second (evidence that
-    it really ran: compare across contenders of one run).
-    """
-    running = [True]
-    info: dict[str, float] = {}
-
-    def spin() -> None:
-        count, started = 0, time.perf_counter()
-        while running[0]:
-            count += 1
-        info["busy_loops_per_s"] = round(count / max(time.perf_counter() - started, 1e-9))
-
-    thread = threading.Thread(target=spin, name="bench-gil-busy", daemon=True)
-    thread.start()
-    try:
-        yield info
-    finally:
-        running[0] = False
-        thread.join(10)
-
-
-@contextlib.contextmanager
-def in_process_load(load: str) -> Iterator[dict[str, float]]:
-    """The part of ``load`` that runs inside the measured interpreter (``gil`` only)."""
-    if load == "gil":
-        with gil_busy_thread() as info:
-            yield info
-    else:
-        yield {}
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` from ``/proc/<pid>/stat`` (NaN if unreadable)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return math.nan
-
-
-@contextlib.contextmanager
-def cpu_hog_processes(count: int = HOG_PROCESSES) -> Iterator[dict[str, Any]]:
-    """``count`` external processes spinning in pure Python meanwhile (killed on exit).
-
-    Yields a dict that, on exit, holds each hog's CPU share (% of a core) over its lifetime.
-    They are started through ``setpriv --pdeathsig`` where available, so they die with this
-    process even if it is killed.
-    """
-    from _cluster import die_with_parent_prefix
-
-    info: dict[str, Any] = {"hogs": count}
-    started = time.monotonic()
-    procs = [
-        subprocess.Popen(
-            [*die_with_parent_prefix(), sys.executable, "-c", "while True: pass"],
-            stdin=subprocess.DEVNULL,
-        )
-        for _ in range(count)
-    ]
-    try:
-        time.sleep(0.3)  # let them get going
-        yield info
-    finally:
-        wall = time.monotonic() - started
-        info["hog_cpu_percent"] = [
-            round(_proc_cpu_seconds(proc.pid) / wall * 100, 1) for proc in procs
-        ]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-
-
-@contextlib.contextmanager
-def parent_load(load: str) -> Iterator[dict[str, Any]]:
-    """The part of ``load`` that runs outside the measured interpreter (``hogs`` only)."""
-    if load == "hogs":
-        with cpu_hog_processes() as info:
-            yield info
-    else:
-        yield {}
-
 
 # -- the three contenders -----------------------------------------------------------------------
 
@@ -239,23 +141,33 @@ def _summarise(
         "slot_last_entry_ms": stats([max(v) for v in per_slot.values()], 1e3),
         "setup_s": round(setup_s, 3),
         "cpu_percent_while_firing": round(cpu_s / wall_s * 100, 2) if wall_s > 0 else None,
+        # CPU of the whole process over the window per run: a framework's cost per fire
+        # (with the floor's, what the kernel and the GIL's hand-offs cost each run).
+        "cpu_us_per_run": round(cpu_s / len(kept) * 1e6, 1) if kept else None,
         "first_slot": first_slot,
     }
 
 
 def run_goworker(
-    workers: int, fires: int, warmup: int = 1, split: bool = False, load: str = "idle"
+    workers: int,
+    fires: int,
+    warmup: int = 1,
+    split: bool = False,
+    load: str = "idle",
+    default_logging: bool = False,
 ) -> dict[str, Any]:
     """N goworker-py workers on ``*/1 * * * * *``; lateness measured in ``do``.
 
-    ``split``: inject a clock that notes when each shard thread's wait returned, to split the
-    lateness into the timer's own lateness (wait returns - fire time) and the framework's
-    path from that wake-up to ``do`` (costs one ``time.time()`` and a dict store per wait).
+    ``default_logging``: leave loguru as it comes (its default stderr sink), else an INFO
+    sink to a file. ``split``: inject a clock that notes when each shard thread's wait
+    returned, to split the lateness into the timer's own lateness (wait returns - fire time)
+    and the framework's path from that wake-up to ``do`` (costs one ``time.time()`` and a dict
+    store per wait).
     """
     from goworker_py import Context, Handler, Worker
     from goworker_py.clock import SystemClock
 
-    log_path = quiet_logging("INFO")
+    log_path = None if default_logging else quiet_logging("INFO")
     samples: list[Sample] = []
     wakes: dict[int, float] = {}
     splits: list[tuple[float, float, float]] = []
@@ -291,10 +203,12 @@ def run_goworker(
     for worker in pool:
         worker.wait(60)
     stop_s = time.perf_counter() - stop_started
-    remove_file(log_path)
+    if log_path is not None:
+        remove_file(log_path)
     result = _summarise(samples, workers, first_slot, fires, setup_s, cpu_s, wall_s)
     result["stop_s"] = round(stop_s, 3)
-    result.update(load=load, **load_info)
+    result.update(load=load, logging="loguru default (stderr)" if default_logging else "INFO file")
+    result.update(load_info)
     if split:
         kept_splits = [row for row in splits if first_slot <= row[0] <= last_slot]
         result["timer_lateness_ms"] = stats([w - s for s, w, _ in kept_splits], 1e3)
@@ -340,37 +254,54 @@ def run_apscheduler(
     return result
 
 
-def run_floor(workers: int, fires: int, warmup: int = 1, load: str = "idle") -> dict[str, Any]:
-    """N threads, each waiting on its own Event for the next whole second."""
-    samples: list[Sample] = []
-    stop = threading.Event()
-    stops = [threading.Event() for _ in range(workers)]
+class FloorThreads:
+    """``count`` bare threads, each ``Event.wait``-ing (on an Event of its own) for the next
+    whole second, then calling ``record(slot)``: the floor of a thread-per-job design."""
 
-    def loop(own: threading.Event) -> None:
+    def __init__(self, count: int, record: Callable[[float], None]) -> None:
+        self._record = record
+        self._stop = threading.Event()
+        self._own = [threading.Event() for _ in range(count)]
+        self._threads: list[threading.Thread] = []
+
+    def _loop(self, own: threading.Event) -> None:
         slot = float(math.floor(time.time()) + 1)
-        while not stop.is_set():
+        while not self._stop.is_set():
             while (remaining := slot - time.time()) > 0:
                 if own.wait(remaining):
                     return
-            wall, mono = time.time(), time.monotonic()
-            samples.append((slot, wall, mono))
+            self._record(slot)
             slot += 1.0
 
+    def start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._loop, args=(own,), name=f"floor{i}", daemon=True)
+            for i, own in enumerate(self._own)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Wake every thread to end, and wait for them."""
+        self._stop.set()
+        for own in self._own:
+            own.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def run_floor(workers: int, fires: int, warmup: int = 1, load: str = "idle") -> dict[str, Any]:
+    """N threads, each waiting on its own Event for the next whole second."""
+    samples: list[Sample] = []
+    floor = FloorThreads(
+        workers, lambda slot: samples.append((slot, time.time(), time.monotonic()))
+    )
     started = time.perf_counter()
-    threads = [
-        threading.Thread(target=loop, args=(own,), name=f"floor{i}", daemon=True)
-        for i, own in enumerate(stops)
-    ]
-    for thread in threads:
-        thread.start()
+    floor.start()
     setup_s = time.perf_counter() - started
     first_slot, cpu_s, wall_s, load_info = _fire_window(samples, workers, fires, warmup, load)
     stop_started = time.perf_counter()
-    stop.set()
-    for own in stops:
-        own.set()
-    for thread in threads:
-        thread.join(30)
+    floor.stop()
     stop_s = time.perf_counter() - stop_started
     result = _summarise(samples, workers, first_slot, fires, setup_s, cpu_s, wall_s)
     result["stop_s"] = round(stop_s, 3)
@@ -378,7 +309,12 @@ def run_floor(workers: int, fires: int, warmup: int = 1, load: str = "idle") -> 
     return result
 
 
-RUNNERS = {"goworker": run_goworker, "apscheduler": run_apscheduler, "floor": run_floor}
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "goworker": run_goworker,
+    "goworker_default": functools.partial(run_goworker, default_logging=True),
+    "apscheduler": run_apscheduler,
+    "floor": run_floor,
+}
 
 
 def child_main(scheduler: str, workers: int, fires: int, load: str = "idle") -> None:
@@ -396,11 +332,14 @@ def describe(result: dict[str, Any]) -> str:
     load = result.get("load", "idle")
     condition = "" if load == "idle" else f", {LOAD_LABELS[load]}"
     busy = " (with the busy thread's)" if load == "gil" else ""
+    logging = f" ({result['logging']})" if result["scheduler"] == "goworker" else ""
+    written = f"; {result['stderr_lines']} lines to stderr" if "stderr_lines" in result else ""
     return (
-        f"{LABELS[result['scheduler']]}, {result['workers']} job(s){condition}: lateness "
-        f"{fmt_stats(result['lateness_ms'], 'ms')}; missed {result['missed']}; "
-        f"CPU while firing {result['cpu_percent_while_firing']} %{busy}; "
-        f"set-up {result['setup_s']} s"
+        f"{LABELS[result['scheduler']]}{logging}, {result['workers']} job(s){condition}: "
+        f"lateness {fmt_stats(result['lateness_ms'], 'ms')}; missed {result['missed']}; "
+        f"CPU while firing {result['cpu_percent_while_firing']} %{busy} "
+        f"({result.get('cpu_us_per_run')} µs per run); "
+        f"set-up {result['setup_s']} s{written}"
     )
 
 
@@ -411,7 +350,7 @@ def _parse(doc: str, fires: tuple[int, int]) -> argparse.Namespace:
     parser.add_argument(
         "--fires", type=int, default=None, help=f"measured fires per scheduler ({fires[1]})"
     )
-    parser.add_argument("--child", choices=SCHEDULERS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--load", choices=LOADS, default="idle", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.fires = args.fires or (fires[0] if args.quick else fires[1])
@@ -419,20 +358,67 @@ def _parse(doc: str, fires: tuple[int, int]) -> argparse.Namespace:
 
 
 def run_contender(script: str, scheduler: str, fires: int, load: str = "idle") -> dict[str, Any]:
-    """One contender in a fresh interpreter (``script --child``), a noise witness meanwhile."""
+    """One contender in a fresh interpreter (``script --child``), a noise witness meanwhile.
+
+    ``goworker_default``'s stderr (loguru's default sink) goes to a file in /tmp, deleted after
+    its lines were counted.
+    """
     args = ["--child", scheduler, "--fires", str(fires), "--load", load]
-    with WitnessThread() as witness:
-        result = run_child(script, args, timeout=60 + fires * 3)
+    stderr_path = None
+    if scheduler == "goworker_default":
+        stderr_path = os.path.join("/tmp", f"goworker-bench-stderr-{os.getpid()}.log")
+    try:
+        with WitnessThread() as witness:
+            result = run_child(script, args, timeout=60 + fires * 3, stderr_path=stderr_path)
+        if stderr_path is not None:
+            with open(stderr_path, "rb") as written:
+                result["stderr_lines"] = sum(1 for _ in written)
+    finally:
+        if stderr_path is not None:
+            remove_file(stderr_path)
     result["witness_ms"] = witness.result
     print(describe(result), flush=True)
     print(f"  meanwhile (noise witness): {fmt_stats(witness.result, 'ms')}", flush=True)
     return result
 
 
-def compare_main(workers: int, script: str, doc: str, fires: tuple[int, int] = (3, 10)) -> None:
+#: Issue #12's herd goals: goworker-py's lateness within this factor of the floor's, and no
+#: later than APScheduler's (factor 1).
+FLOOR_RATIO_TARGET = 1.5
+APS_RATIO_TARGET = 1.0
+
+
+def _herd_goals(report: Report, workers: int, results: dict[str, dict[str, Any]]) -> None:
+    """Ratios of each goworker-py variant's p50 and p99 to the floor's and APScheduler's."""
+    for mine in (c for c in ("goworker", "goworker_default") if c in results):
+        label = f"{workers} job(s), {LABELS[mine]}"
+        for p in ("p50", "p99"):
+            value = results[mine]["lateness_ms"].get(p)
+            for other, name, target in (
+                ("floor", "floor's", FLOOR_RATIO_TARGET),
+                ("apscheduler", "APScheduler's", APS_RATIO_TARGET),
+            ):
+                reference = results[other]["lateness_ms"].get(p)
+                ratio = value / reference if value is not None and reference else None
+                report.add(
+                    f"lateness {p} / {name}, {label}",
+                    None if ratio is None else round(ratio, 3),
+                    "x",
+                    target,
+                )
+
+
+def compare_main(
+    workers: int,
+    script: str,
+    doc: str,
+    fires: tuple[int, int] = (3, 10),
+    contenders: Sequence[str] = SCHEDULERS,
+) -> None:
     """B2 for one job count, idle: goworker-py vs APScheduler vs the floor, one child each.
 
-    ``fires``: measured fires per contender with and without ``--quick``.
+    ``fires``: measured fires per contender with and without ``--quick``; ``contenders``:
+    :data:`CONTENDERS` adds goworker-py with the default logging, and the herd goals.
     """
     args = _parse(doc, fires)
     if args.child:
@@ -442,8 +428,8 @@ def compare_main(workers: int, script: str, doc: str, fires: tuple[int, int] = (
     report = Report(name, "B2", args.quick)
     report.calibration = calibrate(quick=True)
     print(f"{workers} job(s) firing every second, {args.fires} measured fires per scheduler")
-    results = {s: run_contender(script, s, args.fires) for s in SCHEDULERS}
-    for scheduler in SCHEDULERS:
+    results = {s: run_contender(script, s, args.fires) for s in contenders}
+    for scheduler in contenders:
         result = results[scheduler]
         s = result["lateness_ms"]
         label = f"{workers} job(s), {LABELS[scheduler]}"
@@ -453,11 +439,14 @@ def compare_main(workers: int, script: str, doc: str, fires: tuple[int, int] = (
         report.add(f"lateness max, {label}", s.get("max"), "ms")
         report.add(f"missed runs, {label}", result["missed"], "runs")
         report.add(f"CPU while firing, {label}", result["cpu_percent_while_firing"], "% of a core")
+        report.add(f"CPU per run while firing, {label}", result["cpu_us_per_run"], "µs")
         report.add(
             f"noise witness: Event.wait lateness p99, during {label}",
             result["witness_ms"].get("p99"),
             "ms",
         )
+    if "goworker_default" in results:
+        _herd_goals(report, workers, results)
     report.details = results
     report.emit()
 

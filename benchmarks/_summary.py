@@ -32,6 +32,9 @@ class Cell:
     bench: str
     names: tuple[str, ...]
     alt: tuple[str, ...] = ()
+    #: Figures whose targets mark the cell ✓ / ✗ instead of those of ``names`` (e.g. ratios to
+    #: another column's figures).
+    judge: tuple[str, ...] = ()
 
     def shown(self, summary: dict[str, Any]) -> Cell:
         """This cell, or its ``alt`` figures when the run has none of ``names``."""
@@ -98,7 +101,8 @@ def _mark(summary: dict[str, Any], cell: Cell | None) -> str:
     if cell is None:
         return ""
     cell = cell.shown(summary)
-    met = [f.get("met") for n in cell.names if (f := _figure(summary, cell.bench, n))]
+    names = cell.judge or cell.names
+    met = [f.get("met") for n in names if (f := _figure(summary, cell.bench, n))]
     met = [m for m in met if m is not None]
     if not met:
         return ""
@@ -387,7 +391,9 @@ def tables() -> list[Table]:
             ],
         ),
     ]
-    return [lateness, throughput, overhead, idle, cluster, backends_table()]
+    from _summary_idle import issue12_table  # it builds on this module's Cell and Table
+
+    return [lateness, throughput, overhead, idle, issue12_table(), cluster, backends_table()]
 
 
 def backends_table() -> Table:

@@ -25,8 +25,9 @@ A :class:`Target` is what a cluster benchmark needs of a backend, whichever it i
 - :meth:`Target.config` and :meth:`Target.describe`.
 
 :func:`target` starts a private server for a name (``zookeeper`` honours ``ZK_HOSTS``, as
-before), :func:`started` the same or None when that server is missing; :func:`figure_name` names
-a per-backend figure (ZooKeeper's keep their old names).
+before), :func:`started` the same or None when that server is missing, :func:`each_server` a
+measurement on each backend's in turn; :func:`figure_name` names a per-backend figure
+(ZooKeeper's keep their old names).
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ import re
 import shutil
 import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from _common import Report, calibrate
 
 #: The backends the cluster benchmarks compare, in the order of the side-by-side table.
 BACKENDS = ("zookeeper", "etcd", "redis")
@@ -214,6 +217,25 @@ def started(name: str, tick_time: int = 100) -> Iterator[Target | None]:
     with stack:
         print(server.describe(), flush=True)
         yield server
+
+
+def each_server(
+    report: Report,
+    backends: Iterable[str],
+    measure: Callable[[Target], None],
+    tick_time: int = 100,
+) -> None:
+    """``measure(server)`` on a private server of each of ``backends`` in turn, stopped after it
+    (a server that is missing or does not come up is skipped: :func:`started`). The first server
+    that starts calibrates the machine for ``report`` (with round trips when it is ZooKeeper)."""
+    for backend in backends:
+        with started(backend, tick_time=tick_time) as server:
+            if server is None:
+                continue
+            if report.calibration is None:
+                zk_hosts = server.discovery if backend == "zookeeper" else None
+                report.calibration = calibrate(quick=True, zk_hosts=zk_hosts)
+            measure(server)
 
 
 # -- request counters ---------------------------------------------------------------------------

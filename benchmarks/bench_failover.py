@@ -44,9 +44,9 @@ import time
 from typing import Any
 
 from _cluster import EVERY_SECOND, EventLog, ProcessPool, expected_ping_rate, service_name
-from _common import Report, calibrate, fmt_stats, parse_args, stats
+from _common import Report, fmt_stats, parse_args, stats
 from _observers import observer
-from _targets import BACKENDS, Target, figure_name, started
+from _targets import BACKENDS, Target, each_server, figure_name
 
 TICK_MS = 100
 RUN_SECONDS = 2.0
@@ -242,29 +242,27 @@ def main() -> None:
     backend_reps = args.backend_reps or (2 if args.quick else 4)
     report = Report("bench_failover", "B7", args.quick)
     details: dict[str, Any] = {}
-    for backend in args.backends:
-        with started(backend, tick_time=TICK_MS) as server:
-            if server is None:
-                continue
-            if report.calibration is None:
-                zk_hosts = server.discovery if backend == "zookeeper" else None
-                report.calibration = calibrate(quick=True, zk_hosts=zk_hosts)
-            tick = server.tick_time / 1000.0
-            for session in sessions if backend == "zookeeper" else (BACKEND_SESSION,):
-                if backend != "zookeeper":
-                    n = backend_reps
-                elif session == 2.0 and args.reps_t2:
-                    n = args.reps_t2
-                else:
-                    n = reps
-                print(
-                    f"{server.label}, T = {session:g} s: {n} x kill -9 of the owner mid-run ...",
-                    flush=True,
-                )
-                result = trials_for(server, session, n)
-                key = f"T={session:g}" if backend == "zookeeper" else f"{backend} T={session:g}"
-                details[key] = result
-                report_session(report, backend, session, tick, result)
+
+    def measure_on(server: Target) -> None:
+        backend = server.name
+        tick = server.tick_time / 1000.0
+        for session in sessions if backend == "zookeeper" else (BACKEND_SESSION,):
+            if backend != "zookeeper":
+                n = backend_reps
+            elif session == 2.0 and args.reps_t2:
+                n = args.reps_t2
+            else:
+                n = reps
+            print(
+                f"{server.label}, T = {session:g} s: {n} x kill -9 of the owner mid-run ...",
+                flush=True,
+            )
+            result = trials_for(server, session, n)
+            key = f"T={session:g}" if backend == "zookeeper" else f"{backend} T={session:g}"
+            details[key] = result
+            report_session(report, backend, session, tick, result)
+
+    each_server(report, args.backends, measure_on, tick_time=TICK_MS)
     report.details = details
     report.emit()
 

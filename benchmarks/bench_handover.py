@@ -44,9 +44,9 @@ from _cluster import (
     settled,
     shard_thread_name,
 )
-from _common import Report, calibrate, fmt_stats, parse_args, quiet_logging, remove_file, stats
+from _common import Report, fmt_stats, parse_args, quiet_logging, remove_file, stats
 from _observers import observer
-from _targets import BACKENDS, Target, figure_name, started
+from _targets import BACKENDS, Target, each_server, figure_name
 
 TARGET_MS = 100.0
 SESSION_TIMEOUT = 4.0
@@ -191,6 +191,12 @@ def measure(report: Report, server: Target, trials: int, proc_trials: int) -> di
     def name(figure: str) -> str:
         return figure_name(server.name, figure)
 
+    def add_latencies(label: str, ms: dict[str, float]) -> None:
+        """``label``'s p50, p99 (against the target) and max."""
+        report.add(name(f"{label}, p50"), ms.get("p50"), "ms")
+        report.add(name(f"{label}, p99"), ms.get("p99"), "ms", TARGET_MS)
+        report.add(name(f"{label}, max"), ms.get("max"), "ms")
+
     print(
         f"{server.label}, in-process: 2 workers x 1 shard, {trials} clean hand-overs "
         f"(session {SESSION_TIMEOUT:g} s) ...",
@@ -201,10 +207,7 @@ def measure(report: Report, server: Target, trials: int, proc_trials: int) -> di
     print(f"    cancel() -> standby's shard thread waiting: {fmt_stats(s, 'ms')}")
     for phase_name, phase in result["phases"].items():
         print(f"    phase '{phase_name}' (from cancel()): {fmt_stats(phase, 'ms')}")
-    label = "hand-over, cancel() -> new owner claimed + shard thread waiting"
-    report.add(name(f"{label}, p50"), s.get("p50"), "ms")
-    report.add(name(f"{label}, p99"), s.get("p99"), "ms", TARGET_MS)
-    report.add(name(f"{label}, max"), s.get("max"), "ms")
+    add_latencies("hand-over, cancel() -> new owner claimed + shard thread waiting", s)
     report.add(name("hand-over trials that never completed (in-process)"), result["failures"], "")
     details: dict[str, Any] = {"in_process": {"ms": s, **result}}
     if proc_trials:
@@ -216,10 +219,7 @@ def measure(report: Report, server: Target, trials: int, proc_trials: int) -> di
         sub = subprocess_variant(server, proc_trials)
         ps = stats(sub["latencies"], 1e3)
         print(f"    {fmt_stats(ps, 'ms')}; owner exit {fmt_stats(sub['process_exit'], 'ms')}")
-        plabel = "hand-over (processes), SIGTERM -> observer sees standby's claim"
-        report.add(name(f"{plabel}, p50"), ps.get("p50"), "ms")
-        report.add(name(f"{plabel}, p99"), ps.get("p99"), "ms", TARGET_MS)
-        report.add(name(f"{plabel}, max"), ps.get("max"), "ms")
+        add_latencies("hand-over (processes), SIGTERM -> observer sees standby's claim", ps)
         details["subprocess"] = {"ms": ps, **sub}
     return details
 
@@ -232,20 +232,17 @@ def main() -> None:
     backend_proc_trials = min(proc_trials, 2 if args.quick else 5)
     report = Report("bench_handover", "issue#3", args.quick)
     log_path = quiet_logging("INFO")
+
+    def measure_on(server: Target) -> None:
+        if server.name == "zookeeper":
+            report.details.update(measure(report, server, trials, proc_trials))
+        else:
+            report.details[server.name] = measure(
+                report, server, backend_trials, backend_proc_trials
+            )
+
     try:
-        for backend in args.backends:
-            with started(backend, tick_time=100) as server:
-                if server is None:
-                    continue
-                if report.calibration is None:
-                    zk_hosts = server.discovery if backend == "zookeeper" else None
-                    report.calibration = calibrate(quick=True, zk_hosts=zk_hosts)
-                if backend == "zookeeper":
-                    report.details.update(measure(report, server, trials, proc_trials))
-                else:
-                    report.details[backend] = measure(
-                        report, server, backend_trials, backend_proc_trials
-                    )
+        each_server(report, args.backends, measure_on)
     finally:
         remove_file(log_path)
     report.emit()

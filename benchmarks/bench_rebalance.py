@@ -88,7 +88,6 @@ from _cluster import (
 )
 from _common import (
     Report,
-    calibrate,
     cpu_seconds,
     fmt_stats,
     parse_args,
@@ -98,7 +97,7 @@ from _common import (
     stats,
 )
 from _observers import observer
-from _targets import BACKENDS, Target, figure_name, started
+from _targets import BACKENDS, Target, each_server, figure_name
 
 TARGET_S = 2.0
 SESSION_TIMEOUT = 4.0
@@ -942,18 +941,15 @@ def main() -> None:
     report = Report("bench_rebalance", "B6", args.quick)
     log_path = quiet_logging("INFO")
     details: dict[str, Any] = {}
+
+    def measure_on(server: Target) -> None:
+        if server.name == "zookeeper":
+            measure_zookeeper(report, details, server, args)
+        else:
+            measure_backend(report, details, server, args)
+
     try:
-        for backend in args.backends:
-            with started(backend, tick_time=100) as server:
-                if server is None:
-                    continue
-                if report.calibration is None:
-                    zk_hosts = server.discovery if backend == "zookeeper" else None
-                    report.calibration = calibrate(quick=True, zk_hosts=zk_hosts)
-                if backend == "zookeeper":
-                    measure_zookeeper(report, details, server, args)
-                else:
-                    measure_backend(report, details, server, args)
+        each_server(report, args.backends, measure_on)
         report.details = details
     finally:
         remove_file(log_path)

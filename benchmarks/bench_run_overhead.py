@@ -78,7 +78,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from _backend_costs import backend_run_costs, report_backend_costs
-from _cluster import DAILY, PacketCounter, WorkerPool, ZkTarget, cluster_worker, service_name
+from _cluster import PacketCounter, WorkerPool, ZkTarget, one_shard_host
 from _cluster import zookeeper as private_zookeeper
 from _common import Report, calibrate, cpu_seconds, fmt_stats, parse_args, remove_file, stats
 from _targets import BACKENDS, started
@@ -370,22 +370,7 @@ def cluster_costs(runs: int, reps: int, floor_n: int) -> dict[str, Any]:
         print(f"  cluster mode: {zk.describe()}", flush=True)
         floor = FloorClient(zk)
         try:
-            worker = cluster_worker(
-                zk.hosts,
-                service_name("overhead"),
-                1,
-                handler=Noop,
-                cron=DAILY,
-                session_timeout=10.0,
-                name="bench-cluster",
-            )
-            pool.start(worker)
-            host = worker.host
-            deadline = time.monotonic() + 10
-            while not (0 in host.claims and 0 in host.runners and host.runners[0].alive):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the cluster worker never claimed its shard")
-                time.sleep(0.01)
+            host = one_shard_host(pool, zk.hosts, Noop, "bench-cluster")
             runner = host.runners[0]
             out["host"] = f"{type(host).__module__}.{type(host).__qualname__}"
             # An hour ahead: begin_run skips a fire time more than misfire_grace in the past.

@@ -47,9 +47,9 @@ from _cluster import (
     expected_ping_rate,
     service_name,
 )
-from _common import Report, calibrate, parse_args
+from _common import Report, parse_args
 from _observers import observer
-from _targets import BACKENDS, Target, figure_name, started
+from _targets import BACKENDS, Target, each_server, figure_name
 
 SHARDS = 16
 #: The lease of the etcd and Redis instances.
@@ -278,18 +278,15 @@ def main() -> None:
     busy_s = 4.0 if args.quick else 5.0
     report = Report("bench_zk_load", "B9", args.quick)
     details: dict[str, Any] = {}
-    for backend in args.backends:
-        with started(backend, tick_time=100) as server:
-            if server is None:
-                continue
-            if report.calibration is None:
-                zk_hosts = server.discovery if backend == "zookeeper" else None
-                report.calibration = calibrate(quick=True, zk_hosts=zk_hosts)
-            if backend == "zookeeper":
-                measure_zookeeper(report, details, server, idle_s, busy_s)
-            else:
-                intervals = 2 if args.quick else 5
-                details[backend] = measure_backend(report, server, intervals, busy_s)
+
+    def measure_on(server: Target) -> None:
+        if server.name == "zookeeper":
+            measure_zookeeper(report, details, server, idle_s, busy_s)
+        else:
+            intervals = 2 if args.quick else 5
+            details[server.name] = measure_backend(report, server, intervals, busy_s)
+
+    each_server(report, args.backends, measure_on)
     report.details = details
     report.emit()
 

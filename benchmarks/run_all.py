@@ -25,7 +25,7 @@ ZooKeeper, etcd and Redis side by side, each on a private server (``make bench``
 three): ``results.md`` has a table of the three next to each other.
 
 Run: ``.venv/bin/python benchmarks/run_all.py [--quick] [--only NAME ...] [--timeout S]
-[--out DIR]`` (about 12 minutes; ``--quick`` about 6 minutes on a busy machine)
+[--out DIR]`` (about 15 minutes; ``--quick`` about 7 minutes on a busy machine)
 """
 
 from __future__ import annotations

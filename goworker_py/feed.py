@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 
 
@@ -31,15 +32,16 @@ class UpstreamFeed:
     def __init__(self, total: int) -> None:
         self._lock = threading.Lock()
         self._queues: dict[int, deque[datetime]] = {shard: deque() for shard in range(total)}
-        self._wakers: dict[int, threading.Event] = {}
+        self._wakers: dict[int, Callable[[], None]] = {}
         self._closed = False
 
-    def attach(self, shard: int, wake: threading.Event) -> None:
-        """The runner of ``shard`` waits on ``wake``: set it when a fire time arrives."""
+    def attach(self, shard: int, wake: Callable[[], None]) -> None:
+        """The runner of ``shard`` waits for ``wake()``: called when a fire time arrives."""
         with self._lock:
             self._wakers[shard] = wake
-            if self._queues.get(shard) or self._closed:
-                wake.set()
+            ready = bool(self._queues.get(shard)) or self._closed
+        if ready:
+            wake()
 
     def push(self, shard: int, fire: datetime) -> None:
         with self._lock:
@@ -49,7 +51,7 @@ class UpstreamFeed:
             queue.append(fire)
             wake = self._wakers.get(shard)
         if wake is not None:
-            wake.set()
+            wake()
 
     def reset(self, shard: int) -> None:
         """Forget what is queued for ``shard`` (it starts again on a new owner)."""
@@ -68,7 +70,7 @@ class UpstreamFeed:
             self._closed = True
             wakers = list(self._wakers.values())
         for wake in wakers:
-            wake.set()
+            wake()
 
     @property
     def closed(self) -> bool:

@@ -10,6 +10,7 @@ completion on the shard's thread, in its event loop (:mod:`goworker_py.aio`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import time
@@ -243,13 +244,30 @@ def validate_handler(handler: Any) -> None:
     for method in ("do", "before", "after", "error_message", "watch"):
         _reject_generator(target, method)
     if isinstance(handler, type):
-        try:
-            inspect.signature(handler).bind()
-        except TypeError as exc:
+        problem = _construction_problem(handler)
+        if problem is not None:
             raise InvalidHandlerError(
                 f"handler class {handler.__name__} must be constructible without arguments "
-                f"(a fresh instance is made per run): {exc}; pass an instance instead"
-            ) from exc
+                f"(a fresh instance is made per run): {problem}; pass an instance instead"
+            )
+
+
+_OBJECT_INIT: Any = object.__init__
+_OBJECT_NEW: Any = object.__new__
+
+
+@functools.lru_cache(maxsize=1024)
+def _construction_problem(cls: type) -> str | None:
+    """Why ``cls()`` cannot be called, or None. (``inspect.signature`` parses a builtin's text
+    signature: remembered per class, a thousand workers of one handler start fast.)"""
+    init, new = getattr(cls, "__init__", None), getattr(cls, "__new__", None)
+    if init is _OBJECT_INIT and new is _OBJECT_NEW:
+        return None
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as exc:
+        return str(exc)
+    return None
 
 
 def _reject_generator(target: Any, method: str) -> None:

@@ -1,8 +1,12 @@
-"""One shard's dedicated thread: waits for fire times and performs runs.
+"""One shard's thread: waits for fire times and performs runs.
 
 A :class:`ShardRunner` owns one shard of one worker. With a schedule it sleeps until each fire
 time (an interruptible ``Event.wait`` against the wall clock, recomputed from the previous fire
 time so it never drifts) and performs one run per fire time; runs of one shard never overlap.
+A shard with nothing to do for a while *parks*: its thread ends and the process-wide
+:data:`~goworker_py.alarm.ALARM` (or a wake-up: trigger, resume, stop, an upstream's fire time)
+starts a fresh one that carries on where the last left off. Its steps are a generator, which
+any thread may advance in turn, so an idle shard costs no thread and no periodic wake-up.
 Fire times that pass while a run is still going are *misfires*, handled by the worker's
 misfire policy: ``skip`` (default) drops them and logs once, ``run_once`` runs once at once.
 Without a schedule it performs a single run.
@@ -14,7 +18,6 @@ on this thread, in order.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import random
@@ -23,11 +26,11 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from goworker_py import aio
-from goworker_py.errors import AttemptsExhausted, RunCancelled
+from goworker_py.alarm import ALARM, LEAD, WakeUp
+from goworker_py.clock import SYSTEM_CLOCK
 from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
-from goworker_py.instance import WatchInfo
-from goworker_py.retry import StepResult, StepRetrier
+from goworker_py.perform import RunSteps
 from goworker_py.run import (
     FENCE,
     HANDOVER,
@@ -42,7 +45,14 @@ from goworker_py.run import (
 from goworker_py.schedule import IntervalSchedule
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+    from typing import TypeAlias
+
     from goworker_py.feed import UpstreamFeed
+
+    #: What a shard's steps yield: park until a wall-clock time (a float) or until woken
+    #: (None), or :data:`_NEED_THREAD`.
+    Steps: TypeAlias = Generator[float | str | None, None, None]
     from goworker_py.schedule import Schedule
 
 __all__ = [
@@ -55,11 +65,18 @@ __all__ = [
     "ShardRunner",
 ]
 
-#: Longest single sleep: a wall clock stepped forward while we sleep is noticed this soon.
+#: Longest single sleep under an injected clock (tests): a parking shard never sleeps longer
+#: than :data:`PARK_AFTER` on its own thread.
 MAX_SLEEP = 30.0
+#: A shard whose next fire time is further away than this parks: the alarm starts it again
+#: :data:`~goworker_py.alarm.LEAD` before the fire time.
+PARK_AFTER = 2 * LEAD
+#: Yielded by a shard's steps: what comes next may block (or run handler code), so it must go
+#: on on a thread of the shard's own, not on the thread that started or stopped it.
+_NEED_THREAD = "need a thread"
+
 #: Misfires counted one by one up to this many; beyond, the schedule restarts from now.
 _MAX_MISFIRES_COUNTED = 10_000
-_STEPS = ("before", "do", "after")
 #: Run ids: 64 random bits, drawn without a system call. ``os.urandom`` releases the GIL, and a
 #: thread that gives the GIL up on its way to ``do`` waits behind every other thread woken at
 #: the same instant: with a thousand jobs firing together that doubled their lateness.
@@ -68,7 +85,7 @@ os.register_at_fork(after_in_child=lambda: _RUN_IDS.seed(os.urandom(16)))
 
 
 class ShardRunner:
-    """The thread of one shard of one worker."""
+    """One shard of one worker: its steps, and the thread that advances them while needed."""
 
     def __init__(
         self,
@@ -90,7 +107,8 @@ class ShardRunner:
         self.start_after = start_after
         #: Cluster mode: the host's claim of this shard.
         self.claim: Any = None
-        self._abandoned = False
+        #: What one run does: watch, before, do, after under the retry policy.
+        self.steps = RunSteps(settings, self.shard, host, self.logger)
         self._finished = False
         self._skew = 0.0
         self._stop = threading.Event()
@@ -105,17 +123,77 @@ class ShardRunner:
         #: Stopping, but a run in flight (or beginning right now) may finish: see drain().
         self._draining = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._main,
-            name=f"goworker:{settings.worker_name}:shard-{shard_index}",
-            daemon=True,
-        )
+        #: Park between fire times (never under an injected clock: tests count its waits).
+        self._parking = settings.clock is SYSTEM_CLOCK
+        self._steps: Steps | None = None
+        #: The steps are advanced by a thread that did not start for them (start(), stop()):
+        #: they ask for a thread of their own before anything that may block.
+        self._inline = False
+        #: The steps are parked: no thread advances them until the alarm or a wake-up.
+        self._parked = False
+        self._alarm: WakeUp | None = None
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
 
     # -- control, from any thread -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the shard's thread."""
-        self._thread.start()
+        """Start the shard: on the caller's thread up to its first wait, then on its own (or
+        parked, when its first fire time is far away)."""
+        self._steps = self._main()
+        if self._parking:
+            self._inline = True
+            self._drive()
+        else:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._inline = False
+        thread = threading.Thread(
+            target=self._drive,
+            name=f"goworker:{self.settings.worker_name}:shard-{self.shard.index}",
+            daemon=True,
+        )
+        self._thread = thread
+        thread.start()
+
+    def _drive(self) -> None:
+        """Advance the steps until they end, park, or ask for a thread of their own."""
+        steps = self._steps
+        assert steps is not None
+        for request in steps:
+            if isinstance(request, str):  # _NEED_THREAD
+                self._spawn()
+                return
+            if self._park(request):
+                return
+
+    def _park(self, until: float | None) -> bool:
+        """Give the thread up until wall-clock time ``until`` (None: until woken); False
+        when a wake-up came meanwhile (the steps go on at once)."""
+        with self._lock:
+            if self._wake.is_set():
+                return False
+            self._parked = True
+            if until is not None:
+                self._alarm = ALARM.call_at(until, self._unpark)
+        return True
+
+    def _unpark(self, inline: bool = False) -> None:
+        """Advance parked steps again: on a new thread, or (``inline``: stopping, when nothing
+        can block any more) on the caller's."""
+        with self._lock:
+            if not self._parked:
+                return
+            self._parked = False
+            if self._alarm is not None:
+                self._alarm.cancel()
+                self._alarm = None
+        if inline:
+            self._inline = True
+            self._drive()
+        else:
+            self._spawn()
 
     def stop(self, cause: str = SHUTDOWN) -> None:
         """Ask the thread to stop: no new run starts; the in-flight run is cancelled.
@@ -130,6 +208,7 @@ class ShardRunner:
             self._stop.set()
             self._wake.set()
             self._cancel(cause)
+        self._unpark(inline=True)
 
     def drain(self) -> None:
         """Ask the thread to stop once the in-flight run, if any, has ended (a hand-over).
@@ -143,6 +222,7 @@ class ShardRunner:
                 self._draining = True
             self._stop.set()
             self._wake.set()
+        self._unpark(inline=True)
 
     def _cancel(self, cause: str) -> bool:
         # Under self._lock.
@@ -167,11 +247,17 @@ class ShardRunner:
         with self._lock:
             self._triggered = True
             self._wake.set()
+        self._unpark()
         return True
 
     def wake(self) -> None:
-        """Interrupt the thread's wait (the worker was resumed)."""
+        """Interrupt the shard's wait (the worker was resumed, an upstream fire time came).
+
+        A shard parked until a fire time stays parked: nothing changes for it before then.
+        """
         self._wake.set()
+        if self._alarm is None:
+            self._unpark()
 
     def cancel_run(self, cause: str = STOP_RUN) -> bool:
         """Cancel the in-flight run only (the shard keeps its schedule); False if none.
@@ -184,16 +270,15 @@ class ShardRunner:
             return self._cancel(cause)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread to end; return True if it did."""
-        if self._thread.ident is None:
+        """Wait for the shard's steps to end; return True if they did."""
+        if self._steps is None:
             return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._done.wait(timeout)
 
     @property
     def alive(self) -> bool:
-        """True from ``start()`` until the thread has left its run loop for good."""
-        return self._thread.ident is not None and not self._finished
+        """True from ``start()`` until the shard has left its run loop for good."""
+        return self._steps is not None and not self._finished
 
     @property
     def stopping(self) -> bool:
@@ -205,7 +290,7 @@ class ShardRunner:
 
         ``error_message`` is never called after ``wait()`` returned (SPEC section 1).
         """
-        self._abandoned = True
+        self.steps.abandoned = True
 
     @property
     def failover_pending(self) -> bool:
@@ -219,46 +304,53 @@ class ShardRunner:
 
     # -- the thread ---------------------------------------------------------------------------
 
-    def _main(self) -> None:
+    def _main(self) -> Steps:
         try:
-            if self.failover_fire is not None and self._hold_while_paused():
+            if self.failover_fire is not None and (yield from self._hold_while_paused()):
                 self.result = self.execute(self.failover_fire)
-                self._rerun_fenced()
+                yield from self._rerun_fenced()
                 if self.settings.schedule is None and self.settings.feed is None:
                     return  # a run-once (consumer) shard: that was its run
             if self.settings.feed is not None:
-                self._fed_loop(self.settings.feed)
+                yield from self._fed_loop(self.settings.feed)
             elif self.settings.schedule is None:
-                if self._hold_while_paused():
+                if (yield from self._hold_while_paused()):
                     self.result = self.execute(self._now())
-                    self._rerun_fenced()
+                    yield from self._rerun_fenced()
             else:
-                self._scheduled_loop(self.settings.schedule)
+                yield from self._scheduled_loop(self.settings.schedule)
         except BaseException as exc:  # noqa: BLE001 - a dying shard thread must be reported
             self.logger.opt(exception=exc).critical("shard thread crashed: {!r}", exc)
             self.result = RunResult(run_id="", ok=False, error=exc, failed_step="framework")
         finally:
             self._finished = True
             self.host.runner_exited(self)
+            self._done.set()
+
+    def _own_thread(self) -> Steps:
+        """Before anything that may block or call handler code: go on on a thread of the
+        shard's own if the steps are being advanced by another's (start(), stop())."""
+        if self._inline:
+            yield _NEED_THREAD
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.settings.clock.time(), timezone.utc).astimezone(
             self.settings.zone
         )
 
-    def _rerun_fenced(self) -> None:
+    def _rerun_fenced(self) -> Steps:
         """Re-run, once the instance is healthy again, a fire whose run self-fencing cut short.
 
         Only while this runner still owns the shard: after a lost session the shard's next
         owner re-runs it instead (the run marker still says ``running``).
         """
         while self.failover_fire is not None:
-            if not self._hold_while_paused() or not self.host.wait_ready(self):
+            if not (yield from self._hold_while_paused()) or not self.host.wait_ready(self):
                 self.failover_fire = None
                 return
             self.result = self.execute(self.failover_fire)
 
-    def _scheduled_loop(self, schedule: Schedule) -> None:
+    def _scheduled_loop(self, schedule: Schedule) -> Steps:
         clock, grace = self.settings.clock, self.settings.misfire_grace
         real_time = isinstance(schedule, IntervalSchedule)
         self._skew = clock.time() - clock.monotonic()
@@ -271,7 +363,7 @@ class ShardRunner:
         else:
             fire = self._first_fire(schedule)
         while fire is not None:
-            reached = self._sleep_until(fire, real_time)
+            reached = yield from self._sleep_until(fire, real_time)
             if self._stop.is_set() or not self.host.wait_ready(self):
                 break
             if reached is None:  # woken by trigger()
@@ -291,20 +383,21 @@ class ShardRunner:
                     continue
                 reached = due
             self.execute(reached)
-            self._rerun_fenced()
+            yield from self._rerun_fenced()
             fire = self._next_fire(schedule, reached)
         if fire is None and not self._stop.is_set():
             self.logger.info("schedule {!r} has no further fire time", schedule.expression)
 
-    def _fed_loop(self, feed: UpstreamFeed) -> None:
+    def _fed_loop(self, feed: UpstreamFeed) -> Steps:
         """A downstream worker's shard: run each fire time its upstreams completed."""
         index = self.shard.index
-        feed.attach(index, self._wake)
+        feed.attach(index, self.wake)
         while True:
             self._wake.clear()
             if self._stop.is_set():
                 return
             if self._triggered:
+                yield from self._own_thread()
                 if self.host.wait_ready(self):
                     self._run_triggered()
                 continue
@@ -312,8 +405,9 @@ class ShardRunner:
             if fire is None:
                 if feed.closed:
                     return
-                self.settings.clock.wait(self._wake, MAX_SLEEP)
+                yield from self._wait(None)
                 continue
+            yield from self._own_thread()
             if not self.host.wait_ready(self):
                 return
             if self.settings.control.paused:
@@ -322,7 +416,18 @@ class ShardRunner:
                 self.host.skip_fire(self, fire)
                 continue
             self.result = self.execute(fire)
-            self._rerun_fenced()
+            yield from self._rerun_fenced()
+
+    def _wait(self, until: float | None) -> Steps:
+        """Wait for a wake-up or wall-clock time ``until`` (None: no time limit): parked when
+        that is far away, else on the shard's thread."""
+        clock = self.settings.clock
+        remaining = None if until is None else until - clock.time()
+        if self._parking and (remaining is None or remaining > PARK_AFTER):
+            yield until
+            return
+        yield from self._own_thread()
+        clock.wait(self._wake, MAX_SLEEP if remaining is None else min(remaining, MAX_SLEEP))
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
         """The first fire time; an interval counts from the worker's anchor (its start time;
@@ -344,8 +449,8 @@ class ShardRunner:
             fire = schedule.next_after(fire)
         return fire
 
-    def _hold_while_paused(self) -> bool:
-        """Block while the worker is paused; return False if the runner stopped meanwhile."""
+    def _hold_while_paused(self) -> Generator[float | str | None, None, bool]:
+        """Wait while the worker is paused; return False if the runner stopped meanwhile."""
         control = self.settings.control
         if control.paused:
             self.logger.info("paused: the run waits for resume()")
@@ -354,9 +459,10 @@ class ShardRunner:
             if self._stop.is_set():
                 return False
             if not control.paused:
+                yield from self._own_thread()
                 return True
-            # resume() wakes every runner; the timeout is a backstop only.
-            self._wake.wait(MAX_SLEEP)
+            # resume() wakes every runner.
+            yield from self._wait(None)
 
     def _run_triggered(self) -> None:
         with self._lock:
@@ -366,7 +472,9 @@ class ShardRunner:
             return
         self.execute(self._now(), triggered=True)
 
-    def _sleep_until(self, fire: datetime, real_time: bool = False) -> datetime | None:
+    def _sleep_until(
+        self, fire: datetime, real_time: bool = False
+    ) -> Generator[float | str | None, None, datetime | None]:
         """Sleep until ``fire``; return the fire time reached, or None if stopped or triggered.
 
         Cron fire times are wall-clock instants. An interval (``@every``) counts real time, so
@@ -375,17 +483,20 @@ class ShardRunner:
         clock, target = self.settings.clock, fire.timestamp()
         while True:
             self._wake.clear()
-            if self._stop.is_set() or self._triggered:
+            if self._stop.is_set():
+                return None
+            if self._triggered:
+                yield from self._own_thread()
                 return None
             skew = clock.time() - clock.monotonic()
             if real_time and abs(skew - self._skew) > 1.0:
                 target += skew - self._skew
                 fire += timedelta(seconds=skew - self._skew)
             self._skew = skew
-            remaining = target - clock.time()
-            if remaining <= 0:
+            if target - clock.time() <= 0:
+                yield from self._own_thread()
                 return fire
-            clock.wait(self._wake, min(remaining, MAX_SLEEP))
+            yield from self._wait(target)
 
     def _next_fire(self, schedule: Schedule, previous: datetime) -> datetime | None:
         """The fire time after ``previous``; fire times the run overran are misfires."""
@@ -472,7 +583,7 @@ class ShardRunner:
         result = RunResult(run_id=run_id, ok=False)
         started = settings.clock.time()
         try:
-            result = self._perform(ctx)
+            result = self.steps.perform(ctx)
         finally:
             with self._lock:
                 self._run_event = None
@@ -497,128 +608,10 @@ class ShardRunner:
                     self.logger.opt(exception=exc).error("run listener raised {!r}", exc)
         return result
 
-    def _perform(self, ctx: Context) -> RunResult:
-        settings = self.settings
-        handler = settings.handler_factory()
-        ctx.logger.trace("run started for {}", ctx.scheduled_time)
-        if settings.wants_watch:
-            self._call_watch(handler, ctx)
-        # Once cancelled, do is not started, but after still runs when before succeeded and
-        # do did not fail (left normally or through RunCancelled), to release before's work.
-        cancelled = False
-        for step in _STEPS:
-            if ctx.cancelled and step != "after":
-                ctx.logger.info("run cancelled before {}", step)
-                if step == "before":
-                    return RunResult(ctx.run_id, ok=False, cancelled=True)
-                cancelled = True
-                continue
-            if step in settings.noop_steps:
-                continue  # Handler's own empty before/after: nothing to call
-            method = getattr(handler, step, None)
-            if method is None:
-                continue
-            ctx.step = step
-            ctx.attempt = 1
-            try:
-                # The first attempt is a plain call: the retry machinery is built only when
-                # it fails, which keeps a run's framework cost at a few microseconds.
-                try:
-                    result = method(ctx)
-                    if result is not None:  # an async def method: run it to completion here
-                        aio.run_step(result, ctx)
-                    if step == "do" and ctx.cancelled:
-                        # Returned early because it was cancelled (the usual way a long
-                        # step stops): the run did not complete.
-                        ctx.logger.info("run cancelled during do")
-                        cancelled = True
-                    continue
-                except RunCancelled:
-                    outcome = StepResult(ok=False, reason="cancelled")
-                except Exception as first_error:  # noqa: BLE001 - retried and reported below
-                    outcome = StepRetrier(
-                        policy=settings.retry_policy,
-                        call=functools.partial(_call_step, method, ctx),
-                        report=lambda err: self._report(handler, ctx, err),
-                        set_attempt=functools.partial(self._set_attempt, ctx),
-                        cancelled=lambda: ctx.cancelled,
-                        sleep=ctx.wait,
-                    ).continue_after(first_error)
-            except BaseException as exc:  # noqa: BLE001 - SystemExit & co. from handler code
-                # Not retried, but a failed step like any other: it must not kill the shard.
-                self._report(handler, ctx, exc)
-                self._report(
-                    handler,
-                    ctx,
-                    AttemptsExhausted(step, ctx.attempt, exc, "non-retryable error"),
-                )
-                return RunResult(ctx.run_id, ok=False, error=exc, failed_step=step)
-            if outcome.ok:
-                cancelled = cancelled or (step == "do" and ctx.cancelled)
-                continue
-            if outcome.reason == "cancelled":
-                ctx.logger.info("run cancelled during {}", step)
-                if step == "do" and outcome.error is None:
-                    cancelled = True
-                    continue
-                return RunResult(
-                    ctx.run_id, ok=False, cancelled=True, error=outcome.error, failed_step=step
-                )
-            assert outcome.error is not None
-            self._report(
-                handler,
-                ctx,
-                AttemptsExhausted(step, outcome.attempts, outcome.error, outcome.reason),
-            )
-            return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
-        if cancelled:
-            return RunResult(ctx.run_id, ok=False, cancelled=True)
-        ctx.logger.trace("run finished")
-        return RunResult(ctx.run_id, ok=True)
-
-    def _set_attempt(self, ctx: Context, attempt: int) -> None:
-        ctx.attempt = attempt
-        if attempt > 1:
-            for observer in OBSERVERS:
-                observer.retried(self.settings.worker_name, ctx.step)
-
     def _misfired(self, count: int) -> None:
         for observer in OBSERVERS:
             observer.misfired(self.settings.worker_name, count)
 
-    def _call_watch(self, handler: Any, ctx: Context) -> None:
-        info = WatchInfo(ctx.instance, self.shard.param, self.host.members())
-        try:
-            aio.run_callback(handler.watch(info), ctx.event, ctx.logger)
-        except Exception as exc:  # noqa: BLE001 - a failing watch must not stop the run
-            ctx.logger.opt(exception=exc).error("watch() raised {!r}", exc)
-
     def notify_watch(self) -> None:
         """Call the handler's ``watch`` on this thread's behalf (membership or shards changed)."""
-        if not self.settings.wants_watch:
-            return
-        handler = self.settings.handler_factory()
-        info = WatchInfo(
-            self.host.instance_for(self.shard.index), self.shard.param, self.host.members()
-        )
-        try:
-            aio.run_callback(handler.watch(info), None, self.logger)
-        except Exception as exc:  # noqa: BLE001
-            self.logger.opt(exception=exc).error("watch() raised {!r}", exc)
-
-    def _report(self, handler: Any, ctx: Context, err: BaseException) -> None:
-        report = getattr(handler, "error_message", None)
-        if report is None or self._abandoned:
-            ctx.logger.error("{} failed: {!r}", ctx.step, err)
-            return
-        try:
-            aio.run_callback(report(ctx, err), ctx.event, ctx.logger)
-        except Exception as exc:  # noqa: BLE001 - spec: logged and swallowed
-            ctx.logger.opt(exception=exc).error("error_message() raised {!r}", exc)
-
-
-def _call_step(method: Any, ctx: Context) -> None:
-    """One attempt of a step after the first (the retry path): plain or ``async def``."""
-    result = method(ctx)
-    if result is not None:
-        aio.run_step(result, ctx)
+        self.steps.notify_watch(self.host.instance_for(self.shard.index))

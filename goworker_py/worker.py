@@ -390,7 +390,7 @@ class Worker:
 
     def cancel(self) -> None:
         """Stop gracefully; idempotent, callable from any thread (also before ``run()``)."""
-        self._request_stop(ExitReason.CANCELLED)
+        self._request_stop(ExitReason.CANCELLED, inline=True)
 
     def on_signal(self, signum: int) -> None:
         """SIGINT/SIGTERM: the first asks for a graceful stop, a second for a fast one."""
@@ -471,19 +471,30 @@ class Worker:
 
     # -- supervisor thread ------------------------------------------------------------------------
 
-    def _request_stop(self, reason: ExitReason) -> None:
+    def _request_stop(self, reason: ExitReason, inline: bool = False) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._wake.set()
         if self._local_supervision:
-            self._end_local(self._stop_reason)
+            self._end_local(self._stop_reason, inline)
 
-    def _end_local(self, reason: ExitReason) -> None:
-        """Local mode: shut the worker down on a thread of its own (once)."""
+    def _end_local(self, reason: ExitReason, inline: bool = False) -> None:
+        """Local mode: shut the worker down on a thread of its own (once).
+
+        ``inline`` (``cancel()``, never a signal handler): when no shard is in a run — parked
+        shards end on this thread as they are stopped — the shutdown cannot block, so it runs
+        here: a thousand idle workers stop without a thousand threads.
+        """
         with self._lock_end:
             if self._ending:
                 return
             self._ending = True
+        host = self._host
+        if inline and host is not None and reason is not ExitReason.COMPLETED:
+            host.stop_runners()
+            if not any(runner.alive for runner in host.runners.values()):
+                self._finish(reason)
+                return
         threading.Thread(
             target=self._finish, args=(reason,), name=f"goworker:{self.name}:stop", daemon=True
         ).start()

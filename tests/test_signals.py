@@ -193,11 +193,14 @@ def test_two_workers_share_the_signal_and_both_stop(
     script = _script(
         tmp_path,
         """
+        import os
+
         from goworker_py import Context, Handler, Worker
 
         class Waits(Handler):
             def do(self, ctx: Context) -> None:
-                print(f"do started {ctx.worker_name}", flush=True)
+                # One write(2) per line: two threads' print() calls may interleave text and "\\n".
+                os.write(1, f"do started {ctx.worker_name}\\n".encode())
                 ctx.wait(60)
 
         first = Worker(Waits, name="first")

@@ -158,12 +158,20 @@ class ClusterHost(ServiceNodes):
         self.step()
 
     def _register(self) -> None:
-        self._lease = self.backend.lease_id
-        self.instance = replace(
+        instance = replace(
             WorkerInstance.create(self.settings.service), shards=(), health=HealthStatus.GREEN
         )
-        self._member = self.backend.register(self.instance)
-        self._published = self.instance
+        member = self.backend.register(instance)
+        if self._lease and member.lease != self._lease:
+            # ``register`` found our lease gone and took a new one (Redis takes its lease
+            # there): everything the old one held is gone too, as on any lost lease.
+            self._lose_session()
+        # The lease the entry lives on, as registered (not as it was before: the claims made
+        # from now on must belong to this instance, on this lease).
+        self._lease = member.lease
+        self.instance = instance
+        self._member = member
+        self._published = instance
         # A new lease: whatever changed meanwhile was not reported to us.
         self._settings_dirty = self._control_dirty = True
         self._set_health(HealthStatus.GREEN)
@@ -232,6 +240,8 @@ class ClusterHost(ServiceNodes):
             self._settings_dirty = True
         elif change is Change.CONTROL:
             self._control_dirty = True
+        elif change is Change.CONNECTION:
+            self.fence.watch()  # the lease's deadline may have moved earlier
         self._wake.set()
 
     def _fence_deadline(self) -> float:
@@ -291,6 +301,8 @@ class ClusterHost(ServiceNodes):
         try:
             if self.backend.lease_id != self._lease or self._member is None:
                 self._register()
+                if self.fence.tripped:
+                    return  # the old lease was lost meanwhile: lift the fence first (next pass)
             self._set_health(HealthStatus.GREEN)
             self._follow_service_config()
             self._follow_control()

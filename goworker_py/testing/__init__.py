@@ -21,6 +21,7 @@ Debian, installs) what these need.
 
 from __future__ import annotations
 
+from goworker_py.testing.clients import observer_client
 from goworker_py.testing.context import make_context
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
 from goworker_py.testing.errors import (
@@ -59,6 +60,7 @@ __all__ = [
     "ZooKeeperServer",
     # Faults
     "expire_session",
+    "observer_client",
     # Finding ZooKeeper
     "INSTALL_HINT",
     "REDIS_INSTALL_HINT",

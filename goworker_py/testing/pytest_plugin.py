@@ -40,6 +40,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 from kazoo.handlers.threading import KazooTimeoutError
 
+from goworker_py.testing.clients import observer_client
 from goworker_py.testing.docker import read_hosts_file
 from goworker_py.testing.ensemble import ZooKeeperEnsemble
 from goworker_py.testing.errors import (
@@ -176,7 +177,7 @@ def zk_client(zk_hosts: str) -> Iterator[KazooClient]:
 
 def _started_client(hosts: str) -> Iterator[KazooClient]:
     """Yield a started kazoo client on ``hosts``; stop and close it afterwards."""
-    client = KazooClient(hosts=hosts, timeout=10.0)
+    client = observer_client(hosts)
     client.start(timeout=15.0)
     try:
         yield client

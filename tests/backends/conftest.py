@@ -252,6 +252,7 @@ def private_backend_factory(request: pytest.FixtureRequest) -> Iterator[BackendK
 # -- Cluster-mode workers on each server backend (test_workers.py) ------------------------------
 # (One block, kept apart: fixtures of other worker-level suites go in blocks of their own.)
 
+from cluster.conftest import groups  # noqa: E402, F401 (the fixture, for depends_on tests)
 from helpers import WorkerTracker  # noqa: E402
 
 from .workers import BackendCluster  # noqa: E402

@@ -11,6 +11,7 @@ Every wait is on a condition, bounded; the session timeout is T = 1.5 s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from helpers import wait_until
+from loguru import logger
 from reliability.proxy import TcpProxy
 
 from goworker_py import DiscoveryConfig
@@ -375,6 +377,38 @@ def test_a_claim_lost_while_its_lease_lives_loses_the_lease(
     events.wait_for(Change.CONNECTION, T, since=mark)
     wait_until(lambda: a.leases_lost == 1 and a.lease_id not in ("", lease), 2.0)
     assert not a.registered()
+
+
+def test_a_new_lease_the_ticker_takes_while_the_old_one_is_reported_lost_stays_connected(
+    redis_server: RedisServer, redis_backend_factory: RedisBackends
+) -> None:
+    """A thread that finds the lease gone (here the test's round trip, in a worker the
+    supervisor's) reports it LOST while the ticker may already take a new one: the state must
+    end CONNECTED on the new lease, never LOST for good with a live lease (the instance would
+    never register again)."""
+    a = redis_backend_factory()
+    old = a.register(instance())
+    reporter = threading.get_ident()
+
+    def in_the_gap(message: Any) -> None:
+        # The report is logged between taking the lease away and announcing the state: hold
+        # the reporter there until the ticker (on its own timer, every T/3) took a new lease.
+        if threading.get_ident() == reporter and "lost" in str(message):
+            wait_until(lambda: a.lease_id not in ("", old.lease), 2 * T, what="a new lease")
+
+    ticked = a.answered_at
+    wait_until(lambda: a.answered_at > ticked, T, what="a tick")  # the next is T/3 away
+    sink = logger.add(in_the_gap, level="WARNING")
+    try:
+        with _raw_client(redis_server) as raw:
+            raw.delete(f"{a.prefix}lease:{old.lease}")
+        with contextlib.suppress(LeaseLost):
+            a.round_trip(T)
+    finally:
+        logger.remove(sink)
+    assert a.leases_lost == 1 and a.lease_id not in ("", old.lease)
+    wait_until(lambda: a.state is ConnectionState.CONNECTED, T, what="CONNECTED on the new lease")
+    assert a.register(old.instance).lease == a.lease_id
 
 
 def test_changes_published_while_pubsub_was_down_are_reported(

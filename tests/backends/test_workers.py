@@ -17,13 +17,21 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cluster.conftest import SERVICE, Cluster, Ledger, RunRecord, check_ledger, owners_by, poll
-from cluster.test_processes import WORKER, read_ledger
+from cluster.conftest import (
+    SERVICE,
+    Book,
+    Cluster,
+    Ledger,
+    RunRecord,
+    check_ledger,
+    owners_by,
+    poll,
+)
 from helpers import Process, wait_until
 
 from goworker_py import (
@@ -42,16 +50,16 @@ from goworker_py.cluster.backend import RunRecord as BackendRunRecord
 from goworker_py.cluster.backend import RunState
 from goworker_py.errors import GoWorkerError, ServicePaused
 
-from .workers import AdminObserver, BackendCluster, owners_of, tokens_of
+from .workers import WORKER, AdminObserver, BackendCluster, owners_of, ran, read_ledger, tokens_of
 
 HOURLY = "@every 1h"
 SESSION_TIMEOUT = 2.0
 
 
-def ran_since(ledger: Ledger, owners: Mapping[int, str], moment: float) -> bool:
-    """Every shard has a run of its owner that started after ``moment``."""
-    done = {(r.shard, r.instance) for r in ledger.snapshot() if r.start > moment}
-    return set(owners.items()) <= done
+def loads_of(owners: Mapping[int, str], members: list[str]) -> dict[str, int]:
+    """``{member: how many of the shards it owns}``, for each of ``members``."""
+    held = owners_by(owners)
+    return {m: len(held.get(m, [])) for m in members}
 
 
 # -- joins and leaves ------------------------------------------------------------------------------
@@ -60,8 +68,9 @@ def ran_since(ledger: Ledger, owners: Mapping[int, str], moment: float) -> bool:
 @pytest.mark.timeout(60)
 def test_join_and_leave_one_to_five_and_back(worker_cluster: BackendCluster) -> None:
     """At each settled step every shard is owned once, by a member that runs it; a join moves
-    shards only to the joiner, a leave only the leaver's; a moved claim's fencing token grows,
-    an unmoved one stays; runs never overlap per shard."""
+    shards only to the joiner, taken from the most loaded members, a leave only the leaver's,
+    given to the least loaded; a moved claim's fencing token grows, an unmoved one stays; runs
+    never overlap per shard."""
     cluster = worker_cluster
     total = 7
     ledger = Ledger()
@@ -71,7 +80,8 @@ def test_join_and_leave_one_to_five_and_back(worker_cluster: BackendCluster) -> 
     before: dict[int, str] = {}
     tokens_before: dict[int, int] = {}
 
-    def step(moved_to: set[str], moving: set[int] | None) -> None:
+    def step(moved_to: set[str], moving: set[int] | None) -> set[int]:
+        """Wait until settled, check the step; the shards it moved."""
         nonlocal before, tokens_before
         status = observer.wait_settled(total, len(workers), workers=workers)
         settled = time.monotonic()
@@ -91,14 +101,36 @@ def test_join_and_leave_one_to_five_and_back(worker_cluster: BackendCluster) -> 
                     assert tokens_after[shard] > tokens_before[shard], f"shard {shard}'s token"
                 else:
                     assert tokens_after[shard] == tokens_before[shard], "an unmoved claim changed"
-        wait_until(lambda: ran_since(ledger, after, settled), 5.0, what="a run of every shard")
+            # A join takes shards from the most loaded members, a leave gives them to the
+            # least loaded (loads as they were before the step).
+            members = [w.host.instance.id for w in workers]
+            if moving is None:  # a join (moved_to: the joiner)
+                load = loads_of(before, [m for m in members if m not in moved_to])
+                donors = {before[s] for s in moved}
+                keepers = set(load) - donors
+                if keepers:
+                    assert min(load[d] for d in donors) >= max(load[k] for k in keepers), (
+                        f"a join took from a less loaded member: {load}, donors {donors}"
+                    )
+            else:
+                load = loads_of(before, members)
+                receivers = {after[s] for s in moved}
+                others = set(load) - receivers
+                if others:
+                    assert max(load[r] for r in receivers) <= min(load[o] for o in others), (
+                        f"a leave gave shards to a more loaded member: {load}, "
+                        f"receivers {receivers}"
+                    )
+        wait_until(lambda: ran(ledger.snapshot(), after, settled), 5.0, what="a run of every shard")
         before, tokens_before = after, tokens_after
+        return moved
 
     for count in range(1, 6):
         joiner = cluster.make(handler, total=total, cron="@every 100ms")
         workers.append(joiner)
-        step({joiner.host.instance.id}, None)
+        moved = step({joiner.host.instance.id}, None)
         if count > 1:
+            assert moved == set(joiner.shards), "a join moved shards between old members"
             assert len(joiner.shards) == total // count  # 7 shards: 3, 2, 1, 1 move to it
     for leaver in [workers[0], workers[4], workers[2], workers[3]]:
         leaving = set(leaver.shards)
@@ -106,6 +138,7 @@ def test_join_and_leave_one_to_five_and_back(worker_cluster: BackendCluster) -> 
         cluster.stop(leaver)
         step({w.host.instance.id for w in workers}, leaving)
     assert workers[0].shards == tuple(range(total))
+    assert workers[0].host.shards_moved > 0 and workers[0].host.rebalances > 0
     cluster.stop(workers[0])
     records = ledger.snapshot()
     check_ledger(records)
@@ -114,7 +147,7 @@ def test_join_and_leave_one_to_five_and_back(worker_cluster: BackendCluster) -> 
 
 @pytest.mark.timeout(60)
 def test_runs_never_overlap_across_churn(worker_cluster: BackendCluster) -> None:
-    """Churn for ~5 s with 80 ms runs every 100 ms (a cancelled run takes 100 ms more to
+    """Churn for ~10 s with 80 ms runs every 100 ms (a cancelled run takes 100 ms more to
     return), leaves overlapping the next join or leave: never two owners inside one shard's
     run, fencing tokens never go back."""
     cluster = worker_cluster
@@ -126,7 +159,7 @@ def test_runs_never_overlap_across_churn(worker_cluster: BackendCluster) -> None
     live = [cluster.make(handler, total=total, cron="@every 100ms") for _ in range(2)]
     observer.wait_settled(total, 2, workers=live)
     events = 0
-    ends = time.monotonic() + 5.0
+    ends = time.monotonic() + 10.0
     while time.monotonic() < ends:
         if len(live) < 2 or (len(live) < 5 and rng.random() < 0.5):
             live.append(cluster.make(handler, total=total, cron="@every 100ms"))
@@ -143,22 +176,24 @@ def test_runs_never_overlap_across_churn(worker_cluster: BackendCluster) -> None
         cluster.stop(worker)
     records = ledger.snapshot()
     check_ledger(records)
-    assert events >= 10
+    assert events >= 15
     assert {r.shard for r in records} == set(range(total))
     assert len({r.instance for r in records}) >= 5, "runs happened on few instances"
 
 
 class WatchLog(Handler):
-    """Records the members each ``watch`` call saw (class attribute: a subclass per test)."""
+    """Records the members each ``watch`` call saw, and the shard of each run (none is due).
+    (Class attributes: a subclass per test.)"""
 
     seen: list[tuple[int, tuple[str, ...]]]
+    ran: list[int]
 
     def watch(self, info: WatchInfo) -> None:
         ids = tuple(i.id for i in info.cluster_instances)
         self.seen.append((info.current_instance.shard_index, ids))
 
     def do(self, ctx: Context) -> None:
-        raise AssertionError("no run is due")
+        self.ran.append(ctx.shard.index)
 
 
 @pytest.mark.timeout(60)
@@ -167,7 +202,7 @@ def test_watch_is_called_on_membership_changes(worker_cluster: BackendCluster) -
     wake every instance)."""
     cluster = worker_cluster
     observer = cluster.observer()
-    handler: type[WatchLog] = type("OwnWatchLog", (WatchLog,), {"seen": []})
+    handler: type[WatchLog] = type("OwnWatchLog", (WatchLog,), {"seen": [], "ran": []})
     first = cluster.make(handler, total=3, cron=HOURLY)
     observer.wait_settled(3, 1, workers=[first])
     a = first.host.instance.id
@@ -178,7 +213,9 @@ def test_watch_is_called_on_membership_changes(worker_cluster: BackendCluster) -
     wait_until(lambda: seen((a,), {0, 1, 2}), 5.0, what="watch with the first member alone")
     second = cluster.make(handler, total=3, cron=HOURLY)
     b = second.host.instance.id
-    owners = owners_of(observer.wait_settled(3, 2, workers=[first, second]))
+    status = observer.wait_settled(3, 2, workers=[first, second])
+    assert [m.instance.id for m in status.instances] == [a, b], "members not in join order"
+    owners = owners_of(status)
     wait_until(lambda: seen((a, b), {0, 1, 2}), 5.0, what="watch on every shard, both members")
     kept = {s for s, o in owners.items() if o == a}
     mark = len(handler.seen)
@@ -189,6 +226,7 @@ def test_watch_is_called_on_membership_changes(worker_cluster: BackendCluster) -
         5.0,
         what="watch after the leave",
     )
+    assert handler.ran == [], "no run was due"
 
 
 # -- instances as OS processes ---------------------------------------------------------------------
@@ -242,7 +280,7 @@ def test_processes_hand_over_on_sigterm_and_fail_over_after_kill(
         assert {(i["id"], i["pid"], i["host"]) for i in shown} == {
             (iid, pid, socket.gethostname()) for pid, iid in ids.items()
         }
-        poll(lambda: {r.shard for r in read_ledger(path)} == set(range(6)), 5.0, "every shard ran")
+        poll(lambda: ran(read_ledger(path), before, 0.0), 5.0, "a run of every shard by its owner")
 
         # SIGTERM: exit code 0; only its shards move, through the clean path (not expiry).
         stopped, crashed, survivor = procs
@@ -255,13 +293,18 @@ def test_processes_hand_over_on_sigterm_and_fail_over_after_kill(
 
         handover = poll(handed_over, 3 * SESSION_TIMEOUT + 2, "shards of the stopped process")
         assert stopped.finish(10.0) == 0, stopped.report()
+        assert "exit signalled" in stopped.stdout
         after = owners_of(observer.wait_settled(6, 2))
         moved = {s for s in range(6) if after[s] != before[s]}
         assert moved == {s for s, o in before.items() if o == stopped_id}
         assert handover < SESSION_TIMEOUT / 2, f"clean hand-over took {handover:.3f} s"
+        # (The fires SIGTERM cut short are re-run, to the end, before the new owners' runs.)
+        settled = time.monotonic()
+        poll(lambda: ran(read_ledger(path), after, settled), 5.0, "runs on the new owners")
 
-        # kill -9 while its shards are in the middle of runs: each interrupted fire is re-run
-        # once by the survivor, as a failover with the same fire time, once the lease expired.
+        # kill -9 while each of its shards is in the middle of a run: each interrupted fire is
+        # re-run once by the survivor, as a failover with the same fire time, once the lease
+        # expired.
         crashed_id, survivor_id = ids[crashed.proc.pid], ids[survivor.proc.pid]
         crashed_lease = observer.leases()[crashed.proc.pid]
         crashed_shards = {s for s, o in after.items() if o == crashed_id}
@@ -275,12 +318,21 @@ def test_processes_hand_over_on_sigterm_and_fail_over_after_kill(
                     found[shard] = record.fire_time
             return found
 
-        poll(lambda: len(interrupted()) == len(crashed_shards), 5.0, "runs in flight")
+        def frozen_inside_runs() -> bool:
+            """Stop the process (SIGSTOP); True if each of its shards is inside a run then,
+            else let it go on (a shard was between two runs) and False."""
+            crashed.proc.send_signal(signal.SIGSTOP)
+            if len(interrupted()) == len(crashed_shards):
+                return True
+            crashed.proc.send_signal(signal.SIGCONT)
+            return False
+
+        poll(frozen_inside_runs, 5.0, "every shard of the process inside a run")
         crashed.proc.kill()
         killed = time.monotonic()
         # Read at once: nobody may take the shards over before the lease expires.
         cut = interrupted()
-        assert cut, "the kill interrupted no run"
+        assert set(cut) == crashed_shards, "the kill interrupted a run of each of its shards"
 
         def taken_over() -> bool:
             owners = observer.owners()
@@ -295,7 +347,7 @@ def test_processes_hand_over_on_sigterm_and_fail_over_after_kill(
         def reruns() -> list[RunRecord]:
             return [r for r in read_ledger(path) if r.failover and r.start > killed]
 
-        poll(lambda: {r.shard for r in reruns()} >= set(cut), 5.0, "failover runs")
+        poll(lambda: {r.shard for r in reruns()} >= crashed_shards, 5.0, "failover runs")
         survivor.proc.send_signal(signal.SIGTERM)
         assert survivor.finish(10.0) == 0, survivor.report()
     except BaseException:
@@ -308,18 +360,29 @@ def test_processes_hand_over_on_sigterm_and_fail_over_after_kill(
 
     records = read_ledger(path)
     check_ledger(records)
-    # Fires SIGTERM cut short are re-run at once by the shards' next owners (SPEC 4.3).
+    assert {r.pid for r in records} == {p.proc.pid for p in procs}
+    # Fires SIGTERM cut short are re-run at once by the shards' next owners (SPEC 4.3), with
+    # their fire times, before the kill; no other run is a failover, except the crash's.
     cut_short = {
         (r.shard, r.scheduled) for r in records if r.pid == stopped.proc.pid and r.cancelled
     }
-    # (Such a re-run may itself be cut short by the kill: then the survivor runs it.)
     failovers = [r for r in records if r.failover]
-    assert cut_short <= {(r.shard, r.scheduled) for r in failovers}, "fires cut by SIGTERM"
     handed = [r for r in failovers if r.start < killed]
+    assert cut_short <= {(r.shard, r.scheduled) for r in handed}, "fires cut short by SIGTERM"
     assert all(r.instance != stopped_id and before[r.shard] == stopped_id for r in handed)
+    # Besides: a run SIGTERM cancelled between its beginning and do() left no ledger line, but
+    # is owed all the same: a later fire of the stopped process's shard than it recorded.
+    last_seen: dict[int, float] = {}
+    for r in records:
+        if r.pid == stopped.proc.pid:
+            last_seen[r.shard] = max(last_seen.get(r.shard, 0.0), r.scheduled)
+    for r in handed:
+        if (r.shard, r.scheduled) not in cut_short:
+            assert r.scheduled > last_seen[r.shard], f"a fire that had run, run again: {r}"
     # The fires the kill interrupted: each re-run once, on the survivor, as a failover.
     crash_reruns = [r for r in records if r.failover and r.start > killed]
-    assert all(r.instance == survivor_id and r.shard in crashed_shards for r in crash_reruns)
+    assert all(r.instance == survivor_id for r in crash_reruns)
+    assert {r.shard for r in crash_reruns} == crashed_shards, "failovers of the crashed shards"
     for shard, fire in cut.items():
         again = [r for r in crash_reruns if r.shard == shard and abs(r.scheduled - fire) < 1e-3]
         assert len(again) == 1, f"shard {shard}'s interrupted fire re-run {len(again)} times"
@@ -419,16 +482,7 @@ class Gate(Handler):
             self.held.append((ctx.shard.index, time.monotonic() - start, ctx.cancelled))
             ctx.raise_if_cancelled()
             return
-        self.ledger.add(
-            RunRecord(
-                shard=ctx.shard.index,
-                instance=ctx.instance.id,
-                token=ctx.fencing_token,
-                scheduled=ctx.scheduled_time.timestamp(),
-                start=start,
-                end=time.monotonic(),
-            )
-        )
+        self.ledger.add(RunRecord.of(ctx, start))
 
 
 def gate() -> type[Gate]:
@@ -454,6 +508,7 @@ def test_admin_trigger_runs_every_shard_once_and_stop_run_cancels_runs_in_flight
     assert admin.trigger()["trigger"] == 1
     wait_until(lambda: len(ledger.snapshot()) == 6, 5, what="six triggered runs")
     wait_until(lambda: set(states(observer).values()) == {"done"}, 5, what="the runs to end")
+    time.sleep(0.3)  # time for a run too many to show
     records = ledger.snapshot()
     assert sorted(r.shard for r in records) == list(range(6)), "every shard once"
     for record in records:
@@ -508,7 +563,7 @@ def test_admin_pause_and_resume_hold_every_instance(worker_cluster: BackendClust
     assert workers[0].paused
     with pytest.raises(GoWorkerError, match="paused"):
         workers[0].trigger()
-    time.sleep(0.4)  # four fire times pass: none may start a run
+    time.sleep(0.8)  # eight fire times pass: none may start a run
     assert len(ledger.snapshot()) == mark, "no run starts anywhere while paused"
     assert owners_of(observer.status()) == owners_of(status), "claims kept while paused"
     admin.resume()
@@ -666,60 +721,6 @@ def test_cli_run_with_a_discovery_url_is_a_cluster_member(
 # -- depends_on across instances -------------------------------------------------------------------
 
 
-class Book:
-    """Every run of a group's workers: (worker, group, shard, fire, start, end, ok)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.runs: list[tuple[str, int, int, float, float, float, bool]] = []
-        self.counts: dict[tuple[str, int], int] = {}
-
-    def handler(self, group: int, flaky_shard: int | None = None) -> type[Handler]:
-        book = self
-
-        class Recorded(Handler):
-            def do(self, ctx: Context) -> None:
-                start = time.monotonic()
-                ctx.wait(0.02)
-                key = (ctx.worker_name, ctx.shard.index)
-                with book.lock:
-                    book.counts[key] = book.counts.get(key, 0) + 1
-                    # The flaky shard fails every other run: its downstream skips those fires.
-                    ok = ctx.shard.index != flaky_shard or book.counts[key] % 2 == 0
-                    book.runs.append(
-                        (
-                            ctx.worker_name,
-                            group,
-                            ctx.shard.index,
-                            ctx.scheduled_time.timestamp(),
-                            start,
-                            time.monotonic(),
-                            ok,
-                        )
-                    )
-                if not ok:
-                    raise RuntimeError(f"{ctx.worker_name} fails on shard {ctx.shard.index}")
-
-        return Recorded
-
-    def of(self, worker: str) -> list[tuple[str, int, int, float, float, float, bool]]:
-        with self.lock:
-            return [r for r in self.runs if r[0] == worker]
-
-
-@pytest.fixture
-def groups() -> Iterator[list[WorkerGroup]]:
-    made: list[WorkerGroup] = []
-    yield made
-    for group in made:
-        group.cancel()
-    for group in made:
-        try:
-            group.wait(20)
-        except Exception as exc:  # noqa: BLE001 (teardown goes on with the other groups)
-            print(f"group did not end cleanly: {exc!r}")
-
-
 @pytest.mark.timeout(60)
 def test_depends_on_across_instances(
     worker_cluster: BackendCluster, groups: list[WorkerGroup]
@@ -727,15 +728,15 @@ def test_depends_on_across_instances(
     """Two instances each run the group extract (4 shards) -> load (4 shards: shard i after
     extract shard i) and -> report (1 shard: after every extract shard, wherever each runs).
     A downstream run follows its upstream runs of the same fire time, only once they all
-    succeeded, and never twice."""
+    succeeded, and never twice; each service's shards are spread over both instances."""
     cluster = worker_cluster
     book = Book()
     config = cluster.config()
-    for index in range(2):
+    for _ in range(2):
         group = WorkerGroup(handle_signals=False)
         group.add(
             Worker(
-                book.handler(index, flaky_shard=3),
+                book.handler(fail_shard=3, every_other=True),
                 config,
                 # Every second, on the second: fire times are the same on every shard (those of
                 # an `@every` schedule count from each shard's claim).
@@ -750,7 +751,7 @@ def test_depends_on_across_instances(
         for name, total in (("load", 4), ("report", 1)):
             group.add(
                 Worker(
-                    book.handler(index),
+                    book.handler(),
                     config,
                     model=Model.CLUSTER,
                     service_name=name,
@@ -763,16 +764,16 @@ def test_depends_on_across_instances(
         group.run()
 
     def enough() -> bool:
-        extract_groups = {r[1] for r in book.of("extract")}
         return (
-            extract_groups == {0, 1}
-            and {r[2] for r in book.of("load")} == {0, 1, 2, 3}
+            len({r.instance for r in book.of("extract")}) == 2
+            and len({r.instance for r in book.of("load")}) == 2
+            and {r.shard for r in book.of("load")} == {0, 1, 2, 3}
             and len(book.of("report")) >= 1
-            and any(not r[6] for r in book.of("extract"))
+            and any(not r.ok for r in book.of("extract"))
         )
 
     try:
-        wait_until(enough, 20, what="extract on both instances, loads of every shard, a report")
+        wait_until(enough, 20, what="extract, load on both instances; every load shard; a report")
     except AssertionError:
         with book.lock:
             for run in book.runs:
@@ -782,18 +783,18 @@ def test_depends_on_across_instances(
         group.cancel()
     for group in groups:
         group.wait(20)
-    extracts = {(r[2], r[3]): r for r in book.of("extract")}
+    extracts = {(r.shard, r.fire): r for r in book.of("extract")}
     for worker in ("load", "report"):
         runs = book.of(worker)
-        pairs = [(r[2], r[3]) for r in runs]
+        pairs = [(r.shard, r.fire) for r in runs]
         assert len(pairs) == len(set(pairs)), f"a {worker} (shard, fire time) ran twice"
-        for _, _, shard, fire, start, _, _ in runs:
-            needed = [shard] if worker == "load" else [0, 1, 2, 3]
-            upstream = [extracts[(s, fire)] for s in needed]
-            assert all(r[6] for r in upstream), f"{worker} {shard} ran after a failed extract"
-            assert start >= max(r[5] for r in upstream), f"{worker} started before extract ended"
+        for run in runs:
+            needed = [run.shard] if worker == "load" else [0, 1, 2, 3]
+            upstream = [extracts[(s, run.fire)] for s in needed]
+            assert all(r.ok for r in upstream), f"{worker} {run.shard} ran after a failed extract"
+            assert run.start >= max(r.end for r in upstream), f"{worker} began before extract ended"
     # The report waited on extract shards of both instances: a dependency across instances.
-    for _, _, _, fire, _, _, _ in book.of("report"):
-        assert {extracts[(s, fire)][1] for s in range(4)} == {0, 1}
-    skipped = {r[3] for r in book.of("extract") if r[2] == 3 and not r[6]}
-    assert skipped and not skipped & {r[3] for r in book.of("report")}
+    for report in book.of("report"):
+        assert len({extracts[(s, report.fire)].instance for s in range(4)}) == 2
+    skipped = {r.fire for r in book.of("extract") if r.shard == 3 and not r.ok}
+    assert skipped and not skipped & {r.fire for r in book.of("report")}

@@ -8,21 +8,23 @@ these helpers do the same on any backend, through the seam only:
   (with the namespace) for OS-process workers and the ``goworker-py`` command line.
 - :class:`AdminObserver` reads what the server holds (members, owners, fencing tokens, run
   records) with a :class:`ClusterAdmin` of its own, never the workers' connections.
+- :data:`WORKER` runs an instance as an OS process; :func:`read_ledger` reads the runs it wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster.conftest import SERVICE, Cluster
-from helpers import WorkerTracker, wait_until
+from cluster.conftest import SERVICE, Cluster, RunRecord, settle_problems, wait_settled_by
+from helpers import WorkerTracker
 
-from goworker_py import DiscoveryConfig, Worker, WorkerConfig
+from goworker_py import DiscoveryConfig, Worker
 from goworker_py.cluster.admin import ClusterAdmin, ServiceStatus
-from goworker_py.cluster.backend import RunRecord
+from goworker_py.cluster.backend import RunRecord as BackendRunRecord
 from goworker_py.errors import ClusterError
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 #: The scheme of each protocol's discovery URL.
 _SCHEMES = {"zookeeper": "zookeeper", "etcdv3": "etcd", "redis": "redis"}
+#: A cluster worker in an OS process of its own (``worker_process.py --help``).
+WORKER = str(Path(__file__).with_name("worker_process.py"))
 
 
 def owners_of(status: ServiceStatus) -> dict[int, str]:
@@ -40,6 +44,19 @@ def owners_of(status: ServiceStatus) -> dict[int, str]:
 def tokens_of(status: ServiceStatus) -> dict[int, int]:
     """``{shard: fencing token}`` of the claimed shards."""
     return {s.shard: s.token for s in status.shards if s.token is not None}
+
+
+def read_ledger(path: Path) -> list[RunRecord]:
+    """The runs :data:`WORKER` processes wrote to the ledger file ``path`` so far."""
+    # The text after the last newline may be a line still being written: leave it for later.
+    complete = path.read_text().rpartition("\n")[0]
+    return [RunRecord.from_json(line) for line in complete.split("\n") if line]
+
+
+def ran(records: Sequence[RunRecord], owners: Mapping[int, str], since: float) -> bool:
+    """Every shard has a (finished) run of its owner that started after ``since``."""
+    done = {(r.shard, r.instance) for r in records if r.start > since}
+    return set(owners.items()) <= done
 
 
 class AdminObserver:
@@ -71,7 +88,7 @@ class AdminObserver:
     def owners(self) -> dict[int, str]:
         return owners_of(self.status())
 
-    def record(self, shard: int) -> RunRecord | None:
+    def record(self, shard: int) -> BackendRunRecord | None:
         """The run record of ``shard`` as the server holds it."""
         return self.admin.backend.read_run(shard)
 
@@ -79,69 +96,29 @@ class AdminObserver:
         """``{pid: lease id}`` of the live members."""
         return {m.instance.pid: m.lease for m in self.admin.backend.members()}
 
-    @staticmethod
-    def problems(status: ServiceStatus, total: int, count: int) -> list[str]:
-        """What keeps the cluster from being settled: [] once every shard is claimed by one
-        of ``count`` members, evenly, and each member publishes exactly the shards it holds."""
-        problems: list[str] = []
-        members = {m.instance.id: m.instance for m in status.instances}
-        if len(members) != count:
-            problems.append(f"{len(members)} instance(s), expected {count}")
-        owners = owners_of(status)
-        if sorted(owners) != list(range(total)):
-            problems.append(f"claimed shards {sorted(owners)}")
-        held: dict[str, list[int]] = {i: [] for i in members}
-        for shard, owner in sorted(owners.items()):
-            if owner not in held:
-                problems.append(f"shard {shard} claimed by {owner[:8]}, not a member")
-                continue
-            held[owner].append(shard)
-        if held:
-            counts = [len(s) for s in held.values()]
-            if max(counts) - min(counts) > 1:
-                problems.append(f"uneven loads {counts}")
-        for instance_id, instance in members.items():
-            if list(instance.shards) != held.get(instance_id, []):
-                problems.append(
-                    f"{instance_id[:8]} publishes {list(instance.shards)} "
-                    f"but holds {held.get(instance_id)}"
-                )
-        return problems
-
     def wait_settled(
         self,
         total: int,
         count: int,
         timeout: float = 15.0,
         workers: Sequence[Worker] = (),
+        green: bool = False,
     ) -> ServiceStatus:
-        """Wait until the service is settled (:meth:`problems`) and each of ``workers``
-        (in-process) runs exactly the shards it holds; return that status."""
-        last: list[str] = []
+        """Wait until the service is settled (:func:`~cluster.conftest.settle_problems`: with
+        ``workers`` (in-process) each running exactly the shards it holds, and with ``green``
+        GREEN); return that status. A server that does not answer (yet) is not settled."""
         found: list[ServiceStatus] = []
 
-        def settled() -> bool:
-            nonlocal last
+        def problems() -> list[str]:
             try:
                 status = self.status()
-            except ClusterError as exc:  # no instance has started yet
-                last = [str(exc)]
-                return False
-            last = self.problems(status, total, count)
-            if not last:
-                owners = owners_of(status)
-                for worker in workers:
-                    mine = sorted(s for s, o in owners.items() if o == worker.host.instance.id)
-                    if list(worker.shards) != mine:
-                        last = [f"{worker.host.instance.id[:8]} runs {worker.shards}, holds {mine}"]
-            if not last:
-                found.append(status)
-            return not last
+            except ClusterError as exc:  # no instance has started yet, or the server is down
+                return [str(exc)]
+            found[:] = [status]
+            published = {m.instance.id: m.instance.shards for m in status.instances}
+            return settle_problems(published, owners_of(status), total, count, workers, green)
 
-        try:
-            wait_until(settled, timeout, interval=0.02)
-        except AssertionError:
-            raise AssertionError(f"cluster not settled within {timeout} s: {last}") from None
+        wait_settled_by(problems, timeout)
         return found[-1]
 
 
@@ -157,24 +134,9 @@ class BackendCluster(Cluster):
     def name(self) -> str:
         return self.kit.name
 
-    def discovery(self, **overrides: Any) -> DiscoveryConfig:
-        return self.kit.config(**overrides)
-
-    def config(
-        self,
-        session_timeout: float = 2.0,
-        connect_timeout: float = 5.0,
-        shutdown_timeout: float = 5.0,
-        hosts: str | None = None,
-        **discovery: Any,
-    ) -> WorkerConfig:
-        assert hosts is None, "a backend cluster's hosts are its kit's"
-        return WorkerConfig(
-            discovery=self.discovery(
-                session_timeout=session_timeout, connect_timeout=connect_timeout, **discovery
-            ),
-            shutdown_timeout=shutdown_timeout,
-        )
+    def discovery(self, **settings: Any) -> DiscoveryConfig:
+        """The kit's discovery settings (protocol, server, namespace); ``settings`` override."""
+        return self.kit.config(**settings)
 
     @property
     def url(self) -> str:

@@ -6,6 +6,9 @@
   its own, never the workers' clients, so what it sees is what ZooKeeper holds.
 - :class:`Ledger` records every run's interval (per shard, instance, fencing token) so a test
   can check that no two instances were ever inside one shard's run at once.
+- :func:`settle_problems` / :func:`wait_settled_by`: when a service is settled, whoever reads it
+  (this observer, or ``tests/backends``' readers through ``ClusterAdmin``).
+- :class:`Book` and ``groups``: the runs of :class:`WorkerGroup` s, one group per instance.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from goworker_py import (
     Context,
     DiscoveryConfig,
     Handler,
+    HealthStatus,
     Model,
     Worker,
     WorkerConfig,
+    WorkerGroup,
     WorkerInstance,
 )
 from goworker_py.testing import ZooKeeperServer
@@ -53,6 +58,20 @@ class RunRecord:
     pid: int = 0
     #: The run was cancelled (``ctx.cancelled`` when ``do`` returned).
     cancelled: bool = False
+
+    @classmethod
+    def of(cls, ctx: Context, start: float) -> RunRecord:
+        """The record of ``ctx``'s run, begun at ``start`` and ending now."""
+        return cls(
+            shard=ctx.shard.index,
+            instance=ctx.instance.id,
+            token=ctx.fencing_token,
+            scheduled=ctx.scheduled_time.timestamp(),
+            start=start,
+            end=time.monotonic(),
+            failover=ctx.is_failover,
+            cancelled=ctx.cancelled,
+        )
 
     @classmethod
     def from_json(cls, line: str) -> RunRecord:
@@ -100,18 +119,7 @@ class Ledger:
                 finally:
                     with ledger._lock:
                         ledger._in_flight.pop(key, None)
-                    ledger.add(
-                        RunRecord(
-                            shard=ctx.shard.index,
-                            instance=ctx.instance.id,
-                            token=ctx.fencing_token,
-                            scheduled=ctx.scheduled_time.timestamp(),
-                            start=start,
-                            end=time.monotonic(),
-                            failover=ctx.is_failover,
-                            cancelled=ctx.cancelled,
-                        )
-                    )
+                    ledger.add(RunRecord.of(ctx, start))
 
         return LedgerHandler
 
@@ -142,6 +150,65 @@ def check_ledger(
                 )
             if latest is None or run.end > latest.end:
                 latest = run
+
+
+# -- when a service is settled ---------------------------------------------------------------------
+
+
+def settle_problems(
+    published: Mapping[str, Sequence[int]],
+    owners: Mapping[int, str],
+    total: int,
+    count: int,
+    workers: Sequence[Worker] = (),
+    green: bool = False,
+) -> list[str]:
+    """What keeps a service from being settled: [] once every shard is claimed by one of
+    ``count`` members, evenly, each member publishes exactly the shards it holds, and each of
+    ``workers`` (in-process) runs exactly the shards it holds (and, with ``green``, is GREEN).
+
+    ``published``: ``{member id: the shards it publishes}``; ``owners``: ``{shard: owner id}``.
+    """
+    problems: list[str] = []
+    if len(published) != count:
+        problems.append(f"{len(published)} instance(s), expected {count}")
+    if sorted(owners) != list(range(total)):
+        problems.append(f"claimed shards {sorted(owners)}")
+    held: dict[str, list[int]] = {member: [] for member in published}
+    for shard, owner in sorted(owners.items()):
+        if owner not in held:
+            problems.append(f"shard {shard} claimed by {owner[:8]}, not a member")
+            continue
+        held[owner].append(shard)
+    counts = [len(shards) for shards in held.values()]
+    if counts and max(counts) - min(counts) > 1:
+        problems.append(f"uneven loads {counts}")
+    for member, shards in published.items():
+        if list(shards) != held[member]:
+            problems.append(f"{member[:8]} publishes {list(shards)} but holds {held[member]}")
+    for worker in workers:
+        mine = sorted(s for s, o in owners.items() if o == worker.host.instance.id)
+        if list(worker.shards) != mine or (green and worker.health is not HealthStatus.GREEN):
+            problems.append(
+                f"{worker.host.instance.id[:8]} runs {list(worker.shards)} "
+                f"({worker.health.name}), holds {mine}"
+            )
+    return problems
+
+
+def wait_settled_by(problems: Callable[[], list[str]], timeout: float) -> None:
+    """Wait until ``problems()`` (:func:`settle_problems` of a fresh read) finds none."""
+    last: list[str] = []
+
+    def settled() -> bool:
+        nonlocal last
+        last = problems()
+        return not last
+
+    try:
+        wait_until(settled, timeout, interval=0.02)
+    except AssertionError:
+        raise AssertionError(f"cluster not settled within {timeout} s: {last}") from None
 
 
 # -- observing ZooKeeper --------------------------------------------------------------------------
@@ -227,33 +294,6 @@ class Observer:
         data: dict[str, Any] = json.loads(raw)
         return data
 
-    def problems(self, total: int, count: int) -> list[str]:
-        """What keeps the cluster from being settled: [] once it is."""
-        claims = self.claims()
-        instances = self.instances()
-        problems: list[str] = []
-        if len(instances) != count:
-            problems.append(f"{len(instances)} instance(s), expected {count}")
-        if sorted(claims) != list(range(total)):
-            problems.append(f"claimed shards {sorted(claims)}")
-        held: dict[str, list[int]] = {i: [] for i in instances}
-        for shard, claim in sorted(claims.items()):
-            if claim.owner not in held:
-                problems.append(f"shard {shard} claimed by {claim.owner[:8]}, not a member")
-                continue
-            held[claim.owner].append(shard)
-        if held:
-            counts = [len(s) for s in held.values()]
-            if max(counts) - min(counts) > 1:
-                problems.append(f"uneven loads {counts}")
-        for instance_id, instance in instances.items():
-            if list(instance.shards) != held.get(instance_id, []):
-                problems.append(
-                    f"{instance_id[:8]} publishes {list(instance.shards)} "
-                    f"but holds {held.get(instance_id)}"
-                )
-        return problems
-
     def wait_settled(
         self,
         total: int,
@@ -261,28 +301,17 @@ class Observer:
         timeout: float = 15.0,
         workers: Sequence[Worker] = (),
     ) -> dict[int, str]:
-        """Wait until every shard is claimed by one of ``count`` members, evenly, as published.
+        """Wait until the service is settled (:func:`settle_problems`); return its owners."""
+        owners: dict[int, str] = {}
 
-        ``workers`` (in-process) must also run exactly the shards they hold. Returns the owners.
-        """
-        last: list[str] = []
+        def problems() -> list[str]:
+            nonlocal owners
+            owners = self.owners()
+            published = {i: m.shards for i, m in self.instances().items()}
+            return settle_problems(published, owners, total, count, workers)
 
-        def settled() -> bool:
-            nonlocal last
-            last = self.problems(total, count)
-            if not last:
-                owners = self.owners()
-                for worker in workers:
-                    mine = sorted(s for s, o in owners.items() if o == worker.host.instance.id)
-                    if list(worker.shards) != mine:
-                        last = [f"{worker.host.instance.id[:8]} runs {worker.shards}, holds {mine}"]
-            return not last
-
-        try:
-            wait_until(settled, timeout, interval=0.02)
-        except AssertionError:
-            raise AssertionError(f"cluster not settled within {timeout} s: {last}") from None
-        return self.owners()
+        wait_settled_by(problems, timeout)
+        return owners
 
     def sample(self) -> Sample:
         """Claims, and the members read just before and just after them (not atomic)."""
@@ -334,20 +363,21 @@ class Cluster:
         self.hosts = hosts
         self.tracker = tracker
 
+    def discovery(self, **settings: Any) -> DiscoveryConfig:
+        """The discovery settings of this cluster's workers (``settings`` override them)."""
+        return DiscoveryConfig(**{"hosts": self.hosts, **settings})
+
     def config(
         self,
         session_timeout: float = 2.0,
         connect_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
-        hosts: str | None = None,
         **discovery: Any,
     ) -> WorkerConfig:
+        """Settings of a worker of this cluster (``discovery``: more discovery settings)."""
         return WorkerConfig(
-            discovery=DiscoveryConfig(
-                hosts=hosts or self.hosts,
-                session_timeout=session_timeout,
-                connect_timeout=connect_timeout,
-                **discovery,
+            discovery=self.discovery(
+                session_timeout=session_timeout, connect_timeout=connect_timeout, **discovery
             ),
             shutdown_timeout=shutdown_timeout,
         )
@@ -426,3 +456,80 @@ def owners_by(owners: Mapping[int, str]) -> dict[str, list[int]]:
     for shard, owner in sorted(owners.items()):
         result.setdefault(owner, []).append(shard)
     return result
+
+
+# -- worker groups ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupRun:
+    """One run of a group's worker, as its handler saw it (times: ``time.monotonic()``)."""
+
+    worker: str
+    instance: str
+    shard: int
+    fire: float
+    start: float
+    end: float
+    ok: bool
+    cancelled: bool = False
+
+
+class Book:
+    """Every run of the workers of some :class:`WorkerGroup` s (each group one instance)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs: list[GroupRun] = []
+        self._counts: dict[tuple[str, int], int] = {}
+
+    def handler(
+        self, fail_shard: int | None = None, duration: float = 0.02, every_other: bool = False
+    ) -> type[Handler]:
+        """A handler whose runs take ``duration`` s and go in the book; a run of ``fail_shard``
+        fails (raises), or with ``every_other`` every other run of that worker's shard does
+        (its downstream then skips those fire times)."""
+        book = self
+
+        class Recorded(Handler):
+            def do(self, ctx: Context) -> None:
+                start = time.monotonic()
+                ctx.wait(duration)
+                key = (ctx.worker_name, ctx.shard.index)
+                with book.lock:
+                    book._counts[key] = count = book._counts.get(key, 0) + 1
+                    ok = ctx.shard.index != fail_shard or (every_other and count % 2 == 0)
+                    book.runs.append(
+                        GroupRun(
+                            ctx.worker_name,
+                            ctx.instance.id,
+                            ctx.shard.index,
+                            ctx.scheduled_time.timestamp(),
+                            start,
+                            time.monotonic(),
+                            ok,
+                            ctx.cancelled,
+                        )
+                    )
+                if not ok:
+                    raise RuntimeError(f"{ctx.worker_name} fails on shard {ctx.shard.index}")
+
+        return Recorded
+
+    def of(self, worker: str) -> list[GroupRun]:
+        with self.lock:
+            return [r for r in self.runs if r.worker == worker]
+
+
+@pytest.fixture
+def groups() -> Iterator[list[WorkerGroup]]:
+    """Worker groups the test makes (and runs); every one cancelled and waited for after it."""
+    made: list[WorkerGroup] = []
+    yield made
+    for group in made:
+        group.cancel()
+    for group in made:
+        try:
+            group.wait(20)
+        except Exception as exc:  # noqa: BLE001 (teardown goes on with the other groups)
+            print(f"group did not end cleanly: {exc!r}")

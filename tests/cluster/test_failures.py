@@ -6,13 +6,12 @@ import time
 from dataclasses import replace
 
 import pytest
-from kazoo.client import KazooClient
 
 from goworker_py import DiscoveryConfig, HealthStatus, Worker, WorkerInstance
 from goworker_py.cluster.backend import ConnectionState, RunState
 from goworker_py.cluster.backend import RunRecord as Record
 from goworker_py.cluster.backends.zookeeper import ZooKeeperBackend
-from goworker_py.testing import ZooKeeperServer, expire_session
+from goworker_py.testing import ZooKeeperServer, expire_session, observer_client
 
 from .conftest import Cluster, Ledger, Observer, RunRecord, Sampler, check_ledger, wait_until
 
@@ -193,7 +192,7 @@ def test_server_restart_shorter_than_the_session_keeps_every_shard(
         private_cluster.make(handler, total=6, session_timeout=4.0, cron="@every 100ms")
         for _ in range(2)
     ]
-    client = KazooClient(hosts=zookeeper_private.hosts, timeout=10.0)
+    client = observer_client(zookeeper_private.hosts)
     client.start(15)
     try:
         observer = Observer(client)

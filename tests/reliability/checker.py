@@ -167,7 +167,9 @@ def check_history(
        ``@every``), consecutive fire times of a shard are ``cron_period`` apart; every expected
        fire time missing between them (and, with ``window=(t0, t1)``, from ``t0`` to ``t1``) is
        a lost fire, unless it falls in one of the ``lost_ok_between`` windows (an outage, a
-       hand-over: the misfire policy decides what happens to those).
+       hand-over: the misfire policy decides what happens to those). With
+       ``misfire_policy="skip"``, a fire time that passed while a run of the shard was still
+       going (an overrun, such as a late catch-up after a hand-over) is skipped, not lost.
     4. **Misfire policy.** A run that starts more than ``misfire_grace`` after its fire time is
        a catch-up. With ``misfire_policy="skip"`` catch-ups happen only for fire times inside
        ``lost_ok_between`` windows (and failover re-runs, which repeat an old fire time by
@@ -200,8 +202,18 @@ def check_history(
         )
     if cron_period:
         for shard in sorted(expected):
+            overruns = (
+                [run_interval(run, ended) for run in by_shard.get(shard, [])]
+                if misfire_policy == "skip"
+                else []
+            )
             violations += _check_lost(
-                shard, by_shard.get(shard, []), cron_period, fire_tolerance, lost_ok_between, window
+                shard,
+                by_shard.get(shard, []),
+                cron_period,
+                fire_tolerance,
+                [*lost_ok_between, *overruns],
+                window,
             )
     return violations
 

@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     store = FencedStore(args.fence_dir) if args.fence_dir else None
     hog = GilHog(args.gil_hog) if args.gil_hog > 0 else None
     hogged = threading.Event()
+    #: Set once the first ``registered`` event is written: the GIL hog waits for it, or it
+    #: would starve the thread that writes it and the test would never learn the first session.
+    first_registered = threading.Event()
     worker: Worker | None = None
 
     zookeeper = args.hosts is not None
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 self.fenced_write(common, "start")
             if hog is not None and not hogged.is_set():
                 hogged.set()
+                first_registered.wait(10.0)
                 history.write("gil_hog", phase="begin", seconds=hog.seconds, **common)
                 hog.run()
                 history.write("gil_hog", phase="end", **common)
@@ -435,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                     member=host.instance.id,
                     timeout=host.backend.negotiated_timeout,
                 )
+                first_registered.set()
             if stop_watching.wait(0.01):
                 return
 

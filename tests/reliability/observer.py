@@ -29,13 +29,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from goworker_py.cluster.discovery import get_discovery
 from goworker_py.config import DiscoveryConfig
 from goworker_py.errors import BackendError
+from goworker_py.testing import observer_client
 
 #: The discovery namespace every instance of a scenario uses (``DiscoveryConfig``'s default).
 NAMESPACE = "goworker"
@@ -245,11 +245,8 @@ class Observer(ObserverBase):
 
     def __init__(self, hosts: str, service: str) -> None:
         self.root = f"/{NAMESPACE}/{service}"
-        self.client = KazooClient(
-            hosts=hosts,
-            timeout=10.0,
-            connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 2, "max_delay": 0.5},
-        )
+        # Gives up a connect attempt a restarting ZooKeeper never answers, as the backend does.
+        self.client = observer_client(hosts)
         self.client.start(timeout=15.0)
 
     def close(self) -> None:

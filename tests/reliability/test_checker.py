@@ -167,6 +167,22 @@ def test_catches_a_lost_fire() -> None:
     )
 
 
+def test_a_fire_time_that_passes_while_the_previous_run_goes_on_is_skipped_not_lost() -> None:
+    # A catch-up after a hand-over started 0.3 s late and overran the next fire time: the skip
+    # policy drops that fire (SPEC: fire times that pass while a run is still going).
+    runs = [run(0, "a", 0.0), run(0, "b", 1.0, 1.3, 2.1, token=11), run(0, "b", 3.0, token=11)]
+    assert check_history(runs, shards=1, cron_period=1.0) == []
+    # run_once runs it right after the overrun, so a missing one is lost; so is a fire time
+    # that passed while no run was going, and one whose run was killed before it.
+    violations = check_history(runs, shards=1, cron_period=1.0, misfire_policy="run_once")
+    assert any("1 lost fire(s) at" in v for v in violations), violations
+    ended = [run(0, "a", 0.0), run(0, "b", 1.0, 1.3, 1.9, token=11), run(0, "b", 3.0, token=11)]
+    assert any("1 lost fire(s)" in v for v in check_history(ended, shards=1, cron_period=1.0))
+    killed = [run(0, "a", 0.0), run(0, "b", 1.0, 1.3, None, token=11), run(0, "c", 3.0, token=12)]
+    violations = check_history(killed, shards=1, cron_period=1.0, ended={"b": T0 + 1.5})
+    assert any("1 lost fire(s)" in v for v in violations), violations
+
+
 def test_catches_lost_fires_at_the_window_edges_and_a_shard_that_never_ran() -> None:
     runs = [run(0, "a", float(f)) for f in (2, 3, 4)]
     violations = check_history(runs, shards=2, cron_period=1.0, window=(T0 + 0.0, T0 + 6.0))

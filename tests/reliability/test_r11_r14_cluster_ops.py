@@ -185,7 +185,17 @@ def test_r12_membership_churn_storm_never_has_two_owners(scenario: Scenario) -> 
         ]
         last_event = max([t for _, t in left] + registrations)
         settled = observer.wait_settled(shards, len(live), 10.0)
-        time.sleep(0.3)  # keep sampling the settled cluster for a while
+        # Keep sampling the settled cluster until there is enough to check (however slowly a
+        # busy machine lets the sampler run).
+        poll(
+            lambda: (
+                len(samples.samples) > 500
+                and owner_conflicts(samples.samples, scenario.runs())[1] > 500
+            ),
+            30.0,
+            "over 500 samples and 500 sampled (instant, run in flight) pairs",
+            interval=0.1,
+        )
     converged = converged_at(samples.samples, last_event, shards, len(live))
     assert converged is not None, "the samples never show a settled cluster after the storm"
     convergence = converged - last_event

@@ -101,7 +101,22 @@ def test_r15_restart_faster_than_t_under_the_same_name(scenario: Scenario) -> No
             3.0,
             "failover re-runs of the killed runs",
         )
-        time.sleep(0.3)  # keep sampling the settled cluster for a while
+
+        def runs_so_far() -> list[dict[str, Any]]:
+            # The killed runs end at the kill.
+            return [
+                {**r, "end": killed} if r["pid"] == alpha.pid and r["end"] is None else r
+                for r in scenario.runs()
+            ]
+
+        # Keep sampling the settled cluster until there is enough to check (however slowly a
+        # busy machine lets the sampler run).
+        poll(
+            lambda: owner_conflicts(samples.samples, runs_so_far())[1] > 100 or None,
+            30.0,
+            "over 100 sampled (instant, run in flight) pairs",
+            interval=0.1,
+        )
     gone = min(
         (s.t for s in samples.samples if s.t > killed and old_session not in s.claims.values()),
         default=None,
@@ -134,13 +149,8 @@ def test_r15_restart_faster_than_t_under_the_same_name(scenario: Scenario) -> No
         and r["shard"] in shards_of(claims, old_session)
     ]
     assert taken and min(r["start"] for r in taken) >= gone - 0.01
-    # At every sampled instant, whoever ran a shard held its claim (the killed runs end at
-    # the kill).
-    runs = [
-        {**r, "end": killed} if r["pid"] == alpha.pid and r["end"] is None else r
-        for r in scenario.runs()
-    ]
-    conflicts, checked = owner_conflicts(samples.samples, runs)
+    # At every sampled instant, whoever ran a shard held its claim.
+    conflicts, checked = owner_conflicts(samples.samples, runs_so_far())
     assert not conflicts and checked > 100, (checked, conflicts[:10])
     assert T / 2 < correct <= T + 0.5, f"membership corrected {correct:.3f} s after the kill"
     for instance in (beta, again):
@@ -688,7 +698,9 @@ def test_r19_graceful_shutdown_with_16_runs_in_flight(scenario: Scenario) -> Non
     assert cancel < 1.0, f"runs ended {cancel:.3f} s after the SIGTERM"
     # Deleted by the instance itself: a session expiry would take about T.
     assert max(latency["member"], latency["claims"]) < T / 4, latency
-    assert latency["takeover"] < T / 4, latency
+    # The peer needs no session expiry either: it holds every shard well before the leaving
+    # session could have expired (T), however slowly a busy machine lets it claim 16 shards.
+    assert latency["takeover"] < 0.75 * T, latency
     scenario.check(cron_period=None)
 
 

@@ -167,7 +167,10 @@ class EtcdBackend:
     def _on_state(self, state: ConnectionState) -> None:
         # The keeper's thread (or the one whose request found out): signal, nothing more.
         if state is not ConnectionState.CONNECTED:
-            self._member = None if state is ConnectionState.LOST else self._member
+            # A LOST told late (another thread's request found out) may come after the keeper
+            # granted a new lease and the host registered on it: keep that registration.
+            if state is ConnectionState.LOST and self._lease.lease == 0:
+                self._member = None
         else:
             # Keep-alives get through again: any stream that died meanwhile resumes now.
             for watch in self._watches():

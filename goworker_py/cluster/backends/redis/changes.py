@@ -26,6 +26,7 @@ from typing import Any
 from loguru import logger
 from redis.client import PubSub
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from goworker_py.cluster.backend import Change, RunRecord
 from goworker_py.cluster.backends.redis.client import Requests
@@ -38,7 +39,8 @@ POLL_SECONDS = 1.0
 class ChangeListener:
     """Follows pub/sub channels on a thread of its own and hands each message on.
 
-    ``on_message(channel, data)`` and ``on_resubscribed(channel)`` run on this thread.
+    ``on_message(channel, data)``, ``on_resubscribed(channel)`` and ``on_cut()`` (the server
+    closed or reset the connection: it may be restarting) run on this thread.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class ChangeListener:
         on_message: Callable[[str, str], None],
         on_resubscribed: Callable[[str], None],
         *,
+        on_cut: Callable[[], None] = lambda: None,
         wake_channel: str,
         max_backoff: float,
         name: str,
@@ -56,6 +59,7 @@ class ChangeListener:
         self._wake = wake
         self._on_message = on_message
         self._on_resubscribed = on_resubscribed
+        self._on_cut = on_cut
         self._wake_channel = wake_channel
         self._max_backoff = max_backoff
         self._lock = threading.Lock()
@@ -98,6 +102,7 @@ class ChangeListener:
         pubsub: PubSub | None = None
         failures = 0
         while not self._closed.is_set():
+            live = pubsub is not None  # subscribed: not a reconnect attempt
             try:
                 if pubsub is None:
                     pubsub = self._make_pubsub()
@@ -113,6 +118,8 @@ class ChangeListener:
             except (RedisError, OSError) as exc:
                 failures += 1
                 logger.debug("Redis pub/sub connection lost ({!r}); subscribing again", exc)
+                if live and not isinstance(exc, RedisTimeout):
+                    self._on_cut()  # closed or reset, not merely slow
                 self._discard(pubsub)
                 pubsub = None
                 with self._lock:
@@ -167,7 +174,8 @@ class ChangeFeed:
     ``emit`` reports a change of this service (a release of claims only when ``awaited(shards)``
     says this instance waits for one of them); ``read_run(service, shard)`` reads a run record;
     ``look_again()`` wakes the backend's ticker (an expiry to prune, or our own lease gone);
-    ``own_lease()`` is the current lease id.
+    ``own_lease()`` is the current lease id; ``on_cut()`` is told when the server closed or
+    reset the listener's connection.
     """
 
     def __init__(
@@ -184,6 +192,7 @@ class ChangeFeed:
         wake_id: str,
         max_backoff: float,
         confirm_timeout: float,
+        on_cut: Callable[[], None] = lambda: None,
     ) -> None:
         self.service = service
         self._requests = requests
@@ -206,6 +215,7 @@ class ChangeFeed:
             lambda channel: requests.do(lambda c: c.publish(channel, "wake"), "PUBLISH"),
             self._on_message,
             self._on_resubscribed,
+            on_cut=on_cut,
             wake_channel=f"{prefix_of(service)}wake:{wake_id}",
             max_backoff=max_backoff,
             name=f"goworker:redis-listen:{service}",

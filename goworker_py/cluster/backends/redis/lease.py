@@ -9,6 +9,13 @@ are all still there, and otherwise reports the lease lost (LOST); the ticker the
 one (``lease_id`` changes) and the host registers again. ``answered_at`` is the send time of the
 last refresh the server answered: a failed or timed-out request renews nothing, and
 ``lease_valid_until()`` is that plus the TTL, which the server's expiry cannot precede.
+
+A server that closes (or resets) the listener's connection may be restarting, and a Redis
+without persistence comes back with every key gone: another instance may claim our shards as
+soon as it serves again, long before our TTL would have run out. So from that moment the lease
+counts as lapsed (``lease_valid_until()`` is the moment of the cut: the host's self-fencing
+stops every run at once) until a refresh sent after it is answered — the lease is then still
+there (only the connection was lost) or found gone (LOST).
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ class RedisLease:
         self._lease = ""
         self._lease_wanted = False
         self._answered_at = time.monotonic()
+        #: When the server cut the listener's connection, if no refresh sent since answered.
+        self._cut_at: float | None = None
         self._next_tick = 0.0
         self._tick_wake = threading.Event()
         self._closing = threading.Event()
@@ -137,6 +146,7 @@ class RedisLease:
                 wake_id=secrets.token_hex(8),
                 max_backoff=self._interval,
                 confirm_timeout=self.config.connect_timeout,
+                on_cut=self._connection_cut,
             )
         return feed.start(self._keyspace)
 
@@ -184,8 +194,29 @@ class RedisLease:
         return self._answered_at
 
     def lease_valid_until(self) -> float:
-        """The last successful refresh set every key's TTL to T no earlier than it was sent."""
-        return self._answered_at + self.config.session_timeout
+        """The last successful refresh set every key's TTL to T no earlier than it was sent —
+        unless the server cut our connection since (it may have restarted empty): then the
+        moment of the cut."""
+        valid = self._answered_at + self.config.session_timeout
+        cut = self._cut_at
+        return valid if cut is None else min(valid, cut)
+
+    def _connection_cut(self) -> None:
+        """The listener's thread: the server closed or reset its connection (see the module
+        docstring). Counts the lease as lapsed now, and wakes the ticker to find out."""
+        with self._lock:
+            if not self._lease or self._cut_at is not None:
+                return
+            self._cut_at = time.monotonic()
+            if self._state is ConnectionState.CONNECTED:
+                self._state = ConnectionState.SUSPENDED
+        logger.warning(
+            "Redis closed our connection (a restart without persistence loses every lease): "
+            "lease {} counts as lapsed until a refresh is answered",
+            self._lease,
+        )
+        self._emit(Change.CONNECTION)  # the host looks at its fence again
+        self._tick_wake.set()
 
     def round_trip(self, timeout: float) -> None:
         """One refresh answered within ``timeout`` s; ``LeaseLost`` if the lease is gone."""
@@ -207,8 +238,14 @@ class RedisLease:
             with self._lock:
                 self._lease, self._lease_wanted = lease, True
                 self._answered_at = sent
+                if self._cut_at is not None and sent > self._cut_at:
+                    self._cut_at = None
                 self._next_tick = sent + self._interval
-            self._set_state(ConnectionState.CONNECTED)
+                # With the lease, in one step: a LOST reported for the old lease meanwhile
+                # must not land after this (LOST with a live lease would last for good).
+                changed = self._switch(ConnectionState.CONNECTED)
+            if changed:
+                self._emit(Change.CONNECTION)
             return lease
 
     def _lease_gone(self, lease: str, why: str) -> None:
@@ -218,15 +255,24 @@ class RedisLease:
                 return
             self._lease = ""
             self.leases_lost += 1
+            # With the lease, in one step: the ticker may take a new lease right after.
+            changed = self._switch(ConnectionState.LOST)
         logger.warning("Redis lease {} lost: {}", lease, why)
-        self._set_state(ConnectionState.LOST)
-        self._tick_wake.set()
-
-    def _set_state(self, state: ConnectionState) -> None:
-        with self._lock:
-            changed, self._state = self._state is not state, state
         if changed:
             self._emit(Change.CONNECTION)
+        self._tick_wake.set()
+
+    def _set_state(self, state: ConnectionState, *, unless: ConnectionState | None = None) -> None:
+        """Move to ``state`` (and report the change) unless the state is ``unless``."""
+        with self._lock:
+            changed = self._state is not unless and self._switch(state)
+        if changed:
+            self._emit(Change.CONNECTION)
+
+    def _switch(self, state: ConnectionState) -> bool:
+        """Under ``_lock``: move to ``state``; True if that is a change."""
+        changed, self._state = self._state is not state, state
+        return changed
 
     def _await_release(self, shard: int, waiting: bool) -> None:
         """Note (before the claim request goes out, so its release is never missed) or forget
@@ -271,7 +317,7 @@ class RedisLease:
                 failures += 1
                 logger.debug("Redis refresh failed: {!r}", exc)
                 if self._state is ConnectionState.CONNECTED:
-                    self._set_state(ConnectionState.SUSPENDED)
+                    self._set_state(ConnectionState.SUSPENDED, unless=ConnectionState.LOST)
                 backoff = min(self._interval, 0.02 * 2 ** min(failures, 10))
                 self._next_tick = time.monotonic() + backoff
 
@@ -290,11 +336,14 @@ class RedisLease:
             held = status == 1 and lease == self._lease
             if held or (status == 0 and not lease and not self._lease_wanted):
                 self._answered_at = max(self._answered_at, sent)
+            if held and self._cut_at is not None and sent > self._cut_at:
+                self._cut_at = None  # the lease outlived the cut
             self._next_tick = min(sent + self._interval, now + next_ms / 1000 + EXPIRY_MARGIN)
         if status < 0:
             self._lease_gone(lease, why)
-        elif self._state is not ConnectionState.LOST:
-            self._set_state(ConnectionState.CONNECTED)
+        else:
+            # Only a new lease ends LOST (checked and switched in one step: see _new_lease).
+            self._set_state(ConnectionState.CONNECTED, unless=ConnectionState.LOST)
         if feed is not None:
             for service, seq in zip(services, reply[3:], strict=False):
                 feed.check_seq(service, int(seq))

@@ -67,7 +67,11 @@ class ReplyClock:
     any thread (plain float assignments).
     """
 
-    def __init__(self, client: KazooClient, session_timeout: float) -> None:
+    def __init__(
+        self, client: KazooClient, session_timeout: float, give_up_after: float | None = None
+    ) -> None:
+        """``give_up_after``: seconds a connect attempt may wait for its answer (default: a
+        third of the session timeout)."""
         connection = check_kazoo(client)
         #: ``time.monotonic()`` send time of the latest request the server answered.
         self.answered_at = time.monotonic()
@@ -86,7 +90,8 @@ class ReplyClock:
             # kazoo waits for the answer to its connect request for T / len(hosts); a server
             # that accepted the connection but never answers (ZooKeeper, for a moment while it
             # starts) would hold the attempt until a restarted server has expired the session.
-            give_up = threading.Timer(self.negotiated_timeout / 3, abort_connection, (client,))
+            limit = give_up_after or self.negotiated_timeout / 3
+            give_up = threading.Timer(limit, abort_connection, (client,))
             give_up.daemon = True
             give_up.start()
             try:

@@ -1,14 +1,13 @@
-"""A cluster worker in an OS process of its own, for ``test_processes.py``.
+"""A cluster worker in an OS process of its own, for ``test_workers.py``.
 
 Every run appends one JSON line (shard, instance id, pid, fencing token, scheduled time, start,
 end, failover flag) to the ledger file with a single ``O_APPEND`` write, so the lines of several
 processes never interleave. Times are ``time.monotonic()``, which on Linux is one clock for every
 process of the machine. SIGTERM stops the worker gracefully and the process exits 0.
 
-``--hosts`` names ZooKeeper hosts; ``--discovery`` a URL of any backend (``etcd://h:p``,
-``redis://h:p/0``, ``zookeeper://h:p``), with ``--namespace`` for the service's keys.
+``--discovery`` is a URL of any backend (``etcd://h:p``, ``redis://h:p/0``, ``zookeeper://h:p``),
+with ``--namespace`` for the service's keys.
 
-    python worker_process.py --hosts 127.0.0.1:2181/chroot --ledger /tmp/ledger.jsonl
     python worker_process.py --discovery etcd://127.0.0.1:2379 --namespace t1 --ledger l.jsonl
 """
 
@@ -35,9 +34,7 @@ from goworker_py import (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--hosts", help="ZooKeeper hosts[/chroot]")
-    where.add_argument("--discovery", help="a discovery URL (any backend)")
+    parser.add_argument("--discovery", required=True, help="a discovery URL (any backend)")
     parser.add_argument("--namespace", default="goworker")
     parser.add_argument("--ledger", required=True)
     parser.add_argument("--service", default="svc")
@@ -55,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "connect_timeout": 10.0,
         "namespace": args.namespace,
     }
-    if args.discovery:
-        discovery = DiscoveryConfig.from_url(args.discovery, **settings)
-    else:
-        discovery = DiscoveryConfig(hosts=args.hosts, **settings)
+    discovery = DiscoveryConfig.from_url(args.discovery, **settings)
 
     class Recording(Handler):
         def do(self, ctx: Context) -> None:
