@@ -2,11 +2,18 @@
 
 A :class:`Scenario` (one per test, from the ``scenario`` fixture) owns everything a test
 starts: :class:`Instance` processes running ``instance_main.py``, :class:`~.proxy.TcpProxy`
-proxies, and an :class:`Observer` - a kazoo client of its own, straight at the server, that
-reads what ZooKeeper holds. Every instance appends to one history file; :meth:`Scenario.runs`
-pairs its start and end events and :meth:`Scenario.check` hands them to the independent
-:mod:`.checker`. At teardown every process is killed and every proxy closed; when the test
-failed, the instances' stderr tails and the history are added to its report.
+proxies, and an observer (:mod:`.observer`) that reads what the coordination server holds - for
+ZooKeeper a kazoo client of its own, straight at the server; for etcd and Redis a backend
+connected through the seam without registering. Every instance appends to one history file;
+:meth:`Scenario.runs` pairs its start and end events and :meth:`Scenario.check` hands them to the
+independent :mod:`.checker`. At teardown every process is killed and every proxy closed; when the
+test failed, the instances' stderr tails and the history are added to its report.
+
+A scenario runs on one backend (:attr:`Scenario.backend`: ``"zookeeper"``, ``"etcd"`` or
+``"redis"``); instances get ``--hosts`` on ZooKeeper and a ``--discovery`` URL on the others.
+The history's ``session`` of an instance is its lease: the ZooKeeper session id in hex
+(``0x...``), the etcd lease id in hex, the Redis lease's token - what the observer reports as
+the holder of claims and member entries.
 
 Times in the history are ``time.time()`` (one machine, every process); the harness stamps its
 faults (:attr:`Instance.killed_at`, :attr:`Instance.frozen`) with the same clock.
@@ -15,7 +22,6 @@ faults (:attr:`Instance.killed_at`, :attr:`Instance.frozen`) with the same clock
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -23,23 +29,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kazoo.exceptions import KazooException, NoNodeError
-from kazoo.handlers.threading import KazooTimeoutError
+import pytest
 
-from goworker_py.testing import observer_client
 from goworker_py.testing.process import die_with_parent_prefix, wait_for_threads
 
 from .checker import check_fenced_writes, check_history
+from .observer import ClaimSample as ClaimSample  # re-exported: the scenarios' imports
+from .observer import ClaimSamples as ClaimSamples
+from .observer import Observer, ObserverBase, SeamObserver, wait_for
 from .proxy import PartitionMode, TcpProxy
 
 INSTANCE_MAIN = Path(__file__).with_name("instance_main.py")
 REPO = Path(__file__).resolve().parents[2]
-NAMESPACE = "goworker"
 
 #: Defaults of :meth:`Scenario.spawn` (``Scenario.defaults``): every instance of one service
 #: must share ``shards`` and ``cron`` (ZooKeeper's service config node refuses others).
@@ -68,24 +73,27 @@ _VALUE_FLAGS = (
     "handover_timeout",
 )
 _BOOL_FLAGS = ("ignore_cancel", "fork_child", "tick_busy")
-_ZK_ERRORS = (KazooException, KazooTimeoutError, OSError)
-
+#: The backends a scenario may run on: ``{name: discovery protocol}``.
+PROTOCOLS = {"zookeeper": "zookeeper", "etcd": "etcdv3", "redis": "redis"}
+#: The private-server fixture of each backend (``conftest.scenario`` requests it).
+SERVER_FIXTURES = {
+    "zookeeper": "zookeeper_private",
+    "etcd": "etcd_private",
+    "redis": "redis_private",
+}
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def wait_for(
-    predicate: Callable[[], _T | None], timeout: float, what: str = "", interval: float = 0.01
-) -> _T:
-    """Poll ``predicate`` until it returns something truthy and return that; fail after
-    ``timeout`` seconds, saying ``what`` was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout} s: {what or predicate}")
-        time.sleep(interval)
+def on_backends(*backends: str) -> Callable[[_F], _F]:
+    """Run the decorated scenario test once per backend (test ids ``[zookeeper]``, ...)."""
+    unknown = set(backends) - set(SERVER_FIXTURES)
+    if unknown:
+        raise ValueError(f"unknown backends {sorted(unknown)} (one of {sorted(SERVER_FIXTURES)})")
+    mark: Callable[[_F], _F] = pytest.mark.parametrize(
+        "scenario", list(backends), indirect=True, ids=list(backends)
+    )
+    return mark
 
 
 def period_of(cron: str) -> float | None:
@@ -231,6 +239,28 @@ class Instance:
                 self.proc.kill()
                 self.proc.wait(10)
 
+    def thread_stacks(self, timeout: float = 2.0) -> str:
+        """Every thread's stack and the backend's attributes, as the running process writes
+        them on SIGUSR1 and SIGUSR2 ("" when it is not running: exited, or frozen by
+        :meth:`sigstop`)."""
+        if not self.alive or self._stopped_at is not None:
+            return ""
+        before = self.stderr_path.stat().st_size
+        with contextlib.suppress(OSError):
+            self._signal(signal.SIGUSR1)  # the stacks (faulthandler)
+            time.sleep(0.05)
+            self._signal(signal.SIGUSR2)  # the backend's state (instance_main.dump_backend)
+        deadline, size = time.monotonic() + timeout, before
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            grown = self.stderr_path.stat().st_size
+            if grown > before and grown == size:
+                break  # written, and done writing
+            size = grown
+        with open(self.stderr_path, "rb") as err:
+            err.seek(before)
+            return err.read().decode(errors="replace")
+
     def stderr_tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines of its stderr (its log)."""
         try:
@@ -262,241 +292,16 @@ class Instance:
         return health[-1]["health"] if health else None
 
 
-# -- the observer ----------------------------------------------------------------------------------
-
-
-@dataclass
-class ClaimSample:
-    """What the observer read at ``t``: ``{shard: session}`` and the member sessions around it."""
-
-    t: float
-    claims: dict[int, str]
-    members: set[str]
-    #: When the claims had been read (``t`` is when the sample began).
-    read_at: float = 0.0
-
-
-@dataclass
-class ClaimSamples:
-    """Samples taken by :meth:`Observer.sample_claims`."""
-
-    samples: list[ClaimSample] = field(default_factory=list)
-    errors: int = 0
-
-    def ownership_changes(self) -> dict[int, int]:
-        """``{shard: times its claim passed to another session}`` (vanishing is no change)."""
-        changes: dict[int, int] = {}
-        last: dict[int, str] = {}
-        for sample in self.samples:
-            for shard, session in sample.claims.items():
-                if shard in last and last[shard] != session:
-                    changes[shard] = changes.get(shard, 0) + 1
-                last[shard] = session
-        return changes
-
-    def owners_of(self, shard: int) -> list[str]:
-        """Every session that held ``shard``, in order."""
-        owners: list[str] = []
-        for sample in self.samples:
-            session = sample.claims.get(shard)
-            if session is not None and (not owners or owners[-1] != session):
-                owners.append(session)
-        return owners
-
-    def orphans(self) -> list[tuple[float, int, str]]:
-        """``(t, shard, session)`` of claims held by a session that was no member then."""
-        return [
-            (sample.t, shard, session)
-            for sample in self.samples
-            for shard, session in sample.claims.items()
-            if session not in sample.members
-        ]
-
-    def unowned_time(self, shard: int) -> float:
-        """Seconds ``shard`` had no claim, between the first and the last sample."""
-        total = 0.0
-        for before, after in itertools.pairwise(self.samples):
-            if shard not in before.claims:
-                total += after.t - before.t
-        return total
-
-
-class Observer:
-    """Reads a service's nodes with a kazoo client of its own, straight at the server(s).
-
-    Every read tolerates an unreachable ZooKeeper (it returns what it could, or None).
-    """
-
-    def __init__(self, hosts: str, service: str) -> None:
-        self.root = f"/{NAMESPACE}/{service}"
-        self.client = observer_client(hosts)
-        self.client.start(timeout=15.0)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.stop()
-        with contextlib.suppress(Exception):
-            self.client.close()
-
-    def _children(self, path: str, timeout: float) -> list[str]:
-        try:
-            return list(self.client.get_children_async(path).get(timeout=timeout))
-        except NoNodeError:
-            return []
-
-    def claim_nodes(self, timeout: float = 5.0) -> dict[int, tuple[str, int]]:
-        """``{shard: (session hex, fencing token)}`` of every claim node."""
-        path = f"{self.root}/claims"
-        children = [c for c in self._children(path, timeout) if c.isdigit()]
-        pending = [(int(c), self.client.exists_async(f"{path}/{c}")) for c in children]
-        result: dict[int, tuple[str, int]] = {}
-        for shard, request in pending:
-            stat = request.get(timeout=timeout)
-            if stat is not None:
-                result[shard] = (format(stat.ephemeralOwner, "#x"), int(stat.czxid))
-        return result
-
-    def claims(self, timeout: float = 5.0) -> dict[int, str]:
-        """``{shard: session hex}`` of every claim."""
-        return {shard: session for shard, (session, _) in self.claim_nodes(timeout).items()}
-
-    def members(self, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Live members in rank order: ``{"node", "session", "id", "pid", "shards", "health"}``."""
-        path = f"{self.root}/instances"
-        children = sorted(self._children(path, timeout), key=lambda c: int(c.rsplit("-", 1)[1]))
-        pending = [(c, self.client.get_async(f"{path}/{c}")) for c in children]
-        result: list[dict[str, Any]] = []
-        for child, request in pending:
-            try:
-                raw, stat = request.get(timeout=timeout)
-            except NoNodeError:
-                continue
-            data = json.loads(raw)
-            result.append(
-                {
-                    "node": child,
-                    "session": format(stat.ephemeralOwner, "#x"),
-                    "id": data.get("id"),
-                    "pid": data.get("pid"),
-                    "shards": list(data.get("shards", ())),
-                    "health": data.get("health"),
-                }
-            )
-        return result
-
-    def member_sessions(self, timeout: float = 5.0) -> set[str]:
-        """Sessions of the live members (their instance nodes' owners)."""
-        path = f"{self.root}/instances"
-        pending = [self.client.exists_async(f"{path}/{c}") for c in self._children(path, timeout)]
-        sessions = set()
-        for request in pending:
-            stat = request.get(timeout=timeout)
-            if stat is not None:
-                sessions.add(format(stat.ephemeralOwner, "#x"))
-        return sessions
-
-    def owned(self, shards: int | Iterable[int]) -> dict[int, str] | None:
-        """The claims, when every shard in ``shards`` is claimed by a live member; else None."""
-        wanted = set(range(shards)) if isinstance(shards, int) else set(shards)
-        try:
-            before = self.member_sessions(2.0)
-            claims = self.claims(2.0)
-            after = self.member_sessions(2.0)
-        except _ZK_ERRORS:
-            return None
-        live = before & after
-        if wanted <= set(claims) and all(claims[s] in live for s in wanted):
-            return claims
-        return None
-
-    def wait_owned(self, shards: int | Iterable[int], timeout: float = 15.0) -> dict[int, str]:
-        """Wait until every shard is claimed by a live member; return ``{shard: session}``."""
-        return wait_for(
-            lambda: self.owned(shards), timeout, f"every shard of {shards} owned", interval=0.005
-        )
-
-    def settled(self, shards: int, members: int) -> dict[int, str] | None:
-        """The claims, once ``members`` members share every shard evenly, as they publish it."""
-        try:
-            found = self.members(2.0)
-            claims = self.claims(2.0)
-        except _ZK_ERRORS:
-            return None
-        if len(found) != members or sorted(claims) != list(range(shards)):
-            return None
-        held: dict[str, list[int]] = {m["session"]: [] for m in found}
-        for shard, session in sorted(claims.items()):
-            if session not in held:
-                return None
-            held[session].append(shard)
-        loads = [len(s) for s in held.values()]
-        if max(loads) - min(loads) > 1:
-            return None
-        if any(sorted(m["shards"]) != held[m["session"]] for m in found):
-            return None
-        return claims
-
-    def wait_settled(self, shards: int, members: int, timeout: float = 15.0) -> dict[int, str]:
-        """Wait until :meth:`settled`; return ``{shard: session}``."""
-        return wait_for(
-            lambda: self.settled(shards, members),
-            timeout,
-            f"{members} members sharing {shards} shards evenly",
-            interval=0.01,
-        )
-
-    def wait_members(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-        """Wait until exactly ``count`` members are registered; return them."""
-
-        def members() -> list[dict[str, Any]] | None:
-            try:
-                found = self.members(2.0)
-            except _ZK_ERRORS:
-                return None
-            return found if len(found) == count else None
-
-        return wait_for(members, timeout, f"{count} members", interval=0.005)
-
-    def sample(self, timeout: float = 2.0) -> ClaimSample:
-        """One sample: member sessions, claims, member sessions again (reads are not atomic)."""
-        t = time.time()
-        members = self.member_sessions(timeout)
-        claims = self.claims(timeout)
-        read_at = time.time()
-        members |= self.member_sessions(timeout)
-        return ClaimSample(t, claims, members, read_at)
-
-    @contextlib.contextmanager
-    def sample_claims(self, interval: float = 0.005) -> Iterator[ClaimSamples]:
-        """Sample the claims on a thread every ``interval`` s while the block runs."""
-        result = ClaimSamples()
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                try:
-                    result.samples.append(self.sample())
-                except _ZK_ERRORS:
-                    result.errors += 1
-                stop.wait(interval)
-
-        thread = threading.Thread(target=loop, name="claim-sampler", daemon=True)
-        thread.start()
-        try:
-            yield result
-        finally:
-            stop.set()
-            thread.join(15.0)
-
-
 # -- one scenario ----------------------------------------------------------------------------------
 
 
 class Scenario:
     """Everything one reliability test starts, and what it observed.
 
-    ``server`` is anything with ``.hosts`` (a ``ZooKeeperServer`` or a ``ZooKeeperEnsemble``);
-    ``defaults`` override :data:`DEFAULTS` for every :meth:`spawn`.
+    ``server`` is anything with ``.hosts``: a ``ZooKeeperServer`` or a ``ZooKeeperEnsemble``
+    for ``backend="zookeeper"`` (the default), an ``EtcdServer`` for ``"etcd"``, a
+    ``RedisServer`` for ``"redis"``; ``defaults`` override :data:`DEFAULTS` for every
+    :meth:`spawn`.
     """
 
     def __init__(
@@ -505,9 +310,14 @@ class Scenario:
         directory: Path,
         *,
         request: Any = None,
+        backend: str = "zookeeper",
         **defaults: Any,
     ) -> None:
+        if backend not in PROTOCOLS:
+            raise ValueError(f"unknown backend {backend!r} (one of {sorted(PROTOCOLS)})")
         self.server = server
+        #: The backend the instances coordinate through (a key of :data:`PROTOCOLS`).
+        self.backend = backend
         #: Where instances connect by default (the server itself; a proxy per instance with
         #: ``spawn(via_proxy=True)``).
         self.hosts: str = server.hosts
@@ -522,7 +332,7 @@ class Scenario:
         self.figures: dict[str, Any] = {}
         self._request = request
         self._names = 0
-        self._observer: Observer | None = None
+        self._observer: ObserverBase | None = None
         self._history_lock = threading.Lock()
         self._history_offset = 0
         self._history_events: list[dict[str, Any]] = []
@@ -537,11 +347,25 @@ class Scenario:
     # -- instances and proxies ----------------------------------------------------------------
 
     @property
-    def observer(self) -> Observer:
-        """The observer (connected on first use)."""
+    def observer(self) -> ObserverBase:
+        """The observer (connected on first use): kazoo's on ZooKeeper, the seam's on the
+        other backends (see :mod:`.observer`)."""
         if self._observer is None:
-            self._observer = Observer(self.server.hosts, self.defaults["service"])
+            service = self.defaults["service"]
+            if self.backend == "zookeeper":
+                self._observer = Observer(self.server.hosts, service)
+            else:
+                self._observer = SeamObserver(PROTOCOLS[self.backend], self.server.hosts, service)
         return self._observer
+
+    def discovery_args(self, hosts: str) -> list[str]:
+        """``instance_main.py``'s flags to reach the backend at ``hosts``: ``--hosts`` for
+        ZooKeeper, a ``--discovery`` URL for the others."""
+        if self.backend == "zookeeper":
+            return ["--hosts", hosts]
+        if self.backend == "redis":
+            return ["--discovery", f"redis://{hosts}/0"]
+        return ["--discovery", f"etcd://{hosts}"]
 
     def proxy(self) -> TcpProxy:
         """A new proxy in front of the (single) server, closed at teardown."""
@@ -589,7 +413,10 @@ class Scenario:
             elif via_proxy:
                 proxy = self.proxy()
             target = hosts or (proxy.hosts if proxy is not None else self.hosts)
-            args = ["--hosts", target, "--history", str(self.history_path), "--name", label]
+            args = [
+                *self.discovery_args(target),
+                *("--history", str(self.history_path), "--name", label),
+            ]
             for key in _VALUE_FLAGS:
                 if settings.get(key) is not None:
                     args += [f"--{key.replace('_', '-')}", str(settings[key])]
@@ -844,14 +671,17 @@ class Scenario:
         print(f"{name}: {text or value}")
 
     def report(self, history_lines: int = 400) -> str:
-        """Stderr tails of every instance and the end of the history."""
+        """Stderr tails of every instance, the thread stacks of those still running, and the
+        end of the history."""
         parts = []
         for instance in self.instances:
+            tail = instance.stderr_tail()
             parts.append(
                 f"---- {instance.name} (pid {instance.pid}, exit "
-                f"{instance.proc.returncode if instance.proc else None}) stderr tail ----\n"
-                + instance.stderr_tail()
+                f"{instance.proc.returncode if instance.proc else None}) stderr tail ----\n" + tail
             )
+            if stacks := instance.thread_stacks():
+                parts.append(f"---- {instance.name} thread stacks ----\n{stacks}")
         try:
             lines = self.history_path.read_text().splitlines()
         except FileNotFoundError:

@@ -1,22 +1,32 @@
 """One worker instance of a reliability scenario, as an OS process of its own.
 
-    python tests/reliability/instance_main.py --hosts H --service S --shards N --cron EXPR \\
-        --session-timeout T --history FILE [--run-seconds D] [--shard-run-seconds 0=D0,1=D1] \\
-        [--ignore-cancel] \\
+    python tests/reliability/instance_main.py (--hosts H | --discovery URL) --service S \\
+        --shards N --cron EXPR --session-timeout T --history FILE [--run-seconds D] \\
+        [--shard-run-seconds 0=D0,1=D1] [--ignore-cancel] \\
         [--misfire-policy skip|run_once] [--shutdown-timeout S] [--name NAME] \\
         [--gil-hog SECONDS] [--fork-child] [--fence-dir DIR] [--tick SECONDS] [--tick-busy] \
         [--slow-watch SECONDS] [--handover-timeout SECONDS]
 
 A cluster-mode ``Worker`` whose handler appends what it does to the shared history file as JSON
-lines (``O_APPEND``, one ``os.write`` per line, so lines of several processes never mix):
+lines (``O_APPEND``, one ``os.write`` per line, so lines of several processes never mix).
+``--hosts`` is a ZooKeeper connection string; ``--discovery`` a discovery URL of any backend
+(``etcd://h:p``, ``redis://h:p/0``, ``zookeeper://h:p``). An instance's ``session`` is its lease:
+on ZooKeeper the session id in hex (``0x...``), elsewhere the backend's ``lease_id``.
 
 - ``start`` / ``end`` of every run (``end`` has ``outcome`` ``ok`` or ``cancelled``), with shard,
-  instance name, pid, session (hex), fencing token, fire time, time and failover flag;
+  instance name, pid, session, fencing token, fire time, time and failover flag;
 - ``health`` whenever ``worker.health`` changes (polled every 10 ms), with the session the
-  client held then (``session``, hex, or None without one), ``zk_state`` for every kazoo state
-  change (``t`` is when kazoo reported it);
-- ``registered`` for every new session (with ``session_id`` and ``session_passwd`` in hex, so a
-  test can expire the session from outside), ``exit`` with the exit code;
+  client held then (``session``, or None without one);
+- on ZooKeeper, ``zk_state`` for every kazoo state change (``t`` is when kazoo reported it);
+  on the other backends, ``conn_state`` for every connection-state change the backend reports
+  through the seam (``Change.CONNECTION``; ``state`` is the ``ConnectionState``'s name,
+  ``LOST``, ``SUSPENDED``, ``CONNECTED``, read when the change was delivered, and ``lease`` the
+  lease it concerns: for ``LOST`` the one lost). A lease replaced without a ``LOST`` delivered
+  for it is written as a ``LOST`` of the old lease with ``inferred`` true, at the moment the
+  new lease was seen (never earlier than the fact; see ``state_tap.StateTap``);
+- ``registered`` for every new member entry (session, ``node``: the member key, ``member``:
+  the instance id; on ZooKeeper also ``session_id`` and ``session_passwd`` in hex, so a test can
+  expire the session from outside), ``exit`` with the exit code;
 - with ``--fence-dir``, ``fenced_write`` for every write to a small token-checking store (one at
   the start of ``do``, one when its work is done - also after a cancellation, except with
   ``--tick``), accepted or rejected;
@@ -39,7 +49,11 @@ lines (``O_APPEND``, one ``os.write`` per line, so lines of several processes ne
 
 ``--handover-timeout S`` is passed to ``WorkerConfig(handover_timeout=S)``, and only when given.
 
-SIGTERM/SIGINT stop the worker gracefully; the process then exits 0.
+SIGTERM/SIGINT stop the worker gracefully; the process then exits 0. SIGUSR1 writes the stack of
+every thread to stderr, SIGUSR2 the coordination backend's attributes (the harness asks for both
+when a test failed: where is it stuck, and why?). The log
+level is INFO, or ``RELIABILITY_LOG_LEVEL`` (``DEBUG`` to chase a failure); modules named in
+``RELIABILITY_DEBUG`` (comma-separated, e.g. ``goworker_py.cluster.backends.redis``) log at DEBUG.
 """
 
 from __future__ import annotations
@@ -47,10 +61,12 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import faulthandler
 import fcntl
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -58,6 +74,9 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
+
+# This script's folder is on sys.path when it runs (``python tests/reliability/instance_main.py``).
+from state_tap import tapped_discovery
 
 from goworker_py import (
     Context,
@@ -149,7 +168,9 @@ def _child_work(history_path: str, name: str, shard: int) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--hosts", required=True)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--hosts", help="a ZooKeeper connection string")
+    target.add_argument("--discovery", help="a discovery URL (etcd://h:p, redis://h:p/0, ...)")
     parser.add_argument("--service", default="svc")
     parser.add_argument("--shards", type=int, default=3)
     parser.add_argument("--cron", default="* * * * * *")
@@ -190,10 +211,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     name = args.name or f"inst-{os.getpid()}"
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logger.remove()
+    level = os.environ.get("RELIABILITY_LOG_LEVEL", "INFO")
+    # Modules logged at DEBUG whatever the level: less noise (and less delay) than DEBUG for all.
+    verbose = [m for m in os.environ.get("RELIABILITY_DEBUG", "").split(",") if m]
     logger.add(
         sys.stderr,
-        level="INFO",
+        level="DEBUG" if verbose else level,
+        filter={"": level, **dict.fromkeys(verbose, "DEBUG")},
         format="{time:HH:mm:ss.SSS} {level: <7} [{thread.name}] {message}",
         enqueue=False,
     )
@@ -212,9 +238,28 @@ def main(argv: list[str] | None = None) -> int:
     first_registered = threading.Event()
     worker: Worker | None = None
 
+    zookeeper = args.hosts is not None
+
+    def dump_backend(signum: int, frame: Any) -> None:
+        """SIGUSR2 (the harness sends it after SIGUSR1 when a test failed): the backend's own
+        attributes, as they are now - what its threads will do next."""
+        host = worker.host if worker is not None else None
+        if host is None:
+            return
+        backend = getattr(host.backend, "_backend", host.backend)
+        fields = {k: v for k, v in vars(backend).items() if not callable(v)}
+        fields["monotonic_now"] = time.monotonic()
+        lines = [f"  {k} = {v!r:.200}" for k, v in sorted(fields.items())]
+        print(f"backend {type(backend).__name__}:", *lines, sep="\n", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR2, dump_backend)
+
     def session_hex() -> str:
+        """The lease the instance holds now (its ``session`` in the history)."""
         assert worker is not None
-        return format(worker.host.backend.session_id, "#x")
+        if zookeeper:
+            return format(worker.host.backend.session_id, "#x")
+        return str(worker.host.backend.lease_id)
 
     class Recording(Handler):
         def do(self, ctx: Context) -> None:
@@ -321,14 +366,22 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {}
     if args.handover_timeout is not None:
         extra["handover_timeout"] = args.handover_timeout
+    states: collections.deque[tuple[float, str]] = collections.deque()
+    tapped: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque()
+    timeouts = {"session_timeout": args.session_timeout, "connect_timeout": args.connect_timeout}
+    if zookeeper:
+        discovery = DiscoveryConfig(hosts=args.hosts, **timeouts)
+    else:
+
+        def on_tapped(event: str, **fields: Any) -> None:
+            # The backend's thread: record only, the watcher thread writes it out.
+            tapped.append((time.time(), event, fields))
+
+        discovery = tapped_discovery(args.discovery, on_tapped, **timeouts)
     worker = Worker(
         SlowWatching if args.slow_watch > 0 else Recording,
         config=WorkerConfig(
-            discovery=DiscoveryConfig(
-                hosts=args.hosts,
-                session_timeout=args.session_timeout,
-                connect_timeout=args.connect_timeout,
-            ),
+            discovery=discovery,
             shutdown_timeout=args.shutdown_timeout,
             misfire_policy=args.misfire_policy,
             **extra,
@@ -347,13 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         history.write("exit", code=2, error=repr(exc))
         return 2
 
-    states: collections.deque[tuple[float, str]] = collections.deque()
+    if zookeeper:
 
-    def on_state(state: str) -> None:
-        # kazoo's connection thread: record only, the watcher thread writes it out.
-        states.append((time.time(), str(state)))
+        def on_state(state: str) -> None:
+            # kazoo's connection thread: record only, the watcher thread writes it out.
+            states.append((time.time(), str(state)))
 
-    worker.host.backend.client.add_listener(on_state)
+        worker.host.backend.client.add_listener(on_state)
     stop_watching = threading.Event()
 
     def watch() -> None:
@@ -390,7 +443,25 @@ def main(argv: list[str] | None = None) -> int:
             if stop_watching.wait(0.01):
                 return
 
-    watcher = threading.Thread(target=watch, name="history-watcher", daemon=True)
+    def watch_lease() -> None:
+        """Write health changes, and the connection-state changes and member entries the
+        :class:`StateTap` saw, to the history (the backends other than ZooKeeper)."""
+        host = worker.host
+        health = None
+        while True:
+            while tapped:
+                at, event, fields = tapped.popleft()
+                history.write(event, at=at, **fields)
+            if host.health != health:
+                health = host.health
+                # The lease read after the health: a GREEN of an expired lease shows it.
+                history.write("health", health=health.name, session=host.backend.lease_id or None)
+            if stop_watching.wait(0.01):
+                return
+
+    watcher = threading.Thread(
+        target=watch if zookeeper else watch_lease, name="history-watcher", daemon=True
+    )
     watcher.start()
     reason = worker.wait()
     stop_watching.set()
