@@ -66,6 +66,10 @@ class Cancel(enum.Enum):
     NEVER = "never"
 
 
+#: Held while a :class:`RunEvent` makes its Condition (two threads must not make two).
+_MAKING = threading.Lock()
+
+
 class RunEvent(threading.Event):
     """A run's cancellation flag (``ctx.event``) that also reaches a coroutine step at once.
 
@@ -75,6 +79,22 @@ class RunEvent(threading.Event):
     """
 
     _step: _Step | None = None
+
+    def __init__(self) -> None:
+        # No Condition yet: most runs never wait on their event nor set it, and a herd of
+        # fires makes thousands of events a second. The first wait() or set() makes it.
+        self._flag = False
+        self._made: threading.Condition | None = None
+
+    @property
+    def _cond(self) -> threading.Condition:
+        cond = self._made
+        if cond is None:
+            with _MAKING:
+                cond = self._made
+                if cond is None:
+                    cond = self._made = threading.Condition(threading.Lock())
+        return cond
 
     def set(self) -> None:
         if self.is_set():

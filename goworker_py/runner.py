@@ -327,6 +327,12 @@ class ShardRunner:
             self.host.runner_exited(self)
             self._done.set()
 
+    def _rearm(self) -> None:
+        """Clear the wake-up flag before looking at what there is to do (a wake-up that comes
+        after the look ends the wait that follows). Only when set: clearing takes its lock."""
+        if self._wake.is_set():
+            self._wake.clear()
+
     def _own_thread(self) -> Steps:
         """Before anything that may block or call handler code: go on on a thread of the
         shard's own if the steps are being advanced by another's (start(), stop())."""
@@ -383,7 +389,8 @@ class ShardRunner:
                     continue
                 reached = due
             self.execute(reached)
-            yield from self._rerun_fenced()
+            if self.failover_fire is not None:  # cut short by self-fencing: owed
+                yield from self._rerun_fenced()
             fire = self._next_fire(schedule, reached)
         if fire is None and not self._stop.is_set():
             self.logger.info("schedule {!r} has no further fire time", schedule.expression)
@@ -393,7 +400,7 @@ class ShardRunner:
         index = self.shard.index
         feed.attach(index, self.wake)
         while True:
-            self._wake.clear()
+            self._rearm()
             if self._stop.is_set():
                 return
             if self._triggered:
@@ -426,7 +433,8 @@ class ShardRunner:
         if self._parking and (remaining is None or remaining > PARK_AFTER):
             yield until
             return
-        yield from self._own_thread()
+        if self._inline:  # as _own_thread(), without a generator on the path of every fire
+            yield _NEED_THREAD
         clock.wait(self._wake, MAX_SLEEP if remaining is None else min(remaining, MAX_SLEEP))
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
@@ -455,7 +463,7 @@ class ShardRunner:
         if control.paused:
             self.logger.info("paused: the run waits for resume()")
         while True:
-            self._wake.clear()
+            self._rearm()
             if self._stop.is_set():
                 return False
             if not control.paused:
@@ -482,7 +490,7 @@ class ShardRunner:
         """
         clock, target = self.settings.clock, fire.timestamp()
         while True:
-            self._wake.clear()
+            self._rearm()
             if self._stop.is_set():
                 return None
             if self._triggered:
@@ -494,7 +502,8 @@ class ShardRunner:
                 fire += timedelta(seconds=skew - self._skew)
             self._skew = skew
             if target - clock.time() <= 0:
-                yield from self._own_thread()
+                if self._inline:  # as _own_thread(), without a generator on every fire's path
+                    yield _NEED_THREAD
                 return fire
             yield from self._wait(target)
 
@@ -580,10 +589,12 @@ class ShardRunner:
             is_triggered=triggered,
             lease=ticket.lease,
         )
-        result = RunResult(run_id=run_id, ok=False)
         started = settings.clock.time()
         try:
             result = self.steps.perform(ctx)
+        except BaseException:
+            result = RunResult(run_id=run_id, ok=False)
+            raise
         finally:
             with self._lock:
                 self._run_event = None
