@@ -120,9 +120,18 @@ def test_a_stale_owner_never_clears_the_new_owners_run_marker(
     victim = workers[0]
     old_id, old_session = victim.host.instance.id, victim.host.backend.session_id
     wait_until(lambda: set(owners.items()) <= set(ledger.in_flight()), 5.0, what="runs")
+
+    def victim_runs() -> int:
+        return len([r for r in ledger.snapshot() if r.instance == old_id])
+
+    # Runs the victim completed before (with @every on the epoch's grid, its first fire may
+    # come before the second worker joined: it ran all four shards once, then handed two over).
+    ended = victim_runs()
+    interrupted = len([shard for shard, instance in owners.items() if instance == old_id])
+    assert interrupted == 2, owners
     expire_session(victim.host.backend.client)
     wait_until(
-        lambda: len([r for r in ledger.snapshot() if r.instance == old_id]) == 2,
+        lambda: victim_runs() == ended + interrupted,
         5.0,
         what="the victim's interrupted runs end",
     )
