@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from goworker_py import aio
 from goworker_py.alarm import ALARM, LEAD, WakeUp
+from goworker_py.chime import CHIME, SLACK
 from goworker_py.clock import SYSTEM_CLOCK
 from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
@@ -427,15 +428,30 @@ class ShardRunner:
 
     def _wait(self, until: float | None) -> Steps:
         """Wait for a wake-up or wall-clock time ``until`` (None: no time limit): parked when
-        that is far away, else on the shard's thread."""
-        clock = self.settings.clock
-        remaining = None if until is None else until - clock.time()
-        if self._parking and (remaining is None or remaining > PARK_AFTER):
+        that is far away, else on the shard's thread (with the system clock, in the peal of
+        ``until``: see :mod:`goworker_py.chime`)."""
+        if until is None:
+            if self._parking:
+                yield None
+                return
+            if self._inline:
+                yield _NEED_THREAD
+            self.settings.clock.wait(self._wake, MAX_SLEEP)
+            return
+        remaining = until - self.settings.clock.time()
+        if self._parking and remaining > PARK_AFTER:
             yield until
             return
         if self._inline:  # as _own_thread(), without a generator on the path of every fire
             yield _NEED_THREAD
-        clock.wait(self._wake, MAX_SLEEP if remaining is None else min(remaining, MAX_SLEEP))
+        if not self._parking:  # an injected clock (tests)
+            self.settings.clock.wait(self._wake, min(remaining, MAX_SLEEP))
+            return
+        place = CHIME.join(until, self._wake)
+        try:
+            self._wake.wait(remaining + SLACK)
+        finally:
+            CHIME.leave(place)
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
         """The first fire time; an interval counts from the worker's anchor (its start time;

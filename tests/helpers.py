@@ -68,8 +68,13 @@ class ManualClock:
 
 
 def shard_threads() -> list[threading.Thread]:
-    """Live threads that belong to some goworker worker."""
-    return [t for t in threading.enumerate() if t.name.startswith("goworker:")]
+    """Live threads that belong to some goworker worker (not the process-wide chime's, which
+    lingers a moment after the last worker that used it)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("goworker:") and t.name != "goworker:chime"
+    ]
 
 
 def new_threads(before: set[threading.Thread]) -> list[threading.Thread]:

@@ -1,0 +1,170 @@
+"""The chime: shards firing at the same instant are woken one after the other, not all at once.
+
+A thousand jobs on ``* * * * * *`` fire in the same second. Were each shard's thread to sleep
+on a timer of its own, the kernel would wake all thousand at the fire time and they would
+race for the GIL: every thread waiting for it wakes every switch interval (5 ms) to ask for
+it again, so a herd costs far more than the sum of its runs, and the last run starts late.
+
+Instead a shard about to sleep until a fire time joins that instant's *peal* here and sleeps
+on its own event with no timer of its own. One thread (the chime's) wakes at the instant and
+wakes the first shard of the peal; each woken shard, first thing, wakes the next one before it
+goes on to its run. At any moment one shard thread runs and one more is waking up behind it:
+the GIL changes hands once per shard, and the herd's lateness is the sum of its runs' paths.
+
+A shard that leaves its sleep for another reason (stop, trigger, resume) leaves the peal; one
+woken by the peal always passes it on, whatever woke it, so a peal never stops half-way. A
+shard's sleep also has a timeout of its own, :data:`SLACK` after the instant: should the peal
+ever not reach it, the shard fires late instead of never.
+
+The chime's thread sleeps on an ``Event`` with the (wall-clock) distance to the next instant
+as its timeout and re-reads the wall clock on every wake, as the shards' own timers did; shards
+park when their next fire time is more than :data:`~goworker_py.runner.PARK_AFTER` away, so it
+only ever holds instants a few seconds ahead and a stepped clock is noticed that soon. The
+thread ends once it has held no instant for :data:`_LINGER` seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+import time
+
+from loguru import logger
+
+__all__ = ["CHIME", "SLACK", "Chime", "Place"]
+
+#: A shard waiting in a peal wakes on its own this long after the instant (it never should).
+SLACK = 1.0
+#: The chime's thread ends after this many seconds without an instant to wait for (a worker
+#: firing every second keeps it alive; one whose shards all parked lets it go).
+_LINGER = 2.0
+
+
+class Place:
+    """A shard's place in an instant's peal (returned by :meth:`Chime.join`)."""
+
+    __slots__ = ("at", "event", "key", "rung")
+
+    def __init__(self, at: float, event: threading.Event, key: int) -> None:
+        self.at = at
+        self.event = event
+        self.key = key
+        #: The peal reached this place: its event was set by the peal.
+        self.rung = False
+
+
+class Chime:
+    """Wakes the shards waiting for one wall-clock instant one after the other."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: Each instant's places not yet rung, in order of joining (rung last first).
+        self._peals: dict[float, dict[int, Place]] = {}
+        #: Instants whose peal has not started: the chime's thread starts them.
+        self._heap: list[float] = []
+        self._keys = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._signal = threading.Event()
+        #: How many places woke on their own (:data:`SLACK` after the instant) instead of by
+        #: their peal: always 0 unless something is wrong (for tests and diagnostics).
+        self.stragglers = 0
+
+    def join(self, at: float, event: threading.Event) -> Place:
+        """Take a place in the peal of wall-clock instant ``at``: ``event`` is set when the
+        peal reaches it. The caller then waits on ``event`` (for at most
+        ``at - time.time() + SLACK`` seconds) and calls :meth:`leave` whatever woke it."""
+        place = Place(at, event, next(self._keys))
+        with self._lock:
+            peal = self._peals.get(at)
+            if peal is None:
+                self._peals[at] = {place.key: place}
+                heapq.heappush(self._heap, at)
+                if self._thread is None:
+                    self._start()
+                elif self._heap[0] == at:
+                    self._signal.set()
+            else:
+                peal[place.key] = place
+        return place
+
+    def leave(self, place: Place) -> None:
+        """After the wait: pass the peal on if it reached this place, else leave it."""
+        with self._lock:
+            if place.rung:
+                following = self._next(place.at)
+            else:
+                following = None
+                peal = self._peals.get(place.at)
+                if peal is not None:
+                    peal.pop(place.key, None)
+                    if place.at - time.time() + SLACK <= 0:
+                        self.stragglers += 1
+        if following is not None:
+            following.event.set()
+
+    def _next(self, at: float) -> Place | None:
+        # Under self._lock: the next place of the peal of ``at`` (marked rung), or None when
+        # the peal is over. A peal is known from its first join until then: a place joined
+        # while it rings is rung in it; one joined after it ended starts a new peal.
+        peal = self._peals.get(at)
+        if not peal:
+            self._peals.pop(at, None)
+            return None
+        place = peal.popitem()[1]
+        place.rung = True
+        return place
+
+    @property
+    def pending(self) -> int:
+        """Places waiting in a peal (for tests)."""
+        with self._lock:
+            return sum(len(peal) for peal in self._peals.values())
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        # Under self._lock.
+        self._thread = threading.Thread(target=self._main, name="goworker:chime", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._ring_until_idle()
+        except BaseException as exc:  # noqa: BLE001 - the shards' own timeouts take over
+            logger.opt(exception=exc).critical("chime thread crashed: {!r}", exc)
+            with self._lock:
+                self._thread = None
+
+    def _ring_until_idle(self) -> None:
+        signal, lingered = self._signal, False
+        while True:
+            begun: list[Place] = []
+            with self._lock:
+                now = time.time()
+                while self._heap and self._heap[0] <= now:
+                    place = self._next(heapq.heappop(self._heap))
+                    if place is not None:
+                        begun.append(place)
+                signal.clear()
+                idle = not self._heap and not begun
+                if idle and lingered:
+                    self._thread = None  # the next join() starts another
+                    return
+                timeout = self._heap[0] - now if self._heap else _LINGER
+            for place in begun:  # more than one: instants passed while this thread was late
+                place.event.set()
+            lingered = not signal.wait(timeout) and idle
+
+    def _after_fork(self) -> None:
+        """In a forked child the thread is gone and the waiters with it: start afresh."""
+        self._lock = threading.Lock()
+        self._peals = {}
+        self._heap = []
+        self._thread = None
+        self._signal = threading.Event()
+
+
+CHIME = Chime()
+os.register_at_fork(after_in_child=CHIME._after_fork)
