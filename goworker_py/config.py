@@ -199,10 +199,14 @@ def check_worker_config(config: WorkerConfig) -> None:
             or value < 0
         ):
             raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    if config.misfire_policy not in MISFIRE_POLICIES:
+    check_misfire_policy(config.misfire_policy)
+
+
+def check_misfire_policy(policy: object) -> None:
+    """Raise :class:`ConfigError` unless ``policy`` is one of :data:`MISFIRE_POLICIES`."""
+    if policy not in MISFIRE_POLICIES:
         raise ConfigError(
-            f"misfire_policy must be one of {', '.join(MISFIRE_POLICIES)}, "
-            f"got {config.misfire_policy!r}"
+            f"misfire_policy must be one of {', '.join(MISFIRE_POLICIES)}, got {policy!r}"
         )
 
 

@@ -10,10 +10,10 @@ completion on the shard's thread, in its event loop (:mod:`goworker_py.aio`).
 
 from __future__ import annotations
 
-import functools
 import inspect
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -223,6 +223,8 @@ def validate_handler(handler: Any) -> None:
     present, must be callable too. Each may be a plain or an ``async def`` method, but not a
     generator (``yield`` in the body): calling one would not run its body.
     """
+    if isinstance(handler, type) and handler in _VALID_CLASSES:
+        return  # a thousand workers of one handler class: checked once
     target = handler
     if isinstance(handler, type):
         if issubclass(handler, Handler) and handler.do is Handler.do:
@@ -250,16 +252,19 @@ def validate_handler(handler: Any) -> None:
                 f"handler class {handler.__name__} must be constructible without arguments "
                 f"(a fresh instance is made per run): {problem}; pass an instance instead"
             )
+        _VALID_CLASSES.add(handler)
+
+
+#: Handler classes that passed :func:`validate_handler` (weakly held).
+_VALID_CLASSES: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 _OBJECT_INIT: Any = object.__init__
 _OBJECT_NEW: Any = object.__new__
 
 
-@functools.lru_cache(maxsize=1024)
 def _construction_problem(cls: type) -> str | None:
-    """Why ``cls()`` cannot be called, or None. (``inspect.signature`` parses a builtin's text
-    signature: remembered per class, a thousand workers of one handler start fast.)"""
+    """Why ``cls()`` cannot be called, or None."""
     init, new = getattr(cls, "__init__", None), getattr(cls, "__new__", None)
     if init is _OBJECT_INIT and new is _OBJECT_NEW:
         return None

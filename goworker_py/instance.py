@@ -48,9 +48,9 @@ class WorkerInstance:
     health: HealthStatus = HealthStatus.GREEN
 
     @classmethod
-    def create(cls, service: str) -> WorkerInstance:
-        """A new instance of ``service`` with a fresh id."""
-        return cls(id=uuid.uuid4().hex, service=service)
+    def create(cls, service: str, shards: tuple[int, ...] = ()) -> WorkerInstance:
+        """A new instance of ``service`` (owning ``shards``) with a fresh id."""
+        return cls(id=uuid.uuid4().hex, service=service, shards=shards)
 
     def with_shard(self, shard_index: int) -> WorkerInstance:
         """This instance as seen from the thread of ``shard_index``."""

@@ -17,10 +17,7 @@ class LocalHost:
 
     def __init__(self, settings: RunSettings, wake: threading.Event) -> None:
         self.settings = settings
-        self.instance = WorkerInstance.create(settings.service)
-        self.instance = WorkerInstance(
-            id=self.instance.id, service=settings.service, shards=tuple(range(settings.total))
-        )
+        self.instance = WorkerInstance.create(settings.service, tuple(range(settings.total)))
         self.runners: dict[int, ShardRunner] = {}
         #: The last error of each shard whose run gave up (run-once workers raise RunFailed).
         self.failures: dict[int, BaseException] = {}

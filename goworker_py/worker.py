@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from loguru import logger
 
 from goworker_py.clock import SYSTEM_CLOCK, Clock
-from goworker_py.config import WorkerConfig, check_worker_config, default_worker_config
+from goworker_py.config import (
+    WorkerConfig,
+    check_misfire_policy,
+    check_worker_config,
+    default_worker_config,
+)
 from goworker_py.errors import ConfigError, DiscoveryError, GoWorkerError, RunFailed
 from goworker_py.handler import Handler, validate_handler
 from goworker_py.instance import HealthStatus, WorkerInstance
@@ -231,7 +236,7 @@ class Worker:
             else validate_retry_policy(self.retry_policy)
         )
         misfire = self.misfire_policy or config.misfire_policy
-        check_worker_config(WorkerConfig(misfire_policy=misfire))
+        check_misfire_policy(misfire)
         if self.timeout is not None and (
             isinstance(self.timeout, bool)
             or not isinstance(self.timeout, (int, float))
