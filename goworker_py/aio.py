@@ -45,6 +45,7 @@ from loguru import logger as _logger
 
 from goworker_py.clock import SystemClock
 from goworker_py.errors import RunCancelled
+from goworker_py.flag import Flag
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -66,35 +67,17 @@ class Cancel(enum.Enum):
     NEVER = "never"
 
 
-#: Held while a :class:`RunEvent` makes its Condition (two threads must not make two).
-_MAKING = threading.Lock()
-
-
-class RunEvent(threading.Event):
+class RunEvent(Flag):
     """A run's cancellation flag (``ctx.event``) that also reaches a coroutine step at once.
 
-    A plain :class:`threading.Event` for everyone else; :meth:`set` additionally tells the
-    coroutine step running at that moment, if any, on its own loop - once: setting it again
-    (a stop after a ``stop_run``) does not cancel an ``after`` that started on the cancelled run.
+    A plain :class:`threading.Event` for everyone else (a :class:`~goworker_py.flag.Flag`: most
+    runs never wait on their event nor set it, and a herd of fires makes thousands a second);
+    :meth:`set` additionally tells the coroutine step running at that moment, if any, on its
+    own loop - once: setting it again (a stop after a ``stop_run``) does not cancel an ``after``
+    that started on the cancelled run.
     """
 
     _step: _Step | None = None
-
-    def __init__(self) -> None:
-        # No Condition yet: most runs never wait on their event nor set it, and a herd of
-        # fires makes thousands of events a second. The first wait() or set() makes it.
-        self._flag = False
-        self._made: threading.Condition | None = None
-
-    @property
-    def _cond(self) -> threading.Condition:
-        cond = self._made
-        if cond is None:
-            with _MAKING:
-                cond = self._made
-                if cond is None:
-                    cond = self._made = threading.Condition(threading.Lock())
-        return cond
 
     def set(self) -> None:
         if self.is_set():

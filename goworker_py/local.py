@@ -25,8 +25,8 @@ class LocalHost:
         self._wake = wake
         #: Called (once every shard's thread has ended) on the last one's thread.
         self.on_completed: Callable[[], None] | None = None
-        # The instance never changes in local mode: one view per shard, made once.
-        self._views = {index: self.instance.with_shard(index) for index in range(settings.total)}
+        # The instance never changes in local mode: one view per shard, made when first asked.
+        self._views: dict[int, WorkerInstance] = {}
 
     def prepare(self) -> None:
         """Make one runner per shard."""
@@ -59,7 +59,10 @@ class LocalHost:
     # -- ShardHost --------------------------------------------------------------------------------
 
     def instance_for(self, shard_index: int) -> WorkerInstance:
-        return self._views[shard_index]
+        view = self._views.get(shard_index)
+        if view is None:
+            view = self._views[shard_index] = self.instance.with_shard(shard_index)
+        return view
 
     def members(self) -> tuple[WorkerInstance, ...]:
         return (self.instance,)

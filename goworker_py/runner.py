@@ -29,6 +29,7 @@ from goworker_py import aio
 from goworker_py.alarm import ALARM, LEAD, WakeUp
 from goworker_py.chime import CHIME, SLACK
 from goworker_py.clock import SYSTEM_CLOCK
+from goworker_py.flag import Flag
 from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
 from goworker_py.perform import RunSteps
@@ -112,9 +113,9 @@ class ShardRunner:
         self.steps = RunSteps(settings, self.shard, host, self.logger)
         self._finished = False
         self._skew = 0.0
-        self._stop = threading.Event()
+        self._stop = Flag()
         #: Set to interrupt the thread's sleep: stop, trigger or resume.
-        self._wake = threading.Event()
+        self._wake = Flag()
         self._triggered = False
         self._run_event: threading.Event | None = None
         #: Why the in-flight run was cancelled (the first reason given wins).
@@ -134,7 +135,7 @@ class ShardRunner:
         self._parked = False
         self._alarm: WakeUp | None = None
         self._thread: threading.Thread | None = None
-        self._done = threading.Event()
+        self._done = Flag()
 
     # -- control, from any thread -------------------------------------------------------------
 

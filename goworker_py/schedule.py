@@ -161,9 +161,11 @@ class CronSchedule:
         try:
             if after.tzinfo is None:
                 after = after.replace(tzinfo=self.zone)
-            # The exact instant (a naive UTC datetime, not a float timestamp, which loses the
-            # microseconds by the year 3000) is both the search's start and the memo's key.
-            start = after.astimezone(_UTC).replace(tzinfo=None)
+            # The instant (a naive UTC datetime, not a float timestamp, which loses the
+            # microseconds by the year 3000) is both the search's start and the memo's key. Fire
+            # times are whole seconds, so the fire time after ``after`` is the one after its
+            # whole second: workers starting in the same second share one answer.
+            start = after.astimezone(_UTC).replace(tzinfo=None, microsecond=0)
         except OverflowError:
             return None
         # Many shards (and workers) share one parsed schedule and ask for the fire time after

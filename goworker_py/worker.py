@@ -35,6 +35,7 @@ from goworker_py.config import (
     default_worker_config,
 )
 from goworker_py.errors import ConfigError, DiscoveryError, GoWorkerError, RunFailed
+from goworker_py.flag import Flag
 from goworker_py.handler import Handler, validate_handler
 from goworker_py.instance import HealthStatus, WorkerInstance
 from goworker_py.lifecycle import ExitReason, Model, WorkerState
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 _RETRY_PAUSE = 1.0
 #: Where a cluster service's ``@every`` schedules count from.
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: The config of a worker given none (read only: a thousand workers share it).
+_DEFAULT_CONFIG = default_worker_config()
 
 
 class _Host(ShardHost, Protocol):
@@ -144,8 +147,8 @@ class Worker:
         self.name = name or service_name or handler_name
         self._state = WorkerState.INITIALIZED
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._done = threading.Event()
+        self._wake = Flag()
+        self._done = Flag()
         self._stop_reason: ExitReason | None = None
         self._forced = False
         self._exit_reason: ExitReason | None = None
@@ -213,10 +216,7 @@ class Worker:
 
     def validate(self) -> RunSettings:
         """Check every argument; raise a :class:`ConfigError` subclass naming what to fix."""
-        config = self.config if self.config is not None else default_worker_config()
-        if not isinstance(config, WorkerConfig):
-            raise ConfigError(f"config must be a WorkerConfig, got {type(config).__name__}")
-        check_worker_config(config)
+        config = self._config()
         try:
             model = Model(self.model)
         except ValueError:
@@ -268,6 +268,16 @@ class Worker:
             anchor=self._interval_anchor(model),
             noop_steps=_noop_steps(handler),
         )
+
+    def _config(self) -> WorkerConfig:
+        """The worker's config, checked; the defaults when none was given."""
+        config = self.config
+        if config is None:
+            return _DEFAULT_CONFIG
+        if not isinstance(config, WorkerConfig):
+            raise ConfigError(f"config must be a WorkerConfig, got {type(config).__name__}")
+        check_worker_config(config)
+        return config
 
     def _interval_anchor(self, model: Model) -> datetime:
         """Where ``@every`` counts from: the worker's (or its group's) start in local mode; in
@@ -328,7 +338,7 @@ class Worker:
             if self._state is not WorkerState.INITIALIZED:
                 raise GoWorkerError(f"worker {self.name!r} was already started")
             settings = self.validate()
-            config = self.config or default_worker_config()
+            config = self._config()
             if config.logger is not None:
                 configure_logging(config.logger)
             route_stdlib_logging()
@@ -571,9 +581,11 @@ class Worker:
             host.close()
             return
         self._stop_reason = self._stop_reason or reason
-        self._logger.info("worker stopping ({})", reason.value)
         host.stop_runners()
-        config = self.config or default_worker_config()
+        config = self.config or _DEFAULT_CONFIG
+        if any(r.alive for r in host.runners.values()):
+            # Runs to wait for (an idle worker stops at once: its one line is "stopped").
+            self._logger.info("worker stopping ({})", reason.value)
         deadline = time.monotonic() + config.shutdown_timeout
         while not self._forced:
             remaining = deadline - time.monotonic()
