@@ -11,6 +11,11 @@ wakes the first shard of the peal; each woken shard, first thing, wakes the next
 goes on to its run. At any moment one shard thread runs and one more is waking up behind it:
 the GIL changes hands once per shard, and the herd's lateness is the sum of its runs' paths.
 
+What a shard does after its run (ending it, telling observers, computing its next fire time)
+would hold the GIL ahead of the shards still to be rung: once its run is over, a shard whose
+instant still rings waits at the end of the peal (:meth:`Chime.follow`), rung in turn after the
+last shard of the instant. The runs of an instant start first; the bookkeeping follows.
+
 A shard that leaves its sleep for another reason (stop, trigger, resume) leaves the peal; one
 woken by the peal always passes it on, whatever woke it, so a peal never stops half-way. A
 shard's sleep also has a timeout of its own, :data:`SLACK` after the instant: should the peal
@@ -45,14 +50,29 @@ _LINGER = 2.0
 class Place:
     """A shard's place in an instant's peal (returned by :meth:`Chime.join`)."""
 
-    __slots__ = ("at", "event", "key", "rung")
+    __slots__ = ("at", "due", "event", "key", "rung")
 
-    def __init__(self, at: float, event: threading.Event, key: int) -> None:
+    def __init__(self, at: float, event: threading.Event, key: int, due: float) -> None:
         self.at = at
         self.event = event
         self.key = key
+        #: When the waiter stops waiting on its own (``SLACK`` after its instant or its call).
+        self.due = due
         #: The peal reached this place: its event was set by the peal.
         self.rung = False
+
+
+class _Peal:
+    """The places of one instant: those waiting for it, then those waiting for it to end."""
+
+    __slots__ = ("places", "tail")
+
+    def __init__(self) -> None:
+        #: Places waiting for the instant, in order of joining (rung last first).
+        self.places: dict[int, Place] = {}
+        #: Places of shards whose run of this instant is over: rung once every place has
+        #: been (see :meth:`Chime.follow`).
+        self.tail: dict[int, Place] = {}
 
 
 class Chime:
@@ -60,8 +80,8 @@ class Chime:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: Each instant's places not yet rung, in order of joining (rung last first).
-        self._peals: dict[float, dict[int, Place]] = {}
+        #: Each instant's peal, from its first join until it has rung every place.
+        self._peals: dict[float, _Peal] = {}
         #: Instants whose peal has not started: the chime's thread starts them.
         self._heap: list[float] = []
         self._keys = itertools.count()
@@ -75,18 +95,34 @@ class Chime:
         """Take a place in the peal of wall-clock instant ``at``: ``event`` is set when the
         peal reaches it. The caller then waits on ``event`` (for at most
         ``at - time.time() + SLACK`` seconds) and calls :meth:`leave` whatever woke it."""
-        place = Place(at, event, next(self._keys))
+        place = Place(at, event, next(self._keys), at + SLACK)
         with self._lock:
             peal = self._peals.get(at)
             if peal is None:
-                self._peals[at] = {place.key: place}
+                peal = self._peals[at] = _Peal()
                 heapq.heappush(self._heap, at)
                 if self._thread is None:
                     self._start()
                 elif self._heap[0] == at:
                     self._signal.set()
-            else:
-                peal[place.key] = place
+            peal.places[place.key] = place
+        return place
+
+    def follow(self, rung: Place, event: threading.Event) -> Place | None:
+        """After the run of a shard the peal of ``rung`` woke: a place at the peal's end, or
+        None when the peal is over.
+
+        What a shard does after its run (its bookkeeping, its next fire time) would delay
+        every shard still to be rung behind it: it waits here instead (on ``event``, for at
+        most :data:`SLACK` seconds, then :meth:`leave`), and the shards of the instant reach
+        their runs first.
+        """
+        with self._lock:
+            peal = self._peals.get(rung.at)
+            if peal is None:
+                return None
+            place = Place(rung.at, event, next(self._keys), time.time() + SLACK)
+            peal.tail[place.key] = place
         return place
 
     def leave(self, place: Place) -> None:
@@ -98,9 +134,10 @@ class Chime:
                 following = None
                 peal = self._peals.get(place.at)
                 if peal is not None:
-                    peal.pop(place.key, None)
-                    if place.at - time.time() + SLACK <= 0:
-                        self.stragglers += 1
+                    peal.places.pop(place.key, None)
+                    peal.tail.pop(place.key, None)
+                if time.time() >= place.due:
+                    self.stragglers += 1
         if following is not None:
             following.event.set()
 
@@ -109,10 +146,13 @@ class Chime:
         # the peal is over. A peal is known from its first join until then: a place joined
         # while it rings is rung in it; one joined after it ended starts a new peal.
         peal = self._peals.get(at)
-        if not peal:
-            self._peals.pop(at, None)
+        if peal is None:
             return None
-        place = peal.popitem()[1]
+        waiting = peal.places or peal.tail
+        if not waiting:
+            del self._peals[at]
+            return None
+        place = waiting.popitem()[1]
         place.rung = True
         return place
 
@@ -120,7 +160,7 @@ class Chime:
     def pending(self) -> int:
         """Places waiting in a peal (for tests)."""
         with self._lock:
-            return sum(len(peal) for peal in self._peals.values())
+            return sum(len(peal.places) + len(peal.tail) for peal in self._peals.values())
 
     # -- the thread ---------------------------------------------------------------------------
 

@@ -1,17 +1,24 @@
-"""A :class:`threading.Event` that costs no lock until it is waited on.
+"""Two cheap kinds of :class:`threading.Event`: :class:`Flag` and :class:`Bell`.
 
 A ``threading.Event`` makes a ``Condition`` (two locks) when it is created. goworker-py makes
 several per worker and one per run, and most are only ever *read*: a parked daily job's stop
 flag, a run's cancellation flag. A thousand workers starting, or a thousand runs firing in the
 same second, then pay for locks nobody takes. :class:`Flag` makes its ``Condition`` when first
 waited on instead; reading, setting or clearing a flag nobody waits on never needs one.
+
+A shard's thread sleeps on its wake-up event before every fire and is woken by it (by the
+peal of its instant, see :mod:`goworker_py.chime`) while the shards behind it wait their turn:
+every microsecond between two wake-ups delays them all. A ``Condition`` wait allocates a lock
+and takes two more, and ``notify`` walks a list; :class:`Bell`, for one waiting thread at a
+time, wakes it by releasing one lock.
 """
 
 from __future__ import annotations
 
+import _thread
 import threading
 
-__all__ = ["Flag"]
+__all__ = ["Bell", "Flag"]
 
 #: Taken only while a flag makes its Condition (once per flag).
 _MAKING = threading.Lock()
@@ -49,3 +56,49 @@ class Flag(threading.Event):
                 self._flag = False
                 return
         super().clear()
+
+
+class Bell(threading.Event):
+    """A ``threading.Event`` waited on by one thread at a time (a shard's own thread).
+
+    :meth:`set` wakes the waiter by releasing the lock it blocks on; a second thread waiting
+    while one already does raises ``RuntimeError``.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._guard = _thread.allocate_lock()
+        #: Held while nobody rings: the waiter blocks acquiring it, :meth:`set` releases it.
+        self._ring = _thread.allocate_lock()
+        self._ring.acquire()
+        self._waiting = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._guard:
+            self._flag = True
+            if self._waiting:
+                self._waiting = False
+                self._ring.release()
+
+    def clear(self) -> None:
+        with self._guard:
+            self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._guard:
+            if self._flag:
+                return True
+            if self._waiting:
+                raise RuntimeError("a Bell is waited on by one thread at a time")
+            self._waiting = True
+        rung = self._ring.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+        if not rung:
+            with self._guard:
+                if self._waiting:
+                    self._waiting = False
+                else:  # set() rang just as the wait timed out: take its release back
+                    self._ring.acquire()
+        return self._flag

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from goworker_py import aio
 from goworker_py.alarm import ALARM, LEAD, WakeUp
-from goworker_py.chime import CHIME, SLACK
+from goworker_py.chime import CHIME, SLACK, Place
 from goworker_py.clock import SYSTEM_CLOCK
-from goworker_py.flag import Flag
+from goworker_py.flag import Bell, Flag
 from goworker_py.handler import Context, Shard
 from goworker_py.hooks import OBSERVERS
 from goworker_py.perform import RunSteps
@@ -115,7 +115,7 @@ class ShardRunner:
         self._skew = 0.0
         self._stop = Flag()
         #: Set to interrupt the thread's sleep: stop, trigger or resume.
-        self._wake = Flag()
+        self._wake = Bell()
         self._triggered = False
         self._run_event: threading.Event | None = None
         #: Why the in-flight run was cancelled (the first reason given wins).
@@ -134,6 +134,8 @@ class ShardRunner:
         #: The steps are parked: no thread advances them until the alarm or a wake-up.
         self._parked = False
         self._alarm: WakeUp | None = None
+        #: The peal that woke the shard for the fire time it is about to run, if one did.
+        self._rung_in: Place | None = None
         self._thread: threading.Thread | None = None
         self._done = Flag()
 
@@ -431,6 +433,7 @@ class ShardRunner:
         """Wait for a wake-up or wall-clock time ``until`` (None: no time limit): parked when
         that is far away, else on the shard's thread (with the system clock, in the peal of
         ``until``: see :mod:`goworker_py.chime`)."""
+        self._rung_in = None
         if until is None:
             if self._parking:
                 yield None
@@ -451,6 +454,18 @@ class ShardRunner:
         place = CHIME.join(until, self._wake)
         try:
             self._wake.wait(remaining + SLACK)
+        finally:
+            CHIME.leave(place)
+        self._rung_in = place if place.rung else None
+
+    def _after_peal(self, rung_in: Place) -> None:
+        """After a run the peal of ``rung_in`` woke: wait until it has woken every shard of
+        its instant (see :meth:`Chime.follow`); a stop or a trigger ends the wait."""
+        place = CHIME.follow(rung_in, self._wake)
+        if place is None:
+            return
+        try:
+            self._wake.wait(SLACK)
         finally:
             CHIME.leave(place)
 
@@ -613,17 +628,19 @@ class ShardRunner:
             result = RunResult(run_id=run_id, ok=False)
             raise
         finally:
+            finished = settings.clock.time()
             with self._lock:
                 self._run_event = None
                 if result.cancelled:
                     result.cause = self._cancel_cause or (FENCE if ctx.lapsed else None)
             self.runs += 1
+            rung_in, self._rung_in = self._rung_in, None
+            if rung_in is not None and result.ok:
+                self._after_peal(rung_in)
             self.host.end_run(self, ctx, result)
             for observer in OBSERVERS:
                 try:
-                    observer.run_finished(
-                        settings.worker_name, ctx, result, started, settings.clock.time()
-                    )
+                    observer.run_finished(settings.worker_name, ctx, result, started, finished)
                 except Exception as exc:  # noqa: BLE001 - an observer must not break the shard
                     self.logger.opt(exception=exc).error("run observer raised {!r}", exc)
         if result.cause == FENCE and not self._stop.is_set():

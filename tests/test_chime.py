@@ -142,3 +142,23 @@ def test_a_place_the_peal_does_not_reach_in_time_wakes_on_its_own(chime: Chime) 
     assert chime.stragglers == 1 and not waiting.rung
     chime.leave(stuck)  # nothing left to ring
     assert chime.pending == 0
+
+
+def test_a_place_following_a_run_is_rung_once_every_place_of_the_instant_was(
+    chime: Chime,
+) -> None:
+    at = time.time() + 0.1
+    places = [chime.join(at, threading.Event()) for _ in range(2)]
+    wait_until(lambda: len(rung(places)) == 1, 5.0, what="the first ring")
+    (first,) = rung(places)
+    (second,) = [place for place in places if place is not first]
+    after_run = chime.follow(first, threading.Event())  # its run is over: it waits its turn
+    assert after_run is not None and not after_run.event.is_set()
+    chime.leave(first)
+    assert second.event.is_set() and not after_run.event.is_set()  # the instant's places first
+    chime.leave(second)
+    assert after_run.event.is_set() and after_run.rung
+    chime.leave(after_run)
+    assert chime.pending == 0
+    assert chime.follow(after_run, threading.Event()) is None  # the peal is over: no wait
+    assert chime.stragglers == 0
