@@ -38,6 +38,8 @@ import time
 
 from loguru import logger
 
+from goworker_py.flag import Bell
+
 __all__ = ["CHIME", "SLACK", "Chime", "Place"]
 
 #: A shard waiting in a peal wakes on its own this long after the instant (it never should).
@@ -86,7 +88,7 @@ class Chime:
         self._heap: list[float] = []
         self._keys = itertools.count()
         self._thread: threading.Thread | None = None
-        self._signal = threading.Event()
+        self._signal = Bell()
         #: How many places woke on their own (:data:`SLACK` after the instant) instead of by
         #: their peal: always 0 unless something is wrong (for tests and diagnostics).
         self.stragglers = 0
@@ -203,7 +205,7 @@ class Chime:
         self._peals = {}
         self._heap = []
         self._thread = None
-        self._signal = threading.Event()
+        self._signal = Bell()
 
 
 CHIME = Chime()
