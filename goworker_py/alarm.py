@@ -4,8 +4,8 @@ A shard whose next fire time is far away gives its thread up (it *parks*, see
 :mod:`goworker_py.runner`) and leaves a wake-up here instead: a thousand idle daily jobs cost
 one sleeping thread, not a thousand threads that each wake every few seconds. The alarm's
 thread sleeps until the earliest wake-up it holds, and calls it a little before the fire time
-(:data:`LEAD`), so the shard's fresh thread is waiting on its own precise timer when the fire
-time comes.
+(:data:`LEAD`), so the shard's fresh thread is waiting for the fire time (in its instant's peal,
+see :mod:`goworker_py.chime`) when it comes.
 
 Wake-ups are wall-clock instants (fire times are). The alarm's sleep counts monotonic time, so
 a wall clock stepped while it sleeps (NTP, an operator, a resumed laptop) would make it wake

@@ -1,31 +1,34 @@
 """The chime: shards firing at the same instant are woken one after the other, not all at once.
 
-A thousand jobs on ``* * * * * *`` fire in the same second. Were each shard's thread to sleep
-on a timer of its own, the kernel would wake all thousand at the fire time and they would
-race for the GIL: every thread waiting for it wakes every switch interval (5 ms) to ask for
-it again, so a herd costs far more than the sum of its runs, and the last run starts late.
+A thousand jobs on ``* * * * * *`` fire in the same second. Were each shard's thread to sleep on
+a timer of its own, the kernel would wake all thousand at the fire time and they would race for
+the GIL: every thread waiting for it wakes every switch interval (5 ms) to ask for it again, so
+a herd costs far more than the sum of its runs, and the last run starts late.
 
-Instead a shard about to sleep until a fire time joins that instant's *peal* here and sleeps
-on its own event with no timer of its own. One thread (the chime's) wakes at the instant and
-wakes the first shard of the peal; each woken shard, first thing, wakes the next one before it
-goes on to its run. At any moment one shard thread runs and one more is waking up behind it:
-the GIL changes hands once per shard, and the herd's lateness is the sum of its runs' paths.
+Instead a shard about to sleep until a fire time joins that instant's *peal* here and sleeps on
+its own event with no timer of its own. One thread (the chime's) wakes at the instant and wakes
+one shard of the peal (the last to join: the order does not matter); each woken shard, first
+thing, wakes the next one before it goes on to its run. At any moment one shard thread runs and
+one more is waking up behind it: the GIL changes hands once per shard, and the herd's lateness
+is the sum of its runs' paths.
 
-What a shard does after its run (ending it, telling observers, computing its next fire time)
-would hold the GIL ahead of the shards still to be rung: once its run is over, a shard whose
-instant still rings waits at the end of the peal (:meth:`Chime.follow`), rung in turn after the
-last shard of the instant. The runs of an instant start first; the bookkeeping follows.
+What a shard does after its run once it is recorded (telling observers and listeners, computing
+its next fire time) would hold the GIL ahead of the shards still to be rung: once its run is
+over, a shard whose instant still rings waits at the end of the peal (:meth:`Chime.follow`),
+rung in turn after the last shard of the instant. The runs of an instant start first; the
+bookkeeping follows.
 
 A shard that leaves its sleep for another reason (stop, trigger, resume) leaves the peal; one
 woken by the peal always passes it on, whatever woke it, so a peal never stops half-way. A
 shard's sleep also has a timeout of its own, :data:`SLACK` after the instant: should the peal
 ever not reach it, the shard fires late instead of never.
 
-The chime's thread sleeps on an ``Event`` with the (wall-clock) distance to the next instant
-as its timeout and re-reads the wall clock on every wake, as the shards' own timers did; shards
-park when their next fire time is more than :data:`~goworker_py.runner.PARK_AFTER` away, so it
-only ever holds instants a few seconds ahead and a stepped clock is noticed that soon. The
-thread ends once it has held no instant for :data:`_LINGER` seconds.
+The chime's thread sleeps on a :class:`~goworker_py.flag.Bell` with the (wall-clock) distance to
+the next instant as its timeout and re-reads the wall clock on every wake, as the shards' own
+timers did; shards park when their next fire time is more than
+:data:`~goworker_py.runner.PARK_AFTER` away, so it only ever holds instants a few seconds ahead
+and a stepped clock is noticed that soon. The thread ends once it has held no instant for
+:data:`_LINGER` seconds.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class Place:
         self.key = key
         #: When the waiter stops waiting on its own (``SLACK`` after its instant or its call).
         self.due = due
-        #: The peal reached this place: its event was set by the peal.
+        #: The peal reached this place: its event is set by the peal (just after this is).
         self.rung = False
 
 
@@ -167,9 +170,17 @@ class Chime:
     # -- the thread ---------------------------------------------------------------------------
 
     def _start(self) -> None:
-        # Under self._lock.
-        self._thread = threading.Thread(target=self._main, name="goworker:chime", daemon=True)
-        self._thread.start()
+        # Under self._lock. Should no thread start (the process is out of them), the waiting
+        # shards wake on their own timeouts, late, and the next join() tries again.
+        thread = threading.Thread(target=self._main, name="goworker:chime", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            logger.error(
+                "cannot start the chime's thread ({}): shards fire up to {} s late", exc, SLACK
+            )
+            return
+        self._thread = thread
 
     def _main(self) -> None:
         try:

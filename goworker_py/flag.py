@@ -16,11 +16,12 @@ time, wakes it by releasing one lock.
 from __future__ import annotations
 
 import _thread
+import os
 import threading
 
 __all__ = ["Bell", "Flag"]
 
-#: Taken only while a flag makes its Condition (once per flag).
+#: Taken to make a flag's Condition, and by set() and clear() while it has none.
 _MAKING = threading.Lock()
 
 
@@ -94,11 +95,28 @@ class Bell(threading.Event):
             if self._waiting:
                 raise RuntimeError("a Bell is waited on by one thread at a time")
             self._waiting = True
-        rung = self._ring.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+        try:
+            rung = self._ring.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+        except BaseException:  # KeyboardInterrupt in a wait on the main thread
+            self._stop_waiting()
+            raise
         if not rung:
-            with self._guard:
-                if self._waiting:
-                    self._waiting = False
-                else:  # set() rang just as the wait timed out: take its release back
-                    self._ring.acquire()
+            self._stop_waiting()
         return self._flag
+
+    def _stop_waiting(self) -> None:
+        # The wait ended unrung: stop waiting.
+        with self._guard:
+            if self._waiting:
+                self._waiting = False
+            else:  # set() rang just as the wait ended: take its release back
+                self._ring.acquire()
+
+
+def _after_fork() -> None:
+    # A fork while another thread held the lock would leave the child's first set() hanging.
+    global _MAKING
+    _MAKING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)

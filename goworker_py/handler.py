@@ -10,6 +10,7 @@ completion on the shard's thread, in its event loop (:mod:`goworker_py.aio`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import time
@@ -223,7 +224,7 @@ def validate_handler(handler: Any) -> None:
     present, must be callable too. Each may be a plain or an ``async def`` method, but not a
     generator (``yield`` in the body): calling one would not run its body.
     """
-    if isinstance(handler, type) and handler in _VALID_CLASSES:
+    if isinstance(handler, type) and _validated(handler):
         return  # a thousand workers of one handler class: checked once
     target = handler
     if isinstance(handler, type):
@@ -252,11 +253,19 @@ def validate_handler(handler: Any) -> None:
                 f"handler class {handler.__name__} must be constructible without arguments "
                 f"(a fresh instance is made per run): {problem}; pass an instance instead"
             )
-        _VALID_CLASSES.add(handler)
+        with contextlib.suppress(TypeError):  # a class whose metaclass makes it unhashable
+            _VALID_CLASSES.add(handler)
 
 
 #: Handler classes that passed :func:`validate_handler` (weakly held).
 _VALID_CLASSES: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _validated(cls: type) -> bool:
+    try:
+        return cls in _VALID_CLASSES
+    except TypeError:  # unhashable: checked every time
+        return False
 
 
 _OBJECT_INIT: Any = object.__init__

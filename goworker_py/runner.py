@@ -1,15 +1,15 @@
 """One shard's thread: waits for fire times and performs runs.
 
 A :class:`ShardRunner` owns one shard of one worker. With a schedule it sleeps until each fire
-time (an interruptible ``Event.wait`` against the wall clock, recomputed from the previous fire
-time so it never drifts) and performs one run per fire time; runs of one shard never overlap.
-A shard with nothing to do for a while *parks*: its thread ends and the process-wide
-:data:`~goworker_py.alarm.ALARM` (or a wake-up: trigger, resume, stop, an upstream's fire time)
-starts a fresh one that carries on where the last left off. Its steps are a generator, which
-any thread may advance in turn, so an idle shard costs no thread and no periodic wake-up.
-Fire times that pass while a run is still going are *misfires*, handled by the worker's
-misfire policy: ``skip`` (default) drops them and logs once, ``run_once`` runs once at once.
-Without a schedule it performs a single run.
+time (interruptibly, against the wall clock, recomputed from the previous fire time so it never
+drifts; woken with the other shards of the same instant by :mod:`goworker_py.chime`) and
+performs one run per fire time; runs of one shard never overlap. A shard with nothing to do for
+a while *parks*: its thread ends and the process-wide :data:`~goworker_py.alarm.ALARM` (or a
+wake-up: trigger, resume, stop, an upstream's fire time) starts a fresh one that carries on
+where the last left off. Its steps are a generator, which any thread may advance in turn, so an
+idle shard costs no thread and no periodic wake-up. Fire times that pass while a run is still
+going are *misfires*, handled by the worker's misfire policy: ``skip`` (default) drops them and
+logs once, ``run_once`` runs once at once. Without a schedule it performs a single run.
 
 A run is ``watch`` → ``before`` → ``do`` → ``after``, each step under the retry policy
 (:class:`~goworker_py.retry.StepRetrier`); every error goes to ``error_message`` synchronously,
@@ -505,6 +505,7 @@ class ShardRunner:
             yield from self._wait(None)
 
     def _run_triggered(self) -> None:
+        self._rung_in = None  # a trigger is no fire time of the instant that woke the shard
         with self._lock:
             self._triggered = False
         if self.settings.control.paused:
@@ -622,22 +623,23 @@ class ShardRunner:
             lease=ticket.lease,
         )
         started = settings.clock.time()
+        raised = False
         try:
             result = self.steps.perform(ctx)
         except BaseException:
-            result = RunResult(run_id=run_id, ok=False)
+            result, raised = RunResult(run_id=run_id, ok=False), True
             raise
         finally:
-            finished = settings.clock.time()
             with self._lock:
                 self._run_event = None
                 if result.cancelled:
                     result.cause = self._cancel_cause or (FENCE if ctx.lapsed else None)
             self.runs += 1
-            rung_in, self._rung_in = self._rung_in, None
-            if rung_in is not None and result.ok:
-                self._after_peal(rung_in)
             self.host.end_run(self, ctx, result)
+            finished = settings.clock.time()
+            rung_in, self._rung_in = self._rung_in, None
+            if rung_in is not None and not raised:
+                self._after_peal(rung_in)
             for observer in OBSERVERS:
                 try:
                     observer.run_finished(settings.worker_name, ctx, result, started, finished)

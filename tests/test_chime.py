@@ -154,11 +154,15 @@ def test_a_place_following_a_run_is_rung_once_every_place_of_the_instant_was(
     (second,) = [place for place in places if place is not first]
     after_run = chime.follow(first, threading.Event())  # its run is over: it waits its turn
     assert after_run is not None and not after_run.event.is_set()
+    stopped = chime.follow(first, threading.Event())  # another, stopped while it waits
+    assert stopped is not None
+    chime.leave(stopped)
     chime.leave(first)
     assert second.event.is_set() and not after_run.event.is_set()  # the instant's places first
     chime.leave(second)
     assert after_run.event.is_set() and after_run.rung
     chime.leave(after_run)
     assert chime.pending == 0
+    assert not stopped.event.is_set() and not stopped.rung  # it left: never rung
     assert chime.follow(after_run, threading.Event()) is None  # the peal is over: no wait
     assert chime.stragglers == 0
