@@ -452,22 +452,23 @@ class ShardRunner:
             self.settings.clock.wait(self._wake, min(remaining, MAX_SLEEP))
             return
         place = CHIME.join(until, self._wake)
+        self._sleep_in(place, remaining + SLACK)
+        self._rung_in = place if place.rung else None
+
+    def _sleep_in(self, place: Place, timeout: float) -> None:
+        """Sleep in ``place`` of a peal until rung, woken or ``timeout``; then pass the peal
+        on (or leave it), whatever ended the sleep."""
         try:
-            self._wake.wait(remaining + SLACK)
+            self._wake.wait(timeout)
         finally:
             CHIME.leave(place)
-        self._rung_in = place if place.rung else None
 
     def _after_peal(self, rung_in: Place) -> None:
         """After a run the peal of ``rung_in`` woke: wait until it has woken every shard of
         its instant (see :meth:`Chime.follow`); a stop or a trigger ends the wait."""
         place = CHIME.follow(rung_in, self._wake)
-        if place is None:
-            return
-        try:
-            self._wake.wait(SLACK)
-        finally:
-            CHIME.leave(place)
+        if place is not None:
+            self._sleep_in(place, SLACK)
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
         """The first fire time; an interval counts from the worker's anchor (its start time;

@@ -582,7 +582,7 @@ class Worker:
             return
         self._stop_reason = self._stop_reason or reason
         host.stop_runners()
-        config = self.config or _DEFAULT_CONFIG
+        config = self._config()
         if any(r.alive for r in host.runners.values()):
             # Runs to wait for (an idle worker stops at once: its one line is "stopped").
             self._logger.info("worker stopping ({})", reason.value)
