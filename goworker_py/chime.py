@@ -5,12 +5,13 @@ a timer of its own, the kernel would wake all thousand at the fire time and they
 the GIL: every thread waiting for it wakes every switch interval (5 ms) to ask for it again, so
 a herd costs far more than the sum of its runs, and the last run starts late.
 
-Instead a shard about to sleep until a fire time joins that instant's *peal* here and sleeps on
-its own event with no timer of its own. One thread (the chime's) wakes at the instant and wakes
-one shard of the peal (the last to join: the order does not matter); each woken shard, first
-thing, wakes the next one before it goes on to its run. At any moment one shard thread runs and
-one more is waking up behind it: the GIL changes hands once per shard, and the herd's lateness
-is the sum of its runs' paths.
+Instead a shard about to sleep until a fire time joins that instant's *peal* here. The first
+to join *leads* it: it sleeps until the instant on a timer of its own, and on waking begins the
+peal by waking one other shard of it (the last to join: the order does not matter); each woken
+shard, first thing, wakes the next one before it goes on to its run. Every other shard sleeps on
+its own event with no timer but a late one (below). At any moment one shard thread runs and one
+more is waking up behind it: the GIL changes hands once per shard, and the herd's lateness is
+the sum of its runs' paths.
 
 What a shard does after its run once it is recorded (telling observers and listeners, computing
 its next fire time) would hold the GIL ahead of the shards still to be rung: once its run is
@@ -20,15 +21,17 @@ bookkeeping follows.
 
 A shard that leaves its sleep for another reason (stop, trigger, resume) leaves the peal; one
 woken by the peal always passes it on, whatever woke it, so a peal never stops half-way. A
-shard's sleep also has a timeout of its own, :data:`SLACK` after the instant: should the peal
-ever not reach it, the shard fires late instead of never.
+leader that leaves before its instant hands the instant to the chime's own thread, which then
+times it (on a :class:`~goworker_py.flag.Bell`, re-reading the wall clock on every wake) and
+begins the peal; the thread ends once it has held no instant for :data:`_LINGER` seconds, so a
+process whose peals all have their leaders runs none. A shard's sleep also has a timeout of its
+own, :data:`SLACK` after the instant: should the peal ever not reach it, the shard fires late
+instead of never.
 
-The chime's thread sleeps on a :class:`~goworker_py.flag.Bell` with the (wall-clock) distance to
-the next instant as its timeout and re-reads the wall clock on every wake, as the shards' own
-timers did; shards park when their next fire time is more than
-:data:`~goworker_py.runner.PARK_AFTER` away, so it only ever holds instants a few seconds ahead
-and a stepped clock is noticed that soon. The thread ends once it has held no instant for
-:data:`_LINGER` seconds.
+Timeouts are measured on the monotonic clock and instants are wall-clock times: a leader whose
+timer ends while the wall clock is still short of the instant sleeps on. Shards park when their
+next fire time is more than :data:`~goworker_py.runner.PARK_AFTER` away, so a peal is only ever
+joined a few seconds ahead and a stepped clock is noticed that soon.
 """
 
 from __future__ import annotations
@@ -55,26 +58,39 @@ _LINGER = 2.0
 class Place:
     """A shard's place in an instant's peal (returned by :meth:`Chime.join`)."""
 
-    __slots__ = ("at", "due", "event", "key", "rung")
+    __slots__ = ("at", "due", "event", "key", "leads", "rung")
 
-    def __init__(self, at: float, event: threading.Event, key: int, due: float) -> None:
+    def __init__(
+        self, at: float, event: threading.Event, key: int, due: float, leads: bool = False
+    ) -> None:
         self.at = at
         self.event = event
         self.key = key
-        #: When the waiter stops waiting on its own (``SLACK`` after its instant or its call).
+        #: When the waiter stops waiting on its own: the instant itself for the peal's
+        #: leader, else ``SLACK`` after the instant (or after :meth:`Chime.follow`).
         self.due = due
+        #: The first place of the peal: it sleeps until the instant on its own timer and
+        #: begins the peal itself (see :meth:`Chime.sleep`).
+        self.leads = leads
         #: The peal reached this place: its event is set by the peal (just after this is).
         self.rung = False
+
+
+#: How a peal's instant is timed: by its leader's own timer, by the chime's thread (its leader
+#: left before the instant), or no longer (the peal is ringing).
+_LED, _CHIMED, _RINGING = "led", "chimed", "ringing"
 
 
 class _Peal:
     """The places of one instant: those waiting for it, then those waiting for it to end."""
 
-    __slots__ = ("places", "tail")
+    __slots__ = ("leader", "places", "state", "tail")
 
-    def __init__(self) -> None:
+    def __init__(self, leader: Place) -> None:
+        self.state = _LED
+        self.leader: Place | None = leader
         #: Places waiting for the instant, in order of joining (rung last first).
-        self.places: dict[int, Place] = {}
+        self.places: dict[int, Place] = {leader.key: leader}
         #: Places of shards whose run of this instant is over: rung once every place has
         #: been (see :meth:`Chime.follow`).
         self.tail: dict[int, Place] = {}
@@ -87,7 +103,7 @@ class Chime:
         self._lock = threading.Lock()
         #: Each instant's peal, from its first join until it has rung every place.
         self._peals: dict[float, _Peal] = {}
-        #: Instants whose peal has not started: the chime's thread starts them.
+        #: Instants the chime's thread begins the peal of (their leaders left early).
         self._heap: list[float] = []
         self._keys = itertools.count()
         self._thread: threading.Thread | None = None
@@ -97,20 +113,18 @@ class Chime:
         self.stragglers = 0
 
     def join(self, at: float, event: threading.Event) -> Place:
-        """Take a place in the peal of wall-clock instant ``at``: ``event`` is set when the
-        peal reaches it. The caller then waits on ``event`` (for at most
-        ``at - time.time() + SLACK`` seconds) and calls :meth:`leave` whatever woke it."""
-        place = Place(at, event, next(self._keys), at + SLACK)
+        """Take a place in the peal of wall-clock instant ``at``; then :meth:`sleep` in it.
+
+        The first place of a peal leads it: it sleeps until the instant on a timer of its own
+        and begins the peal; every other is woken by the peal (``event`` is set).
+        """
         with self._lock:
-            peal = self._peals.get(at)
+            key, peal = next(self._keys), self._peals.get(at)
             if peal is None:
-                peal = self._peals[at] = _Peal()
-                heapq.heappush(self._heap, at)
-                if self._thread is None:
-                    self._start()
-                elif self._heap[0] == at:
-                    self._signal.set()
-            peal.places[place.key] = place
+                place = Place(at, event, key, at, leads=True)
+                self._peals[at] = _Peal(place)
+            else:
+                place = peal.places[key] = Place(at, event, key, at + SLACK)
         return place
 
     def follow(self, rung: Place, event: threading.Event) -> Place | None:
@@ -118,9 +132,8 @@ class Chime:
         None when the peal is over.
 
         What a shard does after its run (its bookkeeping, its next fire time) would delay
-        every shard still to be rung behind it: it waits here instead (on ``event``, for at
-        most :data:`SLACK` seconds, then :meth:`leave`), and the shards of the instant reach
-        their runs first.
+        every shard still to be rung behind it: it waits here instead (:meth:`sleep`) and the
+        shards of the instant reach their runs first.
         """
         with self._lock:
             peal = self._peals.get(rung.at)
@@ -130,21 +143,64 @@ class Chime:
             peal.tail[place.key] = place
         return place
 
-    def leave(self, place: Place) -> None:
-        """After the wait: pass the peal on if it reached this place, else leave it."""
-        with self._lock:
-            if place.rung:
-                following = self._next(place.at)
+    def sleep(self, place: Place) -> bool:
+        """Wait in ``place`` until the peal reaches it (a leader: until its instant), its
+        event is set by something else (a stop, a trigger), or it is due; then pass the peal
+        on, or leave it. True when the peal reached the place (a leader's: it began it)."""
+        event = place.event
+        try:
+            if place.leads:
+                # Re-read the wall clock on waking: a timeout is measured on the monotonic
+                # clock, which a slewed wall clock may trail.
+                while not event.wait(place.due - time.time()) and time.time() < place.due:
+                    pass
             else:
-                following = None
+                event.wait(place.due - time.time())
+        finally:
+            self.leave(place)
+        return place.rung
+
+    def leave(self, place: Place) -> None:
+        """After the wait: pass the peal on if it reached this place, else leave it.
+
+        A leader leaving at or after its instant begins the peal (it counts as rung); one
+        leaving before hands the instant to the chime's thread.
+        """
+        following = None
+        with self._lock:
+            if not place.rung:
                 peal = self._peals.get(place.at)
                 if peal is not None:
-                    peal.places.pop(place.key, None)
-                    peal.tail.pop(place.key, None)
-                if time.time() >= place.due:
+                    self._remove(peal, place)
+                elif not place.leads and time.time() >= place.due:
                     self.stragglers += 1
+            if place.rung:
+                following = self._next(place.at)
         if following is not None:
             following.event.set()
+
+    def _remove(self, peal: _Peal, place: Place) -> None:
+        # Under self._lock: ``place`` leaves ``peal`` unrung.
+        if peal.leader is not place:
+            peal.places.pop(place.key, None)
+            peal.tail.pop(place.key, None)
+            if time.time() >= place.due:
+                self.stragglers += 1
+            return
+        peal.leader = None
+        del peal.places[place.key]
+        if time.time() >= place.at:  # its instant: the leader begins the peal
+            peal.state = _RINGING
+            place.rung = True
+        elif peal.places:  # before it (stopped, triggered): the chime's thread times it
+            peal.state = _CHIMED
+            heapq.heappush(self._heap, place.at)
+            if self._thread is None:
+                self._start()
+            elif self._heap[0] == place.at:
+                self._signal.set()
+        else:
+            del self._peals[place.at]
 
     def _next(self, at: float) -> Place | None:
         # Under self._lock: the next place of the peal of ``at`` (marked rung), or None when
@@ -171,7 +227,7 @@ class Chime:
 
     def _start(self) -> None:
         # Under self._lock. Should no thread start (the process is out of them), the waiting
-        # shards wake on their own timeouts, late, and the next join() tries again.
+        # shards wake on their own timeouts, late, and the next hand-over tries again.
         thread = threading.Thread(target=self._main, name="goworker:chime", daemon=True)
         try:
             thread.start()
@@ -197,13 +253,17 @@ class Chime:
             with self._lock:
                 now = time.time()
                 while self._heap and self._heap[0] <= now:
-                    place = self._next(heapq.heappop(self._heap))
-                    if place is not None:
-                        begun.append(place)
+                    at = heapq.heappop(self._heap)
+                    peal = self._peals.get(at)
+                    if peal is not None and peal.state is _CHIMED:
+                        peal.state = _RINGING
+                        place = self._next(at)
+                        if place is not None:
+                            begun.append(place)
                 signal.clear()
                 idle = not self._heap and not begun
                 if idle and lingered:
-                    self._thread = None  # the next join() starts another
+                    self._thread = None  # the next hand-over starts another
                     return
                 timeout = self._heap[0] - now if self._heap else _LINGER
             for place in begun:  # more than one: instants passed while this thread was late

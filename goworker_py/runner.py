@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from goworker_py import aio
 from goworker_py.alarm import ALARM, LEAD, WakeUp
-from goworker_py.chime import CHIME, SLACK, Place
+from goworker_py.chime import CHIME, Place
 from goworker_py.clock import SYSTEM_CLOCK
 from goworker_py.flag import Bell, Flag
 from goworker_py.handler import Context, Shard
@@ -50,12 +50,16 @@ if TYPE_CHECKING:
     from collections.abc import Generator
     from typing import TypeAlias
 
+    from loguru import Logger
+
     from goworker_py.feed import UpstreamFeed
 
     #: What a shard's steps yield: park until a wall-clock time (a float) or until woken
     #: (None), or :data:`_NEED_THREAD`.
     Steps: TypeAlias = Generator[float | str | None, None, None]
     from goworker_py.schedule import Schedule
+
+    _Prepared: TypeAlias = tuple[str, aio.RunEvent, Logger]
 
 __all__ = [
     "MAX_SLEEP",
@@ -136,6 +140,8 @@ class ShardRunner:
         self._alarm: WakeUp | None = None
         #: The peal that woke the shard for the fire time it is about to run, if one did.
         self._rung_in: Place | None = None
+        #: What the next run needs that can be made before its fire time (see _prepare_run).
+        self._prepared: _Prepared | None = None
         self._thread: threading.Thread | None = None
         self._done = Flag()
 
@@ -451,24 +457,18 @@ class ShardRunner:
         if not self._parking:  # an injected clock (tests)
             self.settings.clock.wait(self._wake, min(remaining, MAX_SLEEP))
             return
+        if self._prepared is None:
+            self._prepared = self._prepare_run()
         place = CHIME.join(until, self._wake)
-        self._sleep_in(place, remaining + SLACK)
-        self._rung_in = place if place.rung else None
-
-    def _sleep_in(self, place: Place, timeout: float) -> None:
-        """Sleep in ``place`` of a peal until rung, woken or ``timeout``; then pass the peal
-        on (or leave it), whatever ended the sleep."""
-        try:
-            self._wake.wait(timeout)
-        finally:
-            CHIME.leave(place)
+        if CHIME.sleep(place):
+            self._rung_in = place
 
     def _after_peal(self, rung_in: Place) -> None:
         """After a run the peal of ``rung_in`` woke: wait until it has woken every shard of
         its instant (see :meth:`Chime.follow`); a stop or a trigger ends the wait."""
         place = CHIME.follow(rung_in, self._wake)
         if place is not None:
-            self._sleep_in(place, SLACK)
+            CHIME.sleep(place)
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
         """The first fire time; an interval counts from the worker's anchor (its start time;
@@ -523,6 +523,7 @@ class ShardRunner:
         when the wall clock is stepped (by more than a second) its fire time moves with it.
         """
         clock, target = self.settings.clock, fire.timestamp()
+        rung = False
         while True:
             self._rearm()
             if self._stop.is_set():
@@ -530,6 +531,8 @@ class ShardRunner:
             if self._triggered:
                 yield from self._own_thread()
                 return None
+            if rung:  # by the peal of ``target``: its instant has come (see _wait)
+                return fire
             skew = clock.time() - clock.monotonic()
             if real_time and abs(skew - self._skew) > 1.0:
                 target += skew - self._skew
@@ -540,6 +543,9 @@ class ShardRunner:
                     yield _NEED_THREAD
                 return fire
             yield from self._wait(target)
+            # A cron fire time is reached when its peal rings; an interval's still checks the
+            # clock for a step.
+            rung = self._rung_in is not None and not real_time
 
     def _next_fire(self, schedule: Schedule, previous: datetime) -> datetime | None:
         """The fire time after ``previous``; fire times the run overran are misfires."""
@@ -595,13 +601,13 @@ class ShardRunner:
     def execute(self, fire_time: datetime, triggered: bool = False) -> RunResult:
         """Perform one run for ``fire_time`` on the calling thread."""
         settings = self.settings
-        run_id = f"{_RUN_IDS.getrandbits(64):016x}"
+        prepared, self._prepared = self._prepared, None
+        run_id, event, logger = self._prepare_run() if prepared is None else prepared
         ticket = self.host.begin_run(self, fire_time, run_id)
         # A failover run owed for this fire time starts now, or cannot start here at all.
         self.failover_fire = None
         if ticket is None:
             return RunResult(run_id="", ok=False, cancelled=True)
-        event = aio.RunEvent()  # an async step's task is cancelled the moment it is set
         with self._lock:
             self._cancel_cause = None
             self._run_event = event
@@ -614,7 +620,7 @@ class ShardRunner:
             shard=self.shard,
             params=settings.params,
             instance=instance,
-            logger=self.logger.bind(run=run_id),
+            logger=logger,
             event=event,
             clock=settings.clock,
             worker_name=settings.worker_name,
@@ -655,6 +661,13 @@ class ShardRunner:
                 except Exception as exc:  # noqa: BLE001 - never let a listener break the shard
                     self.logger.opt(exception=exc).error("run listener raised {!r}", exc)
         return result
+
+    def _prepare_run(self) -> _Prepared:
+        """A run's id, cancellation flag and logger: made before the shard sleeps in a peal,
+        so the path from its wake-up to ``do`` does not (the shards behind it wait)."""
+        run_id = f"{_RUN_IDS.getrandbits(64):016x}"
+        # An async step's task is cancelled the moment the event is set.
+        return run_id, aio.RunEvent(), self.logger.bind(run=run_id)
 
     def _misfired(self, count: int) -> None:
         for observer in OBSERVERS:

@@ -1,4 +1,8 @@
-"""The chime: the places waiting for one instant are rung one after the other, never lost."""
+"""The chime: the places waiting for one instant are rung one after the other, never lost.
+
+The first place of a peal leads it: it sleeps until the instant on its own timer and begins the
+peal; the chime's own thread times an instant only when its leader left before it.
+"""
 
 from __future__ import annotations
 
@@ -30,52 +34,120 @@ def rung(places: list[Place]) -> list[Place]:
     return [place for place in places if place.event.is_set()]
 
 
-def test_a_peal_rings_its_places_one_at_a_time_each_passing_it_on(chime: Chime) -> None:
-    at = time.time() + 0.2
-    places = [chime.join(at, threading.Event()) for _ in range(3)]
-    assert chime.pending == 3
+def pass_along(chime: Chime, places: list[Place]) -> list[Place]:
+    """Leave each place as the peal reaches it (one at a time); the order they were rung in."""
     order: list[Place] = []
-    for count in (1, 2, 3):
+    for count in range(1, len(places) + 1):
         wait_until(
             lambda count=count: len(rung(places)) == count, 5.0, what=f"{count} place(s) rung"
         )
-        assert time.time() >= at  # never before the instant
         # Only the place just rung is set: the next one waits until it passes the peal on.
         (just_rung,) = [place for place in rung(places) if place not in order]
         assert just_rung.rung
         order.append(just_rung)
         chime.leave(just_rung)
-    assert sorted(id(place) for place in order) == sorted(id(place) for place in places)
+    return order
+
+
+def test_the_leader_begins_the_peal_at_its_instant_and_each_place_passes_it_on(
+    chime: Chime,
+) -> None:
+    at = time.time() + 0.2
+    leader = chime.join(at, threading.Event())
+    others = [chime.join(at, threading.Event()) for _ in range(3)]
+    assert leader.leads and not any(place.leads for place in others)
+    assert chime.pending == 4
+    assert chime.sleep(leader)  # on its own timer: the peal began with it
+    assert time.time() >= at  # never before the instant
+    assert leader.rung and not leader.event.is_set()
+    order = pass_along(chime, others)
+    assert sorted(map(id, order)) == sorted(map(id, others))
     assert chime.pending == 0
     assert chime.stragglers == 0
+    assert chime._thread is None  # the leader timed the instant: no thread was needed
 
 
 def test_a_place_left_before_its_turn_is_skipped(chime: Chime) -> None:
     at = time.time() + 0.2
+    leader = chime.join(at, threading.Event())
     first, gone, last = (chime.join(at, threading.Event()) for _ in range(3))
     chime.leave(gone)  # woken by something else (a stop) before the instant
-    assert chime.pending == 2
-    wait_until(lambda: len(rung([first, last])) == 1, 5.0, what="the first ring")
-    chime.leave(rung([first, last])[0])
-    wait_until(lambda: len(rung([first, last])) == 2, 5.0, what="the second ring")
+    assert chime.pending == 3
+    assert chime.sleep(leader)
+    pass_along(chime, [first, last])
     assert not gone.event.is_set() and not gone.rung
     assert chime.pending == 0
 
 
+def test_a_leader_stopped_before_its_instant_hands_it_to_the_chimes_thread(
+    chime: Chime,
+) -> None:
+    at = time.time() + 0.3
+    leader = chime.join(at, threading.Event())
+    others = [chime.join(at, threading.Event()) for _ in range(2)]
+    leader.event.set()  # a stop or a trigger wakes it
+    assert not chime.sleep(leader)  # it leaves: not rung, the peal not begun
+    assert not leader.rung and chime.pending == 2
+    assert chime._thread is not None
+    assert not rung(others)
+    pass_along(chime, others)
+    assert time.time() >= at
+    assert chime.pending == 0 and chime.stragglers == 0
+    wait_until(lambda: chime._thread is None, 5.0, what="the chime's thread to end")
+
+
+def test_a_lone_leader_stopped_early_ends_its_peal(chime: Chime) -> None:
+    at = time.time() + 0.3
+    leader = chime.join(at, threading.Event())
+    leader.event.set()
+    assert not chime.sleep(leader)
+    assert chime.pending == 0 and chime._thread is None
+    again = chime.join(at, threading.Event())  # the shard goes back to sleep: it leads anew
+    assert again.leads
+    assert chime.sleep(again) and time.time() >= at
+    assert chime.pending == 0
+
+
+def test_a_leader_woken_before_its_instant_by_a_trailing_wall_clock_sleeps_on(
+    chime: Chime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timeouts run on the monotonic clock: a slewed wall clock can still be short of the
+    instant when the leader's timer ends. The leader sleeps again; it never hands over."""
+    lags = iter([0.0, 0.1])  # the first timeout, then 100 ms short on waking
+
+    class Trailing:
+        @staticmethod
+        def time() -> float:
+            return time.time() - next(lags, 0.0)
+
+    at = time.time() + 0.2
+    leader = chime.join(at, threading.Event())
+    follower = chime.join(at, threading.Event())
+    monkeypatch.setattr(chime_module, "time", Trailing)
+    assert chime.sleep(leader)
+    assert time.time() >= at
+    assert chime._thread is None  # it slept on instead of handing the instant over
+    pass_along(chime, [follower])
+
+
 def test_an_instant_already_past_rings_at_once(chime: Chime) -> None:
     place = chime.join(time.time() - 1.0, threading.Event())
-    assert place.event.wait(5.0)
-    chime.leave(place)
+    assert place.leads
+    started = time.monotonic()
+    assert chime.sleep(place)
+    assert time.monotonic() - started < 1.0
     assert chime.pending == 0
 
 
 def test_a_place_joined_while_its_peal_rings_is_rung_in_it(chime: Chime) -> None:
     at = time.time() + 0.1
-    first = chime.join(at, threading.Event())
-    assert first.event.wait(5.0)
+    leader = chime.join(at, threading.Event())
+    waiting = chime.join(at, threading.Event())
+    assert chime.sleep(leader)
+    assert waiting.event.is_set()
     late = chime.join(at, threading.Event())  # the peal is under way: it reaches this place
-    assert not late.event.is_set()
-    chime.leave(first)
+    assert not late.leads and not late.event.is_set()
+    chime.leave(waiting)
     assert late.event.is_set() and late.rung
     chime.leave(late)
     assert chime.pending == 0
@@ -84,17 +156,22 @@ def test_a_place_joined_while_its_peal_rings_is_rung_in_it(chime: Chime) -> None
 def test_a_place_joined_after_its_peal_ended_starts_another(chime: Chime) -> None:
     at = time.time() + 0.1
     first = chime.join(at, threading.Event())
-    assert first.event.wait(5.0)
-    chime.leave(first)  # the peal is over
+    assert chime.sleep(first)  # alone: the peal is over once it began
     again = chime.join(at, threading.Event())
-    assert again.event.wait(5.0)
-    chime.leave(again)
+    assert again.leads
+    assert chime.sleep(again)
+    assert chime.pending == 0
 
 
-def test_instants_ring_in_time_order(chime: Chime) -> None:
+def test_instants_handed_to_the_chimes_thread_ring_in_time_order(chime: Chime) -> None:
     now = time.time()
-    later = chime.join(now + 0.4, threading.Event())
-    sooner = chime.join(now + 0.2, threading.Event())
+    peals = []
+    for at in (now + 0.4, now + 0.2):
+        leader = chime.join(at, threading.Event())
+        peals.append(chime.join(at, threading.Event()))
+        leader.event.set()
+        assert not chime.sleep(leader)  # handed over
+    later, sooner = peals
     assert sooner.event.wait(5.0)
     assert not later.event.is_set()
     assert time.time() >= now + 0.2
@@ -103,22 +180,21 @@ def test_instants_ring_in_time_order(chime: Chime) -> None:
     assert later.event.wait(5.0)
     assert time.time() >= now + 0.4
     chime.leave(later)
+    assert chime.pending == 0
 
 
-def test_a_herd_of_threads_is_woken_whole_and_the_thread_then_ends(chime: Chime) -> None:
+def test_a_herd_of_threads_is_woken_whole_with_no_thread_of_the_chimes(chime: Chime) -> None:
     at = time.time() + 0.3
     woke: list[float] = []
+    began: list[bool] = []
     lock = threading.Lock()
 
     def shard() -> None:
-        event = threading.Event()
-        place = chime.join(at, event)
-        try:
-            event.wait(at - time.time() + SLACK)
-        finally:
-            chime.leave(place)
+        place = chime.join(at, threading.Event())
+        was_rung = chime.sleep(place)
         with lock:
             woke.append(time.time())
+            began.append(was_rung)
 
     threads = [threading.Thread(target=shard) for _ in range(200)]
     for thread in threads:
@@ -127,18 +203,22 @@ def test_a_herd_of_threads_is_woken_whole_and_the_thread_then_ends(chime: Chime)
         thread.join(10.0)
     assert len(woke) == 200
     assert min(woke) >= at
-    assert chime.stragglers == 0  # every one was rung by the peal, none by its own timeout
+    assert all(began)  # every one was rung by the peal (the leader began it)
+    assert chime.stragglers == 0  # none woke on its own timeout
     assert chime.pending == 0
-    wait_until(lambda: chime._thread is None, 5.0, what="the chime's thread to end")
+    assert chime._thread is None
 
 
 def test_a_place_the_peal_does_not_reach_in_time_wakes_on_its_own(chime: Chime) -> None:
     at = time.time() + 0.1
+    leader = chime.join(at, threading.Event())
     stuck = chime.join(at, threading.Event())
-    assert stuck.event.wait(5.0)  # rung, but its thread never passes the peal on
+    assert chime.sleep(leader)
+    assert stuck.event.is_set()  # rung, but its thread never passes the peal on
     waiting = chime.join(at, threading.Event())
-    assert not waiting.event.wait(at - time.time() + SLACK)  # its own timeout
-    chime.leave(waiting)
+    started = time.monotonic()
+    assert not chime.sleep(waiting)  # its own timeout
+    assert time.monotonic() - started >= SLACK - 0.15
     assert chime.stragglers == 1 and not waiting.rung
     chime.leave(stuck)  # nothing left to ring
     assert chime.pending == 0
@@ -148,17 +228,16 @@ def test_a_place_following_a_run_is_rung_once_every_place_of_the_instant_was(
     chime: Chime,
 ) -> None:
     at = time.time() + 0.1
-    places = [chime.join(at, threading.Event()) for _ in range(2)]
-    wait_until(lambda: len(rung(places)) == 1, 5.0, what="the first ring")
-    (first,) = rung(places)
-    (second,) = [place for place in places if place is not first]
-    after_run = chime.follow(first, threading.Event())  # its run is over: it waits its turn
+    leader = chime.join(at, threading.Event())
+    second = chime.join(at, threading.Event())
+    assert chime.sleep(leader)
+    assert second.event.is_set()
+    after_run = chime.follow(leader, threading.Event())  # its run is over: it waits its turn
     assert after_run is not None and not after_run.event.is_set()
-    stopped = chime.follow(first, threading.Event())  # another, stopped while it waits
+    stopped = chime.follow(leader, threading.Event())  # another, stopped while it waits
     assert stopped is not None
     chime.leave(stopped)
-    chime.leave(first)
-    assert second.event.is_set() and not after_run.event.is_set()  # the instant's places first
+    assert not after_run.event.is_set()  # the instant's places first
     chime.leave(second)
     assert after_run.event.is_set() and after_run.rung
     chime.leave(after_run)
