@@ -116,6 +116,24 @@ class Context:
         self._clock = clock
         self._lease = lease
 
+    def _begin(
+        self,
+        scheduled_time: datetime,
+        instance: WorkerInstance,
+        fencing_token: int | None,
+        is_failover: bool,
+        is_triggered: bool,
+        lease: Callable[[], float] | None,
+    ) -> None:
+        """(The framework's) what only the run's start tells: a context is made ahead of its
+        run, before its shard sleeps until the fire time (see :mod:`goworker_py.runner`)."""
+        self.scheduled_time = scheduled_time
+        self.instance = instance
+        self.fencing_token = fencing_token
+        self.is_failover = is_failover
+        self.is_triggered = is_triggered
+        self._lease = lease
+
     @property
     def cancelled(self) -> bool:
         """True once the run has been cancelled.

@@ -11,6 +11,9 @@ from goworker_py.instance import WorkerInstance
 from goworker_py.run import RunResult, RunSettings, RunTicket
 from goworker_py.runner import ShardRunner
 
+#: Every local run's ticket: no fencing token, no failover, no lease.
+_TICKET = RunTicket()
+
 
 class LocalHost:
     """The :class:`~goworker_py.run.ShardHost` of a local-mode worker: all shards, always."""
@@ -71,7 +74,7 @@ class LocalHost:
         return True
 
     def begin_run(self, runner: ShardRunner, fire_time: datetime, run_id: str) -> RunTicket | None:
-        return RunTicket()
+        return _TICKET
 
     def end_run(self, runner: ShardRunner, ctx: Context, result: RunResult) -> None:
         if not result.ok and not result.cancelled:

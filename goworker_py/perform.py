@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
     from goworker_py.run import ShardHost
 
-_STEPS = ("before", "do", "after")
-
 
 class RunSteps:
     """The steps of one shard's runs: what :meth:`perform` does, run after run."""
@@ -50,15 +48,13 @@ class RunSteps:
         # Once cancelled, do is not started, but after still runs when before succeeded and
         # do did not fail (left normally or through RunCancelled), to release before's work.
         cancelled = False
-        for step in _STEPS:
-            if ctx.cancelled and step != "after":
+        for step in settings.steps:
+            if step != "after" and ctx.cancelled:
                 ctx.logger.info("run cancelled before {}", step)
-                if step == "before":
+                if step == settings.steps[0]:  # nothing ran: nothing for after to release
                     return RunResult(ctx.run_id, ok=False, cancelled=True)
                 cancelled = True
                 continue
-            if step in settings.noop_steps:
-                continue  # Handler's own empty before/after: nothing to call
             method = getattr(handler, step, None)
             if method is None:
                 continue

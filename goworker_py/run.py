@@ -53,7 +53,7 @@ class RunResult:
         return self.cancelled and self.cause in INTERRUPTING
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunTicket:
     """What the host grants a run that may start: its fencing token and failover flag."""
 
@@ -97,17 +97,32 @@ class RunControl:
     paused on its own (``Worker.pause()``) or with its whole service (the cluster control node).
     """
 
-    __slots__ = ("cluster", "local")
+    __slots__ = ("_cluster", "_local", "paused")
 
     def __init__(self) -> None:
-        #: Paused by ``Worker.pause()``.
-        self.local = False
-        #: Paused cluster-wide (``goworker-py pause``).
-        self.cluster = False
+        self._local = self._cluster = False
+        #: Paused on its own or with its service (read before every run: an attribute).
+        self.paused = False
 
     @property
-    def paused(self) -> bool:
-        return self.local or self.cluster
+    def local(self) -> bool:
+        """Paused by ``Worker.pause()``."""
+        return self._local
+
+    @local.setter
+    def local(self, paused: bool) -> None:
+        self._local = paused
+        self.paused = paused or self._cluster
+
+    @property
+    def cluster(self) -> bool:
+        """Paused cluster-wide (``goworker-py pause``)."""
+        return self._cluster
+
+    @cluster.setter
+    def cluster(self, paused: bool) -> None:
+        self._cluster = paused
+        self.paused = self._local or paused
 
 
 @dataclass
@@ -136,5 +151,6 @@ class RunSettings:
     listeners: tuple[Callable[[int, datetime], None], ...] = ()
     #: When the worker (or its group) started: ``@every`` fire times count from it.
     anchor: datetime | None = None
-    #: Steps the handler leaves to :class:`Handler`'s empty defaults (not called).
-    noop_steps: frozenset[str] = frozenset()
+    #: The steps of a run, in order, but for those the handler leaves to :class:`Handler`'s
+    #: empty defaults (not called).
+    steps: tuple[str, ...] = ("before", "do", "after")

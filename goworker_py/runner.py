@@ -50,16 +50,12 @@ if TYPE_CHECKING:
     from collections.abc import Generator
     from typing import TypeAlias
 
-    from loguru import Logger
-
     from goworker_py.feed import UpstreamFeed
 
     #: What a shard's steps yield: park until a wall-clock time (a float) or until woken
     #: (None), or :data:`_NEED_THREAD`.
     Steps: TypeAlias = Generator[float | str | None, None, None]
     from goworker_py.schedule import Schedule
-
-    _Prepared: TypeAlias = tuple[str, aio.RunEvent, Logger]
 
 __all__ = [
     "MAX_SLEEP",
@@ -88,6 +84,8 @@ _MAX_MISFIRES_COUNTED = 10_000
 #: the same instant: with a thousand jobs firing together that doubled their lateness.
 _RUN_IDS = random.Random(os.urandom(16))
 os.register_at_fork(after_in_child=lambda: _RUN_IDS.seed(os.urandom(16)))
+#: A prepared run's scheduled time until it begins.
+_NOT_YET = datetime.fromtimestamp(0, timezone.utc)
 
 
 class ShardRunner:
@@ -117,8 +115,11 @@ class ShardRunner:
         self.steps = RunSteps(settings, self.shard, host, self.logger)
         self._finished = False
         self._skew = 0.0
-        self._stop = Flag()
-        #: Set to interrupt the thread's sleep: stop, trigger or resume.
+        #: Set (under the lock) by stop() or drain(): no new run starts.
+        self._stopping = False
+        #: Set to interrupt the thread's sleep: stop, trigger or resume. Cleared before the
+        #: thread looks at what there is to do (a wake-up that comes after the look ends the
+        #: wait that follows).
         self._wake = Bell()
         self._triggered = False
         self._run_event: threading.Event | None = None
@@ -141,7 +142,7 @@ class ShardRunner:
         #: The peal that woke the shard for the fire time it is about to run, if one did.
         self._rung_in: Place | None = None
         #: What the next run needs that can be made before its fire time (see _prepare_run).
-        self._prepared: _Prepared | None = None
+        self._prepared: Context | None = None
         self._thread: threading.Thread | None = None
         self._done = Flag()
 
@@ -212,10 +213,10 @@ class ShardRunner:
         *interrupted*, and its fire time is owed to the shard's next owner.
         """
         with self._lock:
-            if not self._stop.is_set():
+            if not self._stopping:
                 self._stop_cause = cause
             self._draining = False
-            self._stop.set()
+            self._stopping = True
             self._wake.set()
             self._cancel(cause)
         self._unpark(inline=True)
@@ -227,10 +228,10 @@ class ShardRunner:
         under way — until it ends or :meth:`stop` cancels it.
         """
         with self._lock:
-            if not self._stop.is_set():
+            if not self._stopping:
                 self._stop_cause = HANDOVER
                 self._draining = True
-            self._stop.set()
+            self._stopping = True
             self._wake.set()
         self._unpark(inline=True)
 
@@ -250,7 +251,7 @@ class ShardRunner:
         Requests made while one is pending are merged into it.
         """
         settings = self.settings
-        if (settings.schedule is None and settings.feed is None) or self._stop.is_set():
+        if (settings.schedule is None and settings.feed is None) or self._stopping:
             return False
         if self._finished:
             return False
@@ -293,7 +294,7 @@ class ShardRunner:
     @property
     def stopping(self) -> bool:
         """True once :meth:`stop` was called."""
-        return self._stop.is_set()
+        return self._stopping
 
     def abandon(self) -> None:
         """The worker gave up waiting for this thread: report its errors to the log only.
@@ -337,12 +338,6 @@ class ShardRunner:
             self.host.runner_exited(self)
             self._done.set()
 
-    def _rearm(self) -> None:
-        """Clear the wake-up flag before looking at what there is to do (a wake-up that comes
-        after the look ends the wait that follows). Only when set: clearing takes its lock."""
-        if self._wake.is_set():
-            self._wake.clear()
-
     def _own_thread(self) -> Steps:
         """Before anything that may block or call handler code: go on on a thread of the
         shard's own if the steps are being advanced by another's (start(), stop())."""
@@ -380,7 +375,7 @@ class ShardRunner:
             fire = self._first_fire(schedule)
         while fire is not None:
             reached = yield from self._sleep_until(fire, real_time)
-            if self._stop.is_set() or not self.host.wait_ready(self):
+            if self._stopping or not self.host.wait_ready(self):
                 break
             if reached is None:  # woken by trigger()
                 self._run_triggered()
@@ -402,7 +397,7 @@ class ShardRunner:
             if self.failover_fire is not None:  # cut short by self-fencing: owed
                 yield from self._rerun_fenced()
             fire = self._next_fire(schedule, reached)
-        if fire is None and not self._stop.is_set():
+        if fire is None and not self._stopping:
             self.logger.info("schedule {!r} has no further fire time", schedule.expression)
 
     def _fed_loop(self, feed: UpstreamFeed) -> Steps:
@@ -410,8 +405,8 @@ class ShardRunner:
         index = self.shard.index
         feed.attach(index, self.wake)
         while True:
-            self._rearm()
-            if self._stop.is_set():
+            self._wake.clear()
+            if self._stopping:
                 return
             if self._triggered:
                 yield from self._own_thread()
@@ -466,9 +461,8 @@ class ShardRunner:
     def _after_peal(self, rung_in: Place) -> None:
         """After a run the peal of ``rung_in`` woke: wait until it has woken every shard of
         its instant (see :meth:`Chime.follow`); a stop or a trigger ends the wait."""
-        place = CHIME.follow(rung_in, self._wake)
-        if place is not None:
-            CHIME.sleep(place)
+        if CHIME.follow(rung_in):
+            CHIME.sleep(rung_in)
 
     def _first_fire(self, schedule: Schedule) -> datetime | None:
         """The first fire time; an interval counts from the worker's anchor (its start time;
@@ -496,8 +490,8 @@ class ShardRunner:
         if control.paused:
             self.logger.info("paused: the run waits for resume()")
         while True:
-            self._rearm()
-            if self._stop.is_set():
+            self._wake.clear()
+            if self._stopping:
                 return False
             if not control.paused:
                 yield from self._own_thread()
@@ -525,8 +519,8 @@ class ShardRunner:
         clock, target = self.settings.clock, fire.timestamp()
         rung = False
         while True:
-            self._rearm()
-            if self._stop.is_set():
+            self._wake.clear()
+            if self._stopping:
                 return None
             if self._triggered:
                 yield from self._own_thread()
@@ -601,8 +595,8 @@ class ShardRunner:
     def execute(self, fire_time: datetime, triggered: bool = False) -> RunResult:
         """Perform one run for ``fire_time`` on the calling thread."""
         settings = self.settings
-        prepared, self._prepared = self._prepared, None
-        run_id, event, logger = self._prepare_run() if prepared is None else prepared
+        ctx, self._prepared = self._prepared or self._prepare_run(), None
+        run_id, event = ctx.run_id, ctx.event
         ticket = self.host.begin_run(self, fire_time, run_id)
         # A failover run owed for this fire time starts now, or cannot start here at all.
         self.failover_fire = None
@@ -611,23 +605,15 @@ class ShardRunner:
         with self._lock:
             self._cancel_cause = None
             self._run_event = event
-            if self._stop.is_set() and not self._draining:
+            if self._stopping and not self._draining:
                 self._cancel(self._stop_cause)
-        instance = self.host.instance_for(self.shard.index)
-        ctx = Context(
-            run_id=run_id,
-            scheduled_time=ticket.scheduled_time or fire_time,
-            shard=self.shard,
-            params=settings.params,
-            instance=instance,
-            logger=logger,
-            event=event,
-            clock=settings.clock,
-            worker_name=settings.worker_name,
-            fencing_token=ticket.fencing_token,
-            is_failover=ticket.is_failover,
-            is_triggered=triggered,
-            lease=ticket.lease,
+        ctx._begin(
+            ticket.scheduled_time or fire_time,
+            self.host.instance_for(self.shard.index),
+            ticket.fencing_token,
+            ticket.is_failover,
+            triggered,
+            ticket.lease,
         )
         started = settings.clock.time()
         raised = False
@@ -652,7 +638,7 @@ class ShardRunner:
                     observer.run_finished(settings.worker_name, ctx, result, started, finished)
                 except Exception as exc:  # noqa: BLE001 - an observer must not break the shard
                     self.logger.opt(exception=exc).error("run observer raised {!r}", exc)
-        if result.cause == FENCE and not self._stop.is_set():
+        if result.cause == FENCE and not self._stopping:
             self.failover_fire = ctx.scheduled_time  # owed: see _rerun_fenced
         if result.ok:
             for listener in settings.listeners:
@@ -662,12 +648,23 @@ class ShardRunner:
                     self.logger.opt(exception=exc).error("run listener raised {!r}", exc)
         return result
 
-    def _prepare_run(self) -> _Prepared:
-        """A run's id, cancellation flag and logger: made before the shard sleeps in a peal,
-        so the path from its wake-up to ``do`` does not (the shards behind it wait)."""
-        run_id = f"{_RUN_IDS.getrandbits(64):016x}"
-        # An async step's task is cancelled the moment the event is set.
-        return run_id, aio.RunEvent(), self.logger.bind(run=run_id)
+    def _prepare_run(self) -> Context:
+        """The next run's context but for what only its start tells (``Context._begin``):
+        made before the shard sleeps in a peal, so the path from its wake-up to ``do`` does
+        not (the shards behind it wait)."""
+        run_id, settings = f"{_RUN_IDS.getrandbits(64):016x}", self.settings
+        return Context(
+            run_id=run_id,
+            scheduled_time=_NOT_YET,
+            shard=self.shard,
+            params=settings.params,
+            instance=self.host.instance_for(self.shard.index),
+            logger=self.logger.bind(run=run_id),
+            # An async step's task is cancelled the moment the event is set.
+            event=aio.RunEvent(),
+            clock=settings.clock,
+            worker_name=settings.worker_name,
+        )
 
     def _misfired(self, count: int) -> None:
         for observer in OBSERVERS:

@@ -266,7 +266,7 @@ class Worker:
             feed=self._feed,
             listeners=tuple(self._run_listeners),
             anchor=self._interval_anchor(model),
-            noop_steps=_noop_steps(handler),
+            steps=_steps(handler),
         )
 
     def _config(self) -> WorkerConfig:
@@ -606,12 +606,13 @@ class Worker:
         self._logger.info("worker stopped ({})", reason.value)
 
 
-def _noop_steps(handler: Any) -> frozenset[str]:
-    """``before`` / ``after`` that ``handler`` inherits unchanged from :class:`Handler`."""
+def _steps(handler: Any) -> tuple[str, ...]:
+    """The steps of ``handler``'s runs: ``before`` and ``after`` unless it inherits them
+    unchanged from :class:`Handler`."""
     cls = handler if isinstance(handler, type) else type(handler)
     own = {} if isinstance(handler, type) else getattr(handler, "__dict__", {})
-    return frozenset(
+    return tuple(
         step
-        for step in ("before", "after")
-        if step not in own and getattr(cls, step, None) is getattr(Handler, step)
+        for step in ("before", "do", "after")
+        if step == "do" or step in own or getattr(cls, step, None) is not getattr(Handler, step)
     )

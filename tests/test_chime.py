@@ -229,19 +229,21 @@ def test_a_place_following_a_run_is_rung_once_every_place_of_the_instant_was(
 ) -> None:
     at = time.time() + 0.1
     leader = chime.join(at, threading.Event())
-    second = chime.join(at, threading.Event())
+    second, stopped = (chime.join(at, threading.Event()) for _ in range(2))
     assert chime.sleep(leader)
-    assert second.event.is_set()
-    after_run = chime.follow(leader, threading.Event())  # its run is over: it waits its turn
-    assert after_run is not None and not after_run.event.is_set()
-    stopped = chime.follow(leader, threading.Event())  # another, stopped while it waits
-    assert stopped is not None
-    chime.leave(stopped)
-    assert not after_run.event.is_set()  # the instant's places first
-    chime.leave(second)
-    assert after_run.event.is_set() and after_run.rung
-    chime.leave(after_run)
+    (first,) = rung([second, stopped])
+    (other,) = [place for place in (second, stopped) if place is not first]
+    assert chime.follow(leader)  # its run is over: it waits its turn at the peal's end
+    assert not leader.rung and not leader.event.is_set()
+    chime.leave(first)
+    assert other.event.is_set()
+    assert chime.follow(first)  # another, stopped while it waits at the end
+    chime.leave(first)
+    assert not leader.event.is_set()  # the instant's places first
+    chime.leave(other)
+    assert leader.event.is_set() and leader.rung
+    chime.leave(leader)
     assert chime.pending == 0
-    assert not stopped.event.is_set() and not stopped.rung  # it left: never rung
-    assert chime.follow(after_run, threading.Event()) is None  # the peal is over: no wait
+    assert not first.rung  # it left the end of the peal: never rung there
+    assert not chime.follow(leader)  # the peal is over: no wait
     assert chime.stragglers == 0
