@@ -42,7 +42,6 @@ class RunSteps:
         """Perform the run ``ctx`` describes on the calling thread; its result."""
         settings = self.settings
         handler = settings.handler_factory()
-        ctx.logger.trace("run started for {}", ctx.scheduled_time)
         if settings.wants_watch:
             self._call_watch(handler, ctx)
         # Once cancelled, do is not started, but after still runs when before succeeded and
@@ -113,7 +112,6 @@ class RunSteps:
             return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
         if cancelled:
             return RunResult(ctx.run_id, ok=False, cancelled=True)
-        ctx.logger.trace("run finished")
         return RunResult(ctx.run_id, ok=True)
 
     def _set_attempt(self, ctx: Context, attempt: int) -> None:

@@ -52,6 +52,14 @@ class RunResult:
         """Cancelled by a graceful stop, a hand-over or self-fencing: its fire is owed."""
         return self.cancelled and self.cause in INTERRUPTING
 
+    def __str__(self) -> str:
+        """How the run ended, in words (a run's TRACE line)."""
+        if self.ok:
+            return "ok"
+        if self.cancelled:
+            return f"cancelled ({self.cause})" if self.cause else "cancelled"
+        return f"failed in {self.failed_step}" if self.failed_step else "failed"
+
 
 @dataclass(frozen=True)
 class RunTicket:

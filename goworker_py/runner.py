@@ -633,6 +633,11 @@ class ShardRunner:
             rung_in, self._rung_in = self._rung_in, None
             if rung_in is not None and not raised:
                 self._after_peal(rung_in)
+            # The run's one line, at TRACE (formatted only if written): after the peal, as
+            # the rest of the bookkeeping.
+            ctx.logger.trace(
+                "run for {} {} ({:.1f} ms)", ctx.scheduled_time, result, (finished - started) * 1e3
+            )
             for observer in OBSERVERS:
                 try:
                     observer.run_finished(settings.worker_name, ctx, result, started, finished)

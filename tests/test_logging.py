@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ import pytest
 from loguru import logger
 
 from goworker_py.config import LoggerConfig
-from goworker_py.errors import ConfigError
+from goworker_py.errors import ConfigError, RunFailed
 from goworker_py.logging import DEFAULT_FORMAT, configure_logging, route_stdlib_logging
 
 pytestmark = pytest.mark.timeout(30)
@@ -281,3 +282,39 @@ def test_a_run_writes_no_line_at_debug_or_above() -> None:
     assert any("worker finished" in record["message"] for record in records)
     per_run = [record["message"] for record in records if "run" in record["extra"]]
     assert per_run == []
+
+
+def test_each_run_ends_with_one_trace_line_with_its_fire_time_outcome_and_duration() -> None:
+    from goworker_py import Context, DefaultRetryPolicy, Handler, Worker, WorkerConfig
+
+    class Fails(Handler):
+        def do(self, ctx: Context) -> None:
+            raise ValueError("no")
+
+    class Works(Handler):
+        def do(self, ctx: Context) -> None:
+            pass
+
+    traced: list[Any] = []
+    logger.add(lambda message: traced.append(message.record), level="TRACE")
+    once = DefaultRetryPolicy(non_retryable_error_types=(ValueError,))
+    for handler in (Works, Fails):
+        worker = Worker(
+            handler,
+            config=WorkerConfig(timezone="UTC"),
+            retry_policy=once,
+            handle_signals=False,
+            name=handler.__name__,
+        )
+        worker.run()
+        if handler is Works:
+            assert worker.wait(5)
+        else:
+            with pytest.raises(RunFailed):
+                worker.wait(5)
+    per_run = [record for record in traced if "run" in record["extra"]]
+    trace = [record for record in per_run if record["level"].name == "TRACE"]
+    assert [record["extra"]["worker"] for record in trace] == ["Works", "Fails"]
+    ok, failed = (record["message"] for record in trace)
+    assert re.fullmatch(r"run for \d{4}-\d\d-\d\d \S+ ok \(\d+\.\d ms\)", ok), ok
+    assert re.fullmatch(r"run for \S+ \S+ failed in do \(\d+\.\d ms\)", failed), failed
