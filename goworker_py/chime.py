@@ -127,22 +127,27 @@ class Chime:
                 place = peal.places[key] = Place(at, event, key, at + SLACK)
         return place
 
-    def follow(self, rung: Place) -> bool:
-        """After the run of a shard the peal of ``rung`` woke: take ``rung`` to the peal's
-        end (then :meth:`sleep` in it again); False when the peal is over.
+    def follow(self, rung: Place) -> None:
+        """After the run of a shard the peal of ``rung`` woke: wait at the peal's end until
+        the peal reaches ``rung`` again, its event is set (a stop, a trigger) or
+        :data:`SLACK` passes; then pass the peal on, or leave it. At once when the peal is
+        over.
 
         What a shard does after its run (its bookkeeping, its next fire time) would delay
-        every shard still to be rung behind it: it waits there instead and the shards of the
+        every shard still to be rung behind it: it waits here instead and the shards of the
         instant reach their runs first.
         """
         with self._lock:
             peal = self._peals.get(rung.at)
             if peal is None:
-                return False
+                return
             rung.key, rung.due = next(self._keys), time.time() + SLACK
             rung.rung = rung.leads = False
             peal.tail[rung.key] = rung
-        return True
+        try:
+            rung.event.wait(SLACK)
+        finally:
+            self.leave(rung)
 
     def sleep(self, place: Place) -> bool:
         """Wait in ``place`` until the peal reaches it (a leader: until its instant), its

@@ -85,8 +85,9 @@ class Bell(threading.Event):
                 self._ring.release()
 
     def clear(self) -> None:
-        with self._guard:
-            self._flag = False
+        # Without the guard: set() only ever raises the flag, and a waiter is never woken by
+        # lowering it (clear() and wait() are the one waiting thread's own calls).
+        self._flag = False
 
     def wait(self, timeout: float | None = None) -> bool:
         with self._guard:

@@ -458,12 +458,6 @@ class ShardRunner:
         if CHIME.sleep(place):
             self._rung_in = place
 
-    def _after_peal(self, rung_in: Place) -> None:
-        """After a run the peal of ``rung_in`` woke: wait until it has woken every shard of
-        its instant (see :meth:`Chime.follow`); a stop or a trigger ends the wait."""
-        if CHIME.follow(rung_in):
-            CHIME.sleep(rung_in)
-
     def _first_fire(self, schedule: Schedule) -> datetime | None:
         """The first fire time; an interval counts from the worker's anchor (its start time;
         in cluster mode the Unix epoch).
@@ -632,7 +626,9 @@ class ShardRunner:
             finished = settings.clock.time()
             rung_in, self._rung_in = self._rung_in, None
             if rung_in is not None and not raised:
-                self._after_peal(rung_in)
+                # Wait until the peal that woke the shard has woken every shard of its instant
+                # (a stop or a trigger ends the wait): the rest can wait, they cannot.
+                CHIME.follow(rung_in)
             # The run's one line, at TRACE (formatted only if written): after the peal, as
             # the rest of the bookkeeping.
             ctx.logger.trace(

@@ -224,26 +224,42 @@ def test_a_place_the_peal_does_not_reach_in_time_wakes_on_its_own(chime: Chime) 
     assert chime.pending == 0
 
 
-def test_a_place_following_a_run_is_rung_once_every_place_of_the_instant_was(
+def follow_in_thread(chime: Chime, place: Place) -> threading.Event:
+    """Call ``chime.follow(place)`` on a thread of its own; the event is set when it returns."""
+    done = threading.Event()
+
+    def after_run() -> None:
+        chime.follow(place)
+        done.set()
+
+    threading.Thread(target=after_run, daemon=True).start()
+    return done
+
+
+def test_a_shard_after_its_run_waits_until_every_place_of_its_instant_was_rung(
     chime: Chime,
 ) -> None:
     at = time.time() + 0.1
     leader = chime.join(at, threading.Event())
-    second, stopped = (chime.join(at, threading.Event()) for _ in range(2))
+    second, third = (chime.join(at, threading.Event()) for _ in range(2))
     assert chime.sleep(leader)
-    (first,) = rung([second, stopped])
-    (other,) = [place for place in (second, stopped) if place is not first]
-    assert chime.follow(leader)  # its run is over: it waits its turn at the peal's end
-    assert not leader.rung and not leader.event.is_set()
+    (first,) = rung([second, third])
+    (other,) = [place for place in (second, third) if place is not first]
+    leader_followed = follow_in_thread(chime, leader)  # its run is over: it waits its turn
+    wait_until(lambda: chime.pending == 2, 5.0, what="the leader at the peal's end")
     chime.leave(first)
     assert other.event.is_set()
-    assert chime.follow(first)  # another, stopped while it waits at the end
-    chime.leave(first)
-    assert not leader.event.is_set()  # the instant's places first
+    first.event.clear()  # a shard's thread clears its event before its run
+    first_followed = follow_in_thread(chime, first)
+    wait_until(lambda: chime.pending == 2, 5.0, what="the first shard at the peal's end")
+    first.event.set()  # stopped while it waits at the end: it leaves
+    assert first_followed.wait(5.0) and not first.rung
+    assert not leader_followed.wait(0.1)  # the instant's places first
     chime.leave(other)
-    assert leader.event.is_set() and leader.rung
-    chime.leave(leader)
+    assert leader_followed.wait(5.0)
+    assert leader.rung and leader.event.is_set()
     assert chime.pending == 0
-    assert not first.rung  # it left the end of the peal: never rung there
-    assert not chime.follow(leader)  # the peal is over: no wait
+    started = time.monotonic()
+    chime.follow(other)  # the peal is over: no wait
+    assert time.monotonic() - started < 0.5
     assert chime.stragglers == 0
