@@ -125,8 +125,8 @@ class Context:
         is_triggered: bool,
         lease: Callable[[], float] | None,
     ) -> None:
-        """(The framework's) what only the run's start tells: a context is made ahead of its
-        run, before its shard sleeps until the fire time (see :mod:`goworker_py.runner`)."""
+        """Fill in what only the run's start tells (the framework's call: a run's context is
+        made before its shard sleeps until the fire time, see :mod:`goworker_py.runner`)."""
         self.scheduled_time = scheduled_time
         self.instance = instance
         self.fencing_token = fencing_token
