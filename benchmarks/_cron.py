@@ -162,7 +162,9 @@ def run_goworker(
     sink to a file. ``split``: inject a clock that notes when each shard thread's wait
     returned, to split the lateness into the timer's own lateness (wait returns - fire time)
     and the framework's path from that wake-up to ``do`` (costs one ``time.time()`` and a dict
-    store per wait).
+    store per wait). An injected clock turns parking and the chime off (every shard then
+    sleeps on a timer of its own, see ``goworker_py.runner``): the split describes that
+    path, not the one a herd takes with the system clock.
     """
     from goworker_py import Context, Handler, Worker
     from goworker_py.clock import SystemClock

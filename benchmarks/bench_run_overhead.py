@@ -67,6 +67,7 @@ import functools
 import io
 import os
 import pstats
+import random
 import statistics
 import threading
 import time
@@ -84,7 +85,7 @@ from _common import Report, calibrate, cpu_seconds, fmt_stats, parse_args, remov
 from _targets import BACKENDS, started
 from loguru import logger
 
-from goworker_py import Context, Handler, LoggerConfig, Worker, configure_logging
+from goworker_py import Context, Handler, LoggerConfig, Worker, aio, configure_logging
 from goworker_py.local import LocalHost
 from goworker_py.retry import StepRetrier
 from goworker_py.runner import RunSettings, ShardRunner
@@ -252,12 +253,17 @@ def component_costs(runs: int) -> dict[str, float]:
     handler = Noop()
     every_second = parse_schedule("*/1 * * * * *", settings.zone)
     daily = parse_schedule("0 3 * * *", settings.zone)
+    ids = random.Random(0)
     pieces: dict[str, Callable[[], object]] = {
-        "uuid.uuid4().hex[:16] (run id)": lambda: uuid.uuid4().hex[:16],
-        "threading.Event() (per-run cancel event)": threading.Event,
-        "host.instance_for → dataclasses.replace(WorkerInstance)": lambda: host.instance_for(0),
-        "logger.bind(run=...)": lambda: runner.logger.bind(run="abc"),
-        "Context(...)": lambda: Context(
+        "run id: 64 random bits (made before the shard sleeps)": lambda: (
+            f"{ids.getrandbits(64):016x}"
+        ),
+        "aio.RunEvent() (the run's cancel event, made before the shard sleeps)": aio.RunEvent,
+        "host.instance_for (a cached view)": lambda: host.instance_for(0),
+        "logger.bind(run=...) (made before the shard sleeps)": lambda: runner.logger.bind(
+            run="abc"
+        ),
+        "Context(...) (made before the shard sleeps)": lambda: Context(
             run_id="x",
             scheduled_time=fire,
             shard=runner.shard,
@@ -266,6 +272,9 @@ def component_costs(runs: int) -> dict[str, float]:
             logger=runner.logger,
             event=ctx.event,
             clock=settings.clock,
+        ),
+        "ctx._begin(...) (at the run's start)": lambda: ctx._begin(
+            fire, instance, None, False, False, None
         ),
         "handler_factory() (fresh handler)": settings.handler_factory,
         "StepRetrier(...).run() for one no-op step": lambda: StepRetrier(
@@ -276,8 +285,9 @@ def component_costs(runs: int) -> dict[str, float]:
             cancelled=ctx.event.is_set,
             sleep=ctx.wait,
         ).run(),
-        "scheduled_time.isoformat() (eager arg of a filtered debug line)": fire.isoformat,
-        "ctx.logger.debug(...) filtered out": lambda: runner.logger.debug("run finished"),
+        "the run's TRACE line, filtered out (after the run)": lambda: runner.logger.trace(
+            "run for {} {} ({:.1f} ms)", fire, "ok", 0.1
+        ),
         "next fire time, '*/1 * * * * *' (scheduled runs only)": lambda: every_second.next_after(
             fire
         ),

@@ -36,6 +36,7 @@ joined a few seconds ahead and a stepped clock is noticed that soon.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 import os
@@ -72,13 +73,18 @@ class Place:
         #: The first place of the peal: it sleeps until the instant on its own timer and
         #: begins the peal itself (see :meth:`Chime.sleep`).
         self.leads = leads
-        #: The peal reached this place: its event is set by the peal (just after this is).
+        #: The peal reached this place: its event is set by the peal just after this is (a
+        #: leader's is not: it begins the peal when it wakes on its own).
         self.rung = False
 
 
-#: How a peal's instant is timed: by its leader's own timer, by the chime's thread (its leader
-#: left before the instant), or no longer (the peal is ringing).
-_LED, _CHIMED, _RINGING = "led", "chimed", "ringing"
+class _Timing(enum.Enum):
+    """How a peal's instant is timed: by its leader's own timer, by the chime's thread (its
+    leader left before the instant), or no longer (the peal is ringing)."""
+
+    LED = "led"
+    CHIMED = "chimed"
+    RINGING = "ringing"
 
 
 class _Peal:
@@ -87,7 +93,7 @@ class _Peal:
     __slots__ = ("leader", "places", "state", "tail")
 
     def __init__(self, leader: Place) -> None:
-        self.state = _LED
+        self.state = _Timing.LED
         self.leader: Place | None = leader
         #: Places waiting for the instant, in order of joining (rung last first).
         self.places: dict[int, Place] = {leader.key: leader}
@@ -196,10 +202,11 @@ class Chime:
         peal.leader = None
         del peal.places[place.key]
         if time.time() >= place.at:  # its instant: the leader begins the peal
-            peal.state = _RINGING
+            peal.state = _Timing.RINGING
             place.rung = True
-        elif peal.places:  # before it (stopped, triggered): the chime's thread times it
-            peal.state = _CHIMED
+        elif peal.places or peal.tail:
+            # Left before its instant (stopped, triggered): the chime's thread times it.
+            peal.state = _Timing.CHIMED
             heapq.heappush(self._heap, place.at)
             if self._thread is None:
                 self._start()
@@ -261,8 +268,8 @@ class Chime:
                 while self._heap and self._heap[0] <= now:
                     at = heapq.heappop(self._heap)
                     peal = self._peals.get(at)
-                    if peal is not None and peal.state is _CHIMED:
-                        peal.state = _RINGING
+                    if peal is not None and peal.state is _Timing.CHIMED:
+                        peal.state = _Timing.RINGING
                         place = self._next(at)
                         if place is not None:
                             begun.append(place)

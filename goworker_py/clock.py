@@ -28,7 +28,8 @@ class SystemClock:
     """The real clock: ``time.time``, ``time.monotonic`` and ``Event.wait``."""
 
     # The functions themselves, not methods calling them: a herd of fires reads the clock
-    # a few times per run on its way to ``do``.
+    # a few times per run on its way to ``do``. (``monotonic`` first: from the next line on,
+    # ``time`` in this class body is the attribute, not the module.)
     monotonic = staticmethod(time.monotonic)
     time = staticmethod(time.time)
 

@@ -7,10 +7,10 @@ same second, then pay for locks nobody takes. :class:`Flag` makes its ``Conditio
 waited on instead; reading, setting or clearing a flag nobody waits on never needs one.
 
 A shard's thread sleeps on its wake-up event before every fire and is woken by it (by the
-peal of its instant, see :mod:`goworker_py.chime`) while the shards behind it wait their turn:
-every microsecond between two wake-ups delays them all. A ``Condition`` wait allocates a lock
-and takes two more, and ``notify`` walks a list; :class:`Bell`, for one waiting thread at a
-time, wakes it by releasing one lock.
+peal of its instant, see :mod:`goworker_py.chime`, unless it leads the peal) while the shards
+behind it wait their turn: every microsecond between two wake-ups delays them all. A
+``Condition`` wait allocates a lock and takes two more, and ``notify`` walks a list;
+:class:`Bell`, for one waiting thread at a time, wakes it by releasing one lock.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class Bell(threading.Event):
     """A ``threading.Event`` waited on by one thread at a time (a shard's own thread).
 
     :meth:`set` wakes the waiter by releasing the lock it blocks on; a second thread waiting
-    while one already does raises ``RuntimeError``.
+    while one already does raises ``RuntimeError``. Any thread may set a bell; only the thread
+    that waits on it clears it, and never while it waits (:meth:`clear` takes no lock).
     """
 
     def __init__(self) -> None:
@@ -85,8 +86,8 @@ class Bell(threading.Event):
                 self._ring.release()
 
     def clear(self) -> None:
-        # Without the guard: set() only ever raises the flag, and a waiter is never woken by
-        # lowering it (clear() and wait() are the one waiting thread's own calls).
+        # Without the guard: set() only ever raises the flag, and only the waiting thread
+        # clears it, between its waits (see the class docstring).
         self._flag = False
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -125,8 +125,9 @@ class Context:
         is_triggered: bool,
         lease: Callable[[], float] | None,
     ) -> None:
-        """Fill in what only the run's start tells (the framework's call: a run's context is
-        made before its shard sleeps until the fire time, see :mod:`goworker_py.runner`)."""
+        """Fill in what only the run's start tells, once, as the run starts (the runner's call:
+        a run's context is made before its shard sleeps until the fire time, see
+        :mod:`goworker_py.runner`)."""
         self.scheduled_time = scheduled_time
         self.instance = instance
         self.fencing_token = fencing_token

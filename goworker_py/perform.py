@@ -47,10 +47,10 @@ class RunSteps:
         # Once cancelled, do is not started, but after still runs when before succeeded and
         # do did not fail (left normally or through RunCancelled), to release before's work.
         cancelled = False
-        for step in settings.steps:
+        for step in settings.step_names:
             if step != "after" and ctx.cancelled:
                 ctx.logger.info("run cancelled before {}", step)
-                if step == settings.steps[0]:  # nothing ran: nothing for after to release
+                if step == settings.step_names[0]:  # nothing ran: nothing for after to release
                     return RunResult(ctx.run_id, ok=False, cancelled=True)
                 cancelled = True
                 continue

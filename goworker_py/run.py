@@ -9,6 +9,7 @@ ended.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -105,10 +106,12 @@ class RunControl:
     paused on its own (``Worker.pause()``) or with its whole service (the cluster control node).
     """
 
-    __slots__ = ("_cluster", "_local", "paused")
+    __slots__ = ("_cluster", "_local", "_lock", "paused")
 
     def __init__(self) -> None:
         self._local = self._cluster = False
+        # The two switches are set from different threads (the user's, the cluster's).
+        self._lock = threading.Lock()
         #: Paused on its own or with its service (read before every run: an attribute).
         self.paused = False
 
@@ -119,8 +122,9 @@ class RunControl:
 
     @local.setter
     def local(self, paused: bool) -> None:
-        self._local = paused
-        self.paused = paused or self._cluster
+        with self._lock:
+            self._local = paused
+            self.paused = paused or self._cluster
 
     @property
     def cluster(self) -> bool:
@@ -129,8 +133,9 @@ class RunControl:
 
     @cluster.setter
     def cluster(self, paused: bool) -> None:
-        self._cluster = paused
-        self.paused = self._local or paused
+        with self._lock:
+            self._cluster = paused
+            self.paused = self._local or paused
 
 
 @dataclass
@@ -159,6 +164,6 @@ class RunSettings:
     listeners: tuple[Callable[[int, datetime], None], ...] = ()
     #: When the worker (or its group) started: ``@every`` fire times count from it.
     anchor: datetime | None = None
-    #: The steps of a run, in order, but for those the handler leaves to :class:`Handler`'s
-    #: empty defaults (not called).
-    steps: tuple[str, ...] = ("before", "do", "after")
+    #: The names of the steps a run calls, in order: not those the handler lacks or leaves to
+    #: :class:`Handler`'s empty defaults.
+    step_names: tuple[str, ...] = ("before", "do", "after")

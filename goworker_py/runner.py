@@ -81,7 +81,7 @@ _NEED_THREAD = "need a thread"
 _MAX_MISFIRES_COUNTED = 10_000
 #: Run ids: 64 random bits, drawn without a system call. ``os.urandom`` releases the GIL, and a
 #: thread that gives the GIL up on its way to ``do`` waits behind every other thread woken at
-#: the same instant: with a thousand jobs firing together that doubled their lateness.
+#: the same instant (a run out of a peal draws its id at its start; see _prepare_run).
 _RUN_IDS = random.Random(os.urandom(16))
 os.register_at_fork(after_in_child=lambda: _RUN_IDS.seed(os.urandom(16)))
 #: A prepared run's scheduled time until it begins.
@@ -139,7 +139,8 @@ class ShardRunner:
         #: The steps are parked: no thread advances them until the alarm or a wake-up.
         self._parked = False
         self._alarm: WakeUp | None = None
-        #: The peal that woke the shard for the fire time it is about to run, if one did.
+        #: The peal that woke the shard for the fire time it is about to run (or that it began,
+        #: leading it), if one did.
         self._rung_in: Place | None = None
         #: What the next run needs that can be made before its fire time (see _prepare_run).
         self._prepared: Context | None = None
@@ -433,7 +434,7 @@ class ShardRunner:
     def _wait(self, until: float | None) -> Steps:
         """Wait for a wake-up or wall-clock time ``until`` (None: no time limit): parked when
         that is far away, else on the shard's thread (with the system clock, in the peal of
-        ``until``: see :mod:`goworker_py.chime`)."""
+        ``until``: see :mod:`goworker_py.chime`; the next run's context is made first)."""
         self._rung_in = None
         if until is None:
             if self._parking:

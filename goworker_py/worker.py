@@ -266,7 +266,7 @@ class Worker:
             feed=self._feed,
             listeners=tuple(self._run_listeners),
             anchor=self._interval_anchor(model),
-            steps=_steps(handler),
+            step_names=_step_names(handler),
         )
 
     def _config(self) -> WorkerConfig:
@@ -606,13 +606,16 @@ class Worker:
         self._logger.info("worker stopped ({})", reason.value)
 
 
-def _steps(handler: Any) -> tuple[str, ...]:
-    """The steps of ``handler``'s runs: ``before`` and ``after`` unless it inherits them
-    unchanged from :class:`Handler`."""
+def _step_names(handler: Any) -> tuple[str, ...]:
+    """The steps ``handler``'s runs call: ``do``, and ``before`` and ``after`` when it has
+    them and does not inherit them unchanged from :class:`Handler`."""
     cls = handler if isinstance(handler, type) else type(handler)
     own = {} if isinstance(handler, type) else getattr(handler, "__dict__", {})
-    return tuple(
-        step
-        for step in ("before", "do", "after")
-        if step == "do" or step in own or getattr(cls, step, None) is not getattr(Handler, step)
-    )
+
+    def called(step: str) -> bool:
+        if step in own:
+            return own[step] is not None
+        method = getattr(cls, step, None)
+        return method is not None and method is not getattr(Handler, step)
+
+    return tuple(step for step in ("before", "do", "after") if step == "do" or called(step))

@@ -263,3 +263,30 @@ def test_a_shard_after_its_run_waits_until_every_place_of_its_instant_was_rung(
     chime.follow(other)  # the peal is over: no wait
     assert time.monotonic() - started < 0.5
     assert chime.stragglers == 0
+
+
+def test_a_leader_leaving_early_hands_over_a_peal_with_only_shards_at_its_end(
+    chime: Chime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wall clock stepped back can bring a shard that ran an instant back to the end of a
+    new peal of that same instant: it is rung there, not left to its own timeout."""
+    at = time.time() + 0.3
+
+    class Ahead:
+        @staticmethod
+        def time() -> float:
+            return time.time() + 0.5
+
+    ran = chime.join(at, threading.Event())
+    monkeypatch.setattr(chime_module, "time", Ahead)
+    assert chime.sleep(ran)  # the clock read past the instant: it ran, alone
+    monkeypatch.undo()  # ... and stepped back
+    leader = chime.join(at, threading.Event())
+    assert leader.leads
+    followed = follow_in_thread(chime, ran)  # back from its run: at the new peal's end
+    wait_until(lambda: chime.pending == 2, 5.0, what="the shard at the new peal's end")
+    leader.event.set()  # stopped before the instant
+    assert not chime.sleep(leader)
+    assert followed.wait(5.0)
+    assert ran.rung and time.time() >= at
+    assert chime.stragglers == 0 and chime.pending == 0

@@ -268,7 +268,7 @@ def test_configure_logging_defaults_to_info_without_local_variables(
 
 
 def test_a_run_writes_no_line_at_debug_or_above() -> None:
-    """An application that keeps loguru's default DEBUG sink must not pay two lines per run."""
+    """An application that keeps loguru's default DEBUG sink must not pay a line per run."""
     from goworker_py import Context, Handler, Worker, WorkerConfig
 
     class Quiet(Handler):

@@ -13,8 +13,12 @@ from goworker_py import (
     DefaultRetryPolicy,
     ExitReason,
     Handler,
+    Worker,
     WorkerConfig,
 )
+from goworker_py.handler import Shard
+from goworker_py.perform import RunSteps
+from goworker_py.testing import make_context
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -180,6 +184,35 @@ def test_cancel_during_before_skips_do_but_runs_after(workers: WorkerTracker) ->
     worker.cancel()
     assert worker.wait(timeout=5) is ExitReason.CANCELLED
     assert steps == ["before", "after"]
+
+
+@pytest.mark.parametrize("shape", ["Handler's own before", "no before at all", "an instance"])
+def test_a_run_cancelled_before_its_first_step_calls_none(shape: str) -> None:
+    """Nothing ran, so ``after`` has nothing to release: it is not called either (the steps a
+    run calls are worked out once per worker; a step the handler lacks is none of them)."""
+    calls: list[str] = []
+
+    class Inherits(Handler):
+        def do(self, ctx: Context) -> None:
+            calls.append("do")
+
+        def after(self, ctx: Context) -> None:
+            calls.append("after")
+
+    class Duck:
+        def do(self, ctx: Context) -> None:
+            calls.append("do")
+
+        def after(self, ctx: Context) -> None:
+            calls.append("after")
+
+    handler = {"Handler's own before": Inherits, "no before at all": Duck}.get(shape, Duck())
+    settings = Worker(handler, handle_signals=False).validate()
+    assert settings.step_names == ("do", "after")
+    steps = RunSteps(settings, Shard(0, 1), host=None, logger=settings.logger)  # type: ignore[arg-type]
+    result = steps.perform(make_context(cancelled=True))
+    assert result.cancelled and not result.ok
+    assert calls == []
 
 
 def test_raise_if_cancelled_in_do_still_runs_after(workers: WorkerTracker) -> None:
