@@ -36,7 +36,6 @@ joined a few seconds ahead and a stepped clock is noticed that soon.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 import os
@@ -78,23 +77,16 @@ class Place:
         self.rung = False
 
 
-class _Timing(enum.Enum):
-    """How a peal's instant is timed: by its leader's own timer, by the chime's thread (its
-    leader left before the instant), or no longer (the peal is ringing)."""
-
-    LED = "led"
-    CHIMED = "chimed"
-    RINGING = "ringing"
-
-
 class _Peal:
     """The places of one instant: those waiting for it, then those waiting for it to end."""
 
-    __slots__ = ("leader", "places", "state", "tail")
+    __slots__ = ("chimed", "leader", "places", "tail")
 
     def __init__(self, leader: Place) -> None:
-        self.state = _Timing.LED
+        #: The place that times the instant on its own timer, until it leaves.
         self.leader: Place | None = leader
+        #: The chime's thread is to begin the peal (its leader left before the instant).
+        self.chimed = False
         #: Places waiting for the instant, in order of joining (rung last first).
         self.places: dict[int, Place] = {leader.key: leader}
         #: Places of shards whose run of this instant is over: rung once every place has
@@ -202,11 +194,10 @@ class Chime:
         peal.leader = None
         del peal.places[place.key]
         if time.time() >= place.at:  # its instant: the leader begins the peal
-            peal.state = _Timing.RINGING
             place.rung = True
         elif peal.places or peal.tail:
             # Left before its instant (stopped, triggered): the chime's thread times it.
-            peal.state = _Timing.CHIMED
+            peal.chimed = True
             heapq.heappush(self._heap, place.at)
             if self._thread is None:
                 self._start()
@@ -268,8 +259,8 @@ class Chime:
                 while self._heap and self._heap[0] <= now:
                     at = heapq.heappop(self._heap)
                     peal = self._peals.get(at)
-                    if peal is not None and peal.state is _Timing.CHIMED:
-                        peal.state = _Timing.RINGING
+                    if peal is not None and peal.chimed:
+                        peal.chimed = False
                         place = self._next(at)
                         if place is not None:
                             begun.append(place)
