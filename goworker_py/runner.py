@@ -142,6 +142,8 @@ class ShardRunner:
         #: The peal that woke the shard for the fire time it is about to run (or that it began,
         #: leading it), if one did.
         self._rung_in: Place | None = None
+        #: When the in-flight run's steps ended, once they have (see _steps_over).
+        self._ended: float | None = None
         #: What the next run needs that can be made before its fire time (see _prepare_run).
         self._prepared: Context | None = None
         self._thread: threading.Thread | None = None
@@ -375,19 +377,20 @@ class ShardRunner:
         else:
             fire = self._first_fire(schedule)
         while fire is not None:
-            reached = yield from self._sleep_until(fire, real_time)
+            woke = yield from self._sleep_until(fire, real_time)
             if self._stopping or not self.host.wait_ready(self):
                 break
-            if reached is None:  # woken by trigger()
+            if woke is None:  # woken by trigger()
                 self._run_triggered()
                 continue
+            reached, at = woke
             if self.settings.control.paused:
                 self.logger.info("paused: no run for {}", reached.isoformat())
                 self._misfired(1)
                 self.host.skip_fire(self, reached)
                 fire = schedule.next_after(reached)
                 continue
-            if clock.time() - reached.timestamp() > grace:
+            if clock.time() - at > grace:
                 # Woken far too late: an outage (no run could start) or a stepped clock.
                 due = self._catch_up(schedule, reached, grace, "while no run could start")
                 if due is None or due.timestamp() > clock.time():
@@ -505,8 +508,10 @@ class ShardRunner:
 
     def _sleep_until(
         self, fire: datetime, real_time: bool = False
-    ) -> Generator[float | str | None, None, datetime | None]:
-        """Sleep until ``fire``; return the fire time reached, or None if stopped or triggered.
+    ) -> Generator[float | str | None, None, tuple[datetime, float] | None]:
+        """Sleep until ``fire``; return the fire time reached and its timestamp, or None if
+        stopped or triggered (a zoned datetime's ``timestamp()`` costs a shard of a herd
+        microseconds: it is worked out once).
 
         Cron fire times are wall-clock instants. An interval (``@every``) counts real time, so
         when the wall clock is stepped (by more than a second) its fire time moves with it.
@@ -521,7 +526,7 @@ class ShardRunner:
                 yield from self._own_thread()
                 return None
             if rung:  # by the peal of ``target``: its instant has come (see _wait)
-                return fire
+                return fire, target
             skew = clock.time() - clock.monotonic()
             if real_time and abs(skew - self._skew) > 1.0:
                 target += skew - self._skew
@@ -530,7 +535,7 @@ class ShardRunner:
             if target - clock.time() <= 0:
                 if self._inline:  # as _own_thread(), without a generator on every fire's path
                     yield _NEED_THREAD
-                return fire
+                return fire, target
             yield from self._wait(target)
             # A cron fire time is reached when its peal rings; an interval's still checks the
             # clock for a step.
@@ -613,23 +618,23 @@ class ShardRunner:
         started = settings.clock.time()
         raised = False
         try:
-            result = self.steps.perform(ctx)
+            result = self.steps.perform(ctx, self._steps_over)
         except BaseException:
             result, raised = RunResult(run_id=run_id, ok=False), True
             raise
         finally:
+            finished = self._ended
+            if finished is None:  # perform ended early: a step failed, the run was cancelled
+                if raised:  # before do, or something raised (no waiting in a peal then)
+                    self._rung_in = None
+                finished = self._steps_over()
+            self._ended = None
             with self._lock:
                 self._run_event = None
                 if result.cancelled:
                     result.cause = self._cancel_cause or (FENCE if ctx.lapsed else None)
             self.runs += 1
             self.host.end_run(self, ctx, result)
-            finished = settings.clock.time()
-            rung_in, self._rung_in = self._rung_in, None
-            if rung_in is not None and not raised:
-                # Wait until the peal that woke the shard has woken every shard of its instant
-                # (a stop or a trigger ends the wait): the rest can wait, they cannot.
-                CHIME.follow(rung_in)
             # The run's one line, at TRACE (formatted only if written): after the peal, as
             # the rest of the bookkeeping.
             ctx.logger.trace(
@@ -649,6 +654,19 @@ class ShardRunner:
                 except Exception as exc:  # noqa: BLE001 - never let a listener break the shard
                     self.logger.opt(exception=exc).error("run listener raised {!r}", exc)
         return result
+
+    def _steps_over(self) -> float:
+        """The in-flight run's steps are over (perform's cue, before it makes the run's result):
+        note when, and wait at the end of the peal that woke the shard, if one did, until it has
+        woken every shard of its instant (a stop or a trigger ends the wait). The rest of the
+        run's bookkeeping can wait; the shards still to be rung cannot (see
+        :mod:`goworker_py.chime`)."""
+        ended = self._ended = self.settings.clock.time()
+        self._run_event = None  # nothing left to cancel (a race with _cancel sets it: harmless)
+        rung_in, self._rung_in = self._rung_in, None
+        if rung_in is not None:
+            CHIME.follow(rung_in)
+        return ended
 
     def _prepare_run(self) -> Context:
         """The next run's context but for what only its start tells (``Context._begin``):

@@ -215,6 +215,41 @@ def test_a_run_cancelled_before_its_first_step_calls_none(shape: str) -> None:
     assert calls == []
 
 
+@pytest.mark.parametrize(
+    ("ending", "expected"),
+    [
+        ("every step returns", ["do", "after", "steps over"]),
+        ("do is cancelled", ["do", "after", "steps over"]),
+        ("do fails", ["do"]),
+    ],
+)
+def test_perform_cues_the_end_of_the_steps_before_it_makes_the_result(
+    ending: str, expected: list[str]
+) -> None:
+    """The runner's cue (``steps_over``: note the run's end, wait out the peal) comes once the
+    last step has returned, ``after`` included; a run that ends early does without it."""
+    calls: list[str] = []
+
+    class Steps(Handler):
+        def do(self, ctx: Context) -> None:
+            calls.append("do")
+            if ending == "do fails":
+                raise ValueError("boom")
+            if ending == "do is cancelled":
+                ctx.event.set()
+
+        def after(self, ctx: Context) -> None:
+            calls.append("after")
+
+    once = DefaultRetryPolicy(non_retryable_error_types=(ValueError,))
+    settings = Worker(Steps, handle_signals=False, retry_policy=once).validate()
+    steps = RunSteps(settings, Shard(0, 1), host=None, logger=settings.logger)  # type: ignore[arg-type]
+    result = steps.perform(make_context(), lambda: calls.append("steps over"))
+    assert result.ok is (ending == "every step returns")
+    assert result.cancelled is (ending == "do is cancelled")
+    assert calls == expected
+
+
 def test_raise_if_cancelled_in_do_still_runs_after(workers: WorkerTracker) -> None:
     """Leaving ``do`` with ``ctx.raise_if_cancelled()`` is cooperation, not failure."""
     steps: list[str] = []
