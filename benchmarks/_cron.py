@@ -2,7 +2,10 @@
 
 - ``goworker``: N ``Worker``\\ s on ``*/1 * * * * *`` (one shard thread each), lateness =
   ``do`` entry ``time.time()`` - ``ctx.scheduled_time.timestamp()``; loguru configured with an
-  INFO sink to a file (``_common.quiet_logging``);
+  INFO sink to a file (``_common.quiet_logging``). ``do`` keeps ``ctx.scheduled_time`` as it
+  is, converted after the window: a zoned datetime's ``timestamp()`` is the handler's own work
+  (a few microseconds in a herd, on a cold cache) and would delay every shard behind it,
+  where the floor's record has its slot at hand;
 - ``goworker_default``: the same with the logging defaults a user gets when configuring none:
   loguru's default sink (DEBUG and up, to stderr). The child's stderr is a file in /tmp
   (:func:`run_contender`), so a terminal's speed is not what is measured; the lines it got are
@@ -43,6 +46,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from _common import (
@@ -67,8 +71,9 @@ LABELS = {
     "apscheduler": "APScheduler 3 BackgroundScheduler",
     "floor": "bare Event.wait threads (floor)",
 }
-#: (slot, wall-clock entry, monotonic entry) of every run.
-Sample = tuple[float, float, float]
+#: (slot, wall-clock entry, monotonic entry) of every run; goworker-py's slot is the run's
+#: ``ctx.scheduled_time`` as it came (see :func:`_slot`).
+Sample = tuple[float | datetime, float, float]
 
 # -- the three contenders -----------------------------------------------------------------------
 
@@ -80,11 +85,16 @@ def _wait_until(wall: float) -> None:
         pause.wait(remaining)
 
 
+def _slot(slot: float | datetime) -> float:
+    """A sample's slot as a timestamp."""
+    return slot if isinstance(slot, float) else slot.timestamp()
+
+
 def _all_in(samples: list[Sample], first_slot: float, last_slot: float, expected: int) -> bool:
     """Has every run of the measured slots come? (a cheap length test first)."""
     if len(samples) < expected:
         return False
-    return sum(1 for s in list(samples) if first_slot <= s[0] <= last_slot) >= expected
+    return sum(1 for s in list(samples) if first_slot <= _slot(s[0]) <= last_slot) >= expected
 
 
 def _fire_window(
@@ -125,7 +135,11 @@ def _summarise(
     wall_s: float,
 ) -> dict[str, Any]:
     last_slot = first_slot + fires - 1
-    kept = [s for s in samples if first_slot <= s[0] <= last_slot]
+    kept = [
+        (slot, entry, mono)
+        for slot, entry, mono in ((_slot(s[0]), s[1], s[2]) for s in samples)
+        if first_slot <= slot <= last_slot
+    ]
     lateness = [entry - slot for slot, entry, _ in kept]
     per_slot: dict[float, list[float]] = {}
     for slot, entry, _ in kept:
@@ -172,7 +186,7 @@ def run_goworker(
     log_path = None if default_logging else quiet_logging("INFO")
     samples: list[Sample] = []
     wakes: dict[int, float] = {}
-    splits: list[tuple[float, float, float]] = []
+    splits: list[tuple[datetime, float, float]] = []
 
     class WakeClock(SystemClock):
         def wait(self, event: threading.Event, timeout: float | None) -> bool:
@@ -183,10 +197,11 @@ def run_goworker(
     class Probe(Handler):
         def do(self, ctx: Context) -> None:
             wall, mono = time.time(), time.monotonic()
-            slot = ctx.scheduled_time.timestamp()
-            samples.append((slot, wall, mono))
+            samples.append((ctx.scheduled_time, wall, mono))
             if split:
-                splits.append((slot, wakes.get(threading.get_ident(), math.nan), wall))
+                splits.append(
+                    (ctx.scheduled_time, wakes.get(threading.get_ident(), math.nan), wall)
+                )
 
     clock = WakeClock() if split else None
     started = time.perf_counter()
@@ -212,12 +227,20 @@ def run_goworker(
     result.update(load=load, logging="loguru default (stderr)" if default_logging else "INFO file")
     result.update(load_info)
     if split:
-        kept_splits = [row for row in splits if first_slot <= row[0] <= last_slot]
+        kept_splits = [
+            (slot, w, e)
+            for slot, w, e in ((d.timestamp(), w, e) for d, w, e in splits)
+            if first_slot <= slot <= last_slot
+        ]
         result["timer_lateness_ms"] = stats([w - s for s, w, _ in kept_splits], 1e3)
         result["wake_to_do_ms"] = stats([e - w for _, w, e in kept_splits], 1e3)
     # Cross-check against the monotonic clock: wall-clock lateness vs the same instant measured
     # on CLOCK_MONOTONIC (they differ only if the wall clock was stepped or slewed meanwhile).
-    kept = sorted(s for s in samples if first_slot <= s[0] <= last_slot)
+    kept = sorted(
+        (slot, w, m)
+        for slot, w, m in ((_slot(s[0]), s[1], s[2]) for s in samples)
+        if first_slot <= slot <= last_slot
+    )
     if workers == 1 and len(kept) > 1:
         offset = kept[0][1] - kept[0][2]
         drift = [abs((mono + offset) - wall) for _, wall, mono in kept]
