@@ -73,8 +73,10 @@ MARGIN_S = 2.5
 #: After the last fire time: a run not in by then is missed.
 TAIL_S = 2.0
 LABELS = {"goworker": "goworker-py", "apscheduler": "APScheduler 3 BackgroundScheduler"}
-#: (fire time, handler entry) wall-clock seconds of every run.
-Sample = tuple[float, float]
+#: (fire time, handler entry) wall-clock seconds of every run; goworker-py's fire time is the
+#: run's ``ctx.scheduled_time`` as it came, converted after the fires (its ``timestamp()`` is
+#: handler work that would delay the jobs firing in the same second).
+Sample = tuple[float | dt.datetime, float]
 
 
 def _plan(workers: int, spread: int, window: float) -> tuple[float, list[dt.datetime]]:
@@ -100,7 +102,8 @@ def _fires(samples: list[Sample], workers: int, first: float, last: float) -> di
         pause.wait(0.1)
         peak = max(peak, proc_status("Threads"))
     cpu_s, wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0
-    lateness = [entry - fire for fire, entry in samples if first <= fire <= last]
+    fires = [(f if isinstance(f, float) else f.timestamp(), entry) for f, entry in samples]
+    lateness = [entry - fire for fire, entry in fires if first <= fire <= last]
     return {
         "runs": len(lateness),
         "missed": workers - len(lateness),
@@ -162,7 +165,7 @@ def child_goworker(workers: int, spread: int, window: float) -> dict[str, Any]:
     def start(fire_times: list[dt.datetime], samples: list[Sample]) -> None:
         class Daily(Handler):
             def do(self, ctx: Context) -> None:
-                samples.append((ctx.scheduled_time.timestamp(), time.time()))
+                samples.append((ctx.scheduled_time, time.time()))
 
         for i, at in enumerate(fire_times):
             cron = f"{at.second} {at.minute} {at.hour} * * *"
