@@ -146,7 +146,6 @@ class ShardRunner:
         self._ended: float | None = None
         #: What the next run needs that can be made before its fire time (see _prepare_run).
         self._prepared: Context | None = None
-        self._thread: threading.Thread | None = None
         self._done = Flag()
 
     # -- control, from any thread -------------------------------------------------------------
@@ -168,7 +167,6 @@ class ShardRunner:
             name=f"goworker:{self.settings.worker_name}:shard-{self.shard.index}",
             daemon=True,
         )
-        self._thread = thread
         thread.start()
 
     def _drive(self) -> None:

@@ -481,6 +481,27 @@ def test_nothing_is_kept_per_run(workers: WorkerTracker) -> None:
     assert worker.wait(timeout=5) is ExitReason.CANCELLED
 
 
+def test_a_shard_runner_keeps_its_attributes_in_a_key_sharing_dict(
+    workers: WorkerTracker,
+) -> None:
+    """CPython (3.11) lets the instances of a class share one table of attribute names only up
+    to 29 of them: one more and every shard's ``__dict__`` holds a table of its own, over a KiB
+    per shard (issue #12's memory per idle worker). Counted once runs have set all they set."""
+    runs: list[int] = []
+
+    class Tick(Handler):
+        def do(self, ctx: Context) -> None:
+            runs.append(ctx.shard.index)
+
+    worker = workers.make(Tick, cron="@every 10ms")
+    worker.run()
+    wait_until(lambda: len(runs) >= 3, 10)
+    runner = worker._host.runners[0]  # type: ignore[union-attr]
+    assert len(vars(runner)) <= 29, sorted(vars(runner))
+    worker.cancel()
+    assert worker.wait(timeout=5) is ExitReason.CANCELLED
+
+
 # -- watch ---------------------------------------------------------------------------------------
 
 
