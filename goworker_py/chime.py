@@ -13,11 +13,11 @@ its own event with no timer but a late one (below). At any moment one shard thre
 more is waking up behind it: the GIL changes hands once per shard, and the herd's lateness is
 the sum of its runs' paths.
 
-What a shard does after its run once it is recorded (telling observers and listeners, computing
-its next fire time) would hold the GIL ahead of the shards still to be rung: once its run is
-over, a shard whose instant still rings waits at the end of the peal (:meth:`Chime.follow`),
-rung in turn after the last shard of the instant. The runs of an instant start first; the
-bookkeeping follows.
+What a shard does once its run's steps have ended (making its result, the host's record of the
+run, telling observers and listeners, computing its next fire time) would hold the GIL ahead of
+the shards still to be rung: a shard whose instant still rings waits at the end of the peal
+instead (:meth:`Chime.follow`), rung in turn after the last shard of the instant. The runs of
+an instant start first; the bookkeeping follows.
 
 A shard that leaves its sleep for another reason (stop, trigger, resume) leaves the peal; one
 woken by the peal always passes it on, whatever woke it, so a peal never stops half-way. A

@@ -39,12 +39,12 @@ class RunSteps:
         #: The worker gave up waiting for the shard: errors go to the log only (SPEC 1).
         self.abandoned = False
 
-    def perform(self, ctx: Context, steps_over: Callable[[], object] | None = None) -> RunResult:
+    def perform(self, ctx: Context, steps_ended: Callable[[], object] | None = None) -> RunResult:
         """Perform the run ``ctx`` describes on the calling thread; its result.
 
-        ``steps_over`` is called once every step has returned (``do`` maybe cancelled), before
-        the result is made: the runner's cue that the run is done. A run that ends early (a
-        step failed, it was cancelled before ``do``) returns without calling it.
+        ``steps_ended`` is called once every step has returned (``do`` maybe cancelled), before
+        the result is made: the runner's cue that the run is done. A run that ends otherwise (a
+        step failed, or it was cancelled before its first step) returns without calling it.
         """
         settings = self.settings
         handler = settings.handler_factory()
@@ -116,8 +116,8 @@ class RunSteps:
                 AttemptsExhausted(step, outcome.attempts, outcome.error, outcome.reason),
             )
             return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
-        if steps_over is not None:
-            steps_over()
+        if steps_ended is not None:
+            steps_ended()
         if cancelled:
             return RunResult(ctx.run_id, ok=False, cancelled=True)
         return RunResult(ctx.run_id, ok=True)

@@ -99,6 +99,8 @@ class ShardRunner:
         failover_fire: datetime | None = None,
         start_after: datetime | None = None,
     ) -> None:
+        # At most 29 attributes: past that CPython gives every runner's __dict__ a key table
+        # of its own, a KiB more per shard (a test in tests/test_worker_runs.py keeps count).
         self.settings = settings
         self.shard = Shard(shard_index, settings.total, settings.params_map.get(shard_index, ""))
         self.host = host
@@ -142,7 +144,7 @@ class ShardRunner:
         #: The peal that woke the shard for the fire time it is about to run (or that it began,
         #: leading it), if one did.
         self._rung_in: Place | None = None
-        #: When the in-flight run's steps ended, once they have (see _steps_over).
+        #: When the in-flight run's steps ended, once they have (see _steps_ended).
         self._ended: float | None = None
         #: What the next run needs that can be made before its fire time (see _prepare_run).
         self._prepared: Context | None = None
@@ -311,7 +313,7 @@ class ShardRunner:
 
     @property
     def in_run(self) -> bool:
-        """True while a run is in flight."""
+        """True while a run is in flight: from its start until its steps have ended."""
         return self._run_event is not None
 
     # -- the thread ---------------------------------------------------------------------------
@@ -616,16 +618,18 @@ class ShardRunner:
         started = settings.clock.time()
         raised = False
         try:
-            result = self.steps.perform(ctx, self._steps_over)
+            result = self.steps.perform(ctx, self._steps_ended)
         except BaseException:
             result, raised = RunResult(run_id=run_id, ok=False), True
             raise
         finally:
-            finished = self._ended
-            if finished is None:  # perform ended early: a step failed, the run was cancelled
-                if raised:  # before do, or something raised (no waiting in a peal then)
+            ended = self._ended
+            if ended is None:
+                # perform did not call _steps_ended: a step failed, the run was cancelled
+                # before its first step, or something raised (then no waiting in a peal).
+                if raised:
                     self._rung_in = None
-                finished = self._steps_over()
+                ended = self._steps_ended()
             self._ended = None
             with self._lock:
                 self._run_event = None
@@ -636,11 +640,11 @@ class ShardRunner:
             # The run's one line, at TRACE (formatted only if written): after the peal, as
             # the rest of the bookkeeping.
             ctx.logger.trace(
-                "run for {} {} ({:.1f} ms)", ctx.scheduled_time, result, (finished - started) * 1e3
+                "run for {} {} ({:.1f} ms)", ctx.scheduled_time, result, (ended - started) * 1e3
             )
             for observer in OBSERVERS:
                 try:
-                    observer.run_finished(settings.worker_name, ctx, result, started, finished)
+                    observer.run_finished(settings.worker_name, ctx, result, started, ended)
                 except Exception as exc:  # noqa: BLE001 - an observer must not break the shard
                     self.logger.opt(exception=exc).error("run observer raised {!r}", exc)
         if result.cause == FENCE and not self._stopping:
@@ -653,14 +657,16 @@ class ShardRunner:
                     self.logger.opt(exception=exc).error("run listener raised {!r}", exc)
         return result
 
-    def _steps_over(self) -> float:
-        """The in-flight run's steps are over (perform's cue, before it makes the run's result):
-        note when, and wait at the end of the peal that woke the shard, if one did, until it has
-        woken every shard of its instant (a stop or a trigger ends the wait). The rest of the
-        run's bookkeeping can wait; the shards still to be rung cannot (see
-        :mod:`goworker_py.chime`)."""
+    def _steps_ended(self) -> float:
+        """The in-flight run's steps have ended (perform's cue, before it makes the run's
+        result): note when, and wait at the end of the peal that woke the shard, if one did,
+        until it has woken every shard of its instant (a stop or a trigger ends the wait). The
+        rest of the run's bookkeeping — the host's record of the run included — can wait; the
+        shards still to be rung cannot (see :mod:`goworker_py.chime`)."""
         ended = self._ended = self.settings.clock.time()
-        self._run_event = None  # nothing left to cancel (a race with _cancel sets it: harmless)
+        # Nothing left to cancel: a _cancel racing this may still set the run's event, harmless
+        # (the outcome is decided).
+        self._run_event = None
         rung_in, self._rung_in = self._rung_in, None
         if rung_in is not None:
             CHIME.follow(rung_in)

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from helpers import WorkerTracker, shard_threads, wait_until
 
-from goworker_py import Context, ExitReason, Handler, WorkerState
+from goworker_py import Context, DefaultRetryPolicy, ExitReason, Handler, WorkerState
 from goworker_py.chime import CHIME
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,6 +57,52 @@ def test_many_cron_workers_start_run_and_stop_cleanly(workers: WorkerTracker, cr
         what=f"thread count back to {baseline} (now {threading.active_count()})",
     )
     assert shard_threads() == []  # no shard thread left: nothing can run any more
+
+
+def test_a_herd_whose_runs_fail_or_are_cancelled_rings_every_shard(workers: WorkerTracker) -> None:
+    """Runs that fail, or are cancelled before do, keep their herd whole (goworker_py.runner:
+    their wait at the peal's end comes from execute's finally): every worker fires instant
+    after instant, no shard is left to wake on its own timeout, and no place stays behind in
+    a peal once the workers stop."""
+    stragglers = CHIME.stragglers
+    runs: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    class Mixed(Handler):
+        def before(self, ctx: Context) -> None:
+            if ctx.worker_name.startswith("cancelled"):
+                ctx.event.set()  # cancelled between before and do: after still runs
+
+        def do(self, ctx: Context) -> None:
+            with lock:
+                runs[ctx.worker_name] += 1
+            if ctx.worker_name.startswith("failing"):
+                raise ValueError("boom")
+
+        def after(self, ctx: Context) -> None:
+            with lock:
+                runs[ctx.worker_name] += 1
+
+    once = DefaultRetryPolicy(non_retryable_error_types=(ValueError,))
+    kinds = ("ok", "failing", "cancelled")
+    fleet = [
+        workers.make(Mixed, cron="*/1 * * * * *", name=f"{kinds[i % 3]}{i}", retry_policy=once)
+        for i in range(60)
+    ]
+    for worker in fleet:
+        worker.run()
+    wait_until(
+        lambda: len(runs) == 60 and min(runs.values()) >= 2,
+        20,
+        what="two instants' runs of every worker",
+    )
+    assert CHIME.stragglers == stragglers
+    for worker in fleet:
+        worker.cancel()
+    for worker in fleet:
+        worker.wait(timeout=15)
+    wait_until(lambda: CHIME.pending == 0, 10, what="no place left in a peal")
+    assert CHIME.stragglers == stragglers
 
 
 def test_many_run_once_workers_complete(workers: WorkerTracker) -> None:

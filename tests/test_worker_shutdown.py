@@ -218,19 +218,25 @@ def test_a_run_cancelled_before_its_first_step_calls_none(shape: str) -> None:
 @pytest.mark.parametrize(
     ("ending", "expected"),
     [
-        ("every step returns", ["do", "after", "steps over"]),
-        ("do is cancelled", ["do", "after", "steps over"]),
-        ("do fails", ["do"]),
+        ("every step returns", ["before", "do", "after", "steps ended"]),
+        ("do is cancelled", ["before", "do", "after", "steps ended"]),
+        ("cancelled between before and do", ["before", "after", "steps ended"]),
+        ("do fails", ["before", "do"]),
     ],
 )
-def test_perform_cues_the_end_of_the_steps_before_it_makes_the_result(
+def test_perform_cues_the_end_of_its_steps_once_every_step_has_returned(
     ending: str, expected: list[str]
 ) -> None:
-    """The runner's cue (``steps_over``: note the run's end, wait out the peal) comes once the
-    last step has returned, ``after`` included; a run that ends early does without it."""
+    """The runner's cue (``steps_ended``: note the run's end, wait out the peal) comes once the
+    last step has returned, ``after`` included; a run that ends otherwise does without it."""
     calls: list[str] = []
 
     class Steps(Handler):
+        def before(self, ctx: Context) -> None:
+            calls.append("before")
+            if ending == "cancelled between before and do":
+                ctx.event.set()
+
         def do(self, ctx: Context) -> None:
             calls.append("do")
             if ending == "do fails":
@@ -244,9 +250,9 @@ def test_perform_cues_the_end_of_the_steps_before_it_makes_the_result(
     once = DefaultRetryPolicy(non_retryable_error_types=(ValueError,))
     settings = Worker(Steps, handle_signals=False, retry_policy=once).validate()
     steps = RunSteps(settings, Shard(0, 1), host=None, logger=settings.logger)  # type: ignore[arg-type]
-    result = steps.perform(make_context(), lambda: calls.append("steps over"))
+    result = steps.perform(make_context(), lambda: calls.append("steps ended"))
     assert result.ok is (ending == "every step returns")
-    assert result.cancelled is (ending == "do is cancelled")
+    assert result.cancelled is ending.startswith(("do is cancelled", "cancelled"))
     assert calls == expected
 
 
