@@ -30,21 +30,30 @@ class RunSteps:
     """The steps of one shard's runs: what :meth:`perform` does, run after run."""
 
     def __init__(
-        self, settings: RunSettings, shard: Shard, host: ShardHost, logger: Logger
+        self,
+        settings: RunSettings,
+        shard: Shard,
+        host: ShardHost,
+        logger: Logger,
+        steps_ended: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
         self.shard = shard
         self.host = host
         self.logger = logger
+        #: Called once a run's every step has returned: see :meth:`perform`.
+        self.steps_ended = steps_ended
         #: The worker gave up waiting for the shard: errors go to the log only (SPEC 1).
         self.abandoned = False
 
-    def perform(self, ctx: Context, steps_ended: Callable[[], object] | None = None) -> RunResult:
+    def perform(self, ctx: Context) -> RunResult:
         """Perform the run ``ctx`` describes on the calling thread; its result.
 
-        ``steps_ended`` is called once every step has returned (``do`` maybe cancelled), before
-        the result is made: the runner's cue that the run is done. A run that ends otherwise (a
-        step failed, or it was cancelled before its first step) returns without calling it.
+        :attr:`steps_ended` is called once every step has returned (``do`` maybe cancelled),
+        before the result is made: the runner's cue that the run is done (it may wait a while,
+        see :mod:`goworker_py.runner`; the run's handler is let go first). A run that ends
+        otherwise (a step failed, or it was cancelled before its first step) returns without
+        calling it.
         """
         settings = self.settings
         handler = settings.handler_factory()
@@ -81,14 +90,7 @@ class RunSteps:
                 except RunCancelled:
                     outcome = StepResult(ok=False, reason="cancelled")
                 except Exception as first_error:  # noqa: BLE001 - retried and reported below
-                    outcome = StepRetrier(
-                        policy=settings.retry_policy,
-                        call=functools.partial(_call_step, method, ctx),
-                        report=lambda err: self._report(handler, ctx, err),
-                        set_attempt=functools.partial(self._set_attempt, ctx),
-                        cancelled=lambda: ctx.cancelled,
-                        sleep=ctx.wait,
-                    ).continue_after(first_error)
+                    outcome = self._retry(handler, method, ctx, first_error)
             except BaseException as exc:  # noqa: BLE001 - SystemExit & co. from handler code
                 # Not retried, but a failed step like any other: it must not kill the shard.
                 self._report(handler, ctx, exc)
@@ -116,11 +118,32 @@ class RunSteps:
                 AttemptsExhausted(step, outcome.attempts, outcome.error, outcome.reason),
             )
             return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
-        if steps_ended is not None:
-            steps_ended()
+        if self.steps_ended is not None:
+            # Whatever the run made is let go before the cue: a herd's runs would otherwise
+            # hold it until the herd is over, and the garbage collector would see thousands of
+            # young objects pile up (a collection on the herd's path; see runner.py).
+            handler = method = None
+            self.steps_ended()
         if cancelled:
             return RunResult(ctx.run_id, ok=False, cancelled=True)
         return RunResult(ctx.run_id, ok=True)
+
+    def _retry(
+        self, handler: Any, method: Callable[[Context], Any], ctx: Context, first_error: Exception
+    ) -> StepResult:
+        """A step's attempts after its first failed, under the retry policy.
+
+        Apart from :meth:`perform`: the closures here would make every run's handler and
+        context cells of perform's, allocated on every run's path and alive until its end.
+        """
+        return StepRetrier(
+            policy=self.settings.retry_policy,
+            call=functools.partial(_call_step, method, ctx),
+            report=lambda err: self._report(handler, ctx, err),
+            set_attempt=functools.partial(self._set_attempt, ctx),
+            cancelled=lambda: ctx.cancelled,
+            sleep=ctx.wait,
+        ).continue_after(first_error)
 
     def _set_attempt(self, ctx: Context, attempt: int) -> None:
         ctx.attempt = attempt

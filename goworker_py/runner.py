@@ -114,7 +114,7 @@ class ShardRunner:
         #: Cluster mode: the host's claim of this shard.
         self.claim: Any = None
         #: What one run does: watch, before, do, after under the retry policy.
-        self.steps = RunSteps(settings, self.shard, host, self.logger)
+        self.steps = RunSteps(settings, self.shard, host, self.logger, self._steps_ended)
         self._finished = False
         self._skew = 0.0
         #: Set (under the lock) by stop() or drain(): no new run starts.
@@ -618,7 +618,7 @@ class ShardRunner:
         started = settings.clock.time()
         raised = False
         try:
-            result = self.steps.perform(ctx, self._steps_ended)
+            result = self.steps.perform(ctx)
         except BaseException:
             result, raised = RunResult(run_id=run_id, ok=False), True
             raise

@@ -249,8 +249,14 @@ def test_perform_cues_the_end_of_its_steps_once_every_step_has_returned(
 
     once = DefaultRetryPolicy(non_retryable_error_types=(ValueError,))
     settings = Worker(Steps, handle_signals=False, retry_policy=once).validate()
-    steps = RunSteps(settings, Shard(0, 1), host=None, logger=settings.logger)  # type: ignore[arg-type]
-    result = steps.perform(make_context(), lambda: calls.append("steps ended"))
+    steps = RunSteps(
+        settings,
+        Shard(0, 1),
+        host=None,  # type: ignore[arg-type]
+        logger=settings.logger,
+        steps_ended=lambda: calls.append("steps ended"),
+    )
+    result = steps.perform(make_context())
     assert result.ok is (ending == "every step returns")
     assert result.cancelled is ending.startswith(("do is cancelled", "cancelled"))
     assert calls == expected
