@@ -19,6 +19,14 @@ the shards still to be rung: a shard whose instant still rings waits at the end 
 instead (:meth:`Chime.follow`), rung in turn after the last shard of the instant. The runs of
 an instant start first; the bookkeeping follows.
 
+Nor may a shard's path to its run leave objects alive behind it: CPython starts a garbage
+collection once the objects made exceed those freed by 700, and a thousand shards each leaving
+one would start one inside the herd, holding up every shard behind it (and the objects young at
+that moment reach the oldest generation, whose collection takes tens of milliseconds). A run's
+context is made before its shard sleeps, and what the run itself made is let go before it waits
+at the peal's end: while a peal rings its shards free more objects than they make (the next
+runs' contexts are made with the bookkeeping, after it).
+
 A shard that leaves its sleep for another reason (stop, trigger, resume) leaves the peal; one
 woken by the peal always passes it on, whatever woke it, so a peal never stops half-way. A
 leader that leaves before its instant hands the instant to the chime's own thread, which then

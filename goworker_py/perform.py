@@ -119,9 +119,8 @@ class RunSteps:
             )
             return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
         if self.steps_ended is not None:
-            # Whatever the run made is let go before the cue: a herd's runs would otherwise
-            # hold it until the herd is over, and the garbage collector would see thousands of
-            # young objects pile up (a collection on the herd's path; see runner.py).
+            # What the run made is let go before the cue, which may wait until the herd is
+            # over (see goworker_py.chime: nothing made on a herd's path outlives it).
             handler = method = None
             self.steps_ended()
         if cancelled:
@@ -133,8 +132,9 @@ class RunSteps:
     ) -> StepResult:
         """A step's attempts after its first failed, under the retry policy.
 
-        Apart from :meth:`perform`: the closures here would make every run's handler and
-        context cells of perform's, allocated on every run's path and alive until its end.
+        Apart from :meth:`perform`: were these closures there, its handler and context would
+        be closure cells, made on every run's path and alive until the run's end (see
+        :mod:`goworker_py.chime` on what a herd's path may allocate).
         """
         return StepRetrier(
             policy=self.settings.retry_policy,
