@@ -20,9 +20,10 @@ instead (:meth:`Chime.follow`), rung in turn after the last shard of the instant
 an instant start first; the bookkeeping follows.
 
 Nor may a shard's path to its run leave objects alive behind it: CPython starts a garbage
-collection once the objects made exceed those freed by 700, and a thousand shards each leaving
-one would start one inside the herd, holding up every shard behind it (and the objects young at
-that moment reach the oldest generation, whose collection takes tens of milliseconds). A run's
+collection once the objects made exceed those freed by ``gc.get_threshold()[0]`` (700 by
+default), and a thousand shards each leaving one would start one inside the herd, holding up
+every shard behind it (and the objects young at that moment move to an older generation, on
+their way to the oldest, whose collection takes tens of milliseconds). A run's
 context is made before its shard sleeps, and what the run itself made is let go before it waits
 at the peal's end: while a peal rings its shards free more objects than they make (the next
 runs' contexts are made with the bookkeeping, after it).

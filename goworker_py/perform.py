@@ -119,9 +119,10 @@ class RunSteps:
             )
             return RunResult(ctx.run_id, ok=False, error=outcome.error, failed_step=step)
         if self.steps_ended is not None:
-            # What the run made is let go before the cue, which may wait until the herd is
-            # over (see goworker_py.chime: nothing made on a herd's path outlives it).
-            handler = method = None
+            # The run's handler, its last step and what that returned are let go before the
+            # cue, which may wait until the herd is over (see goworker_py.chime: nothing made
+            # on a herd's path outlives it).
+            handler = method = result = None
             self.steps_ended()
         if cancelled:
             return RunResult(ctx.run_id, ok=False, cancelled=True)

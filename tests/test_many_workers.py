@@ -111,18 +111,22 @@ def test_a_herd_leaves_the_garbage_collector_nothing_to_collect(workers: WorkerT
     """From the first shard of a herd to reach ``do`` to the last, the runs allocate no more
     objects than they free (CPython's young-generation count does not rise): a garbage
     collection started by the herd would hold up every shard behind it, and the objects young
-    at its start would age until a full collection (tens of milliseconds with a thousand
+    at its start would age towards a full collection (tens of milliseconds with a thousand
     workers). Their allocations come after the herd, with the runs' bookkeeping."""
+    stragglers = CHIME.stragglers
+    # 300 entries hold two whole herds of 100, whatever part of a herd the first one caught.
     entries: list[tuple[datetime, int]] = []
     recording = False
+    recorded = threading.Event()
     lock = threading.Lock()
 
     class Counting(Handler):
         def do(self, ctx: Context) -> None:
-            if recording:
-                young = gc.get_count()[0]
-                with lock:
-                    entries.append((ctx.scheduled_time, young))
+            with lock:
+                if recording and len(entries) < 300:
+                    entries.append((ctx.scheduled_time, gc.get_count()[0]))
+                    if len(entries) == 300:
+                        recorded.set()
 
     fleet = [workers.make(Counting, cron="*/1 * * * * *", name=f"g{i}") for i in range(100)]
     for worker in fleet:
@@ -130,22 +134,17 @@ def test_a_herd_leaves_the_garbage_collector_nothing_to_collect(workers: WorkerT
     gc.disable()  # the count is reset by a collection: none during the measurement
     try:
         recording = True
-        herds: dict[datetime, list[int]] = {}
-
-        def two_whole_herds() -> bool:
-            with lock:
-                herds.clear()
-                for instant, young in entries:
-                    herds.setdefault(instant, []).append(young)
-            return sum(len(counts) == 100 for counts in herds.values()) >= 2
-
-        wait_until(two_whole_herds, 20, what="two whole herds")
+        assert recorded.wait(20), f"{len(entries)} runs recorded"
     finally:
-        recording = False
         gc.enable()
+    herds: dict[datetime, list[int]] = {}
+    for instant, young in entries:
+        herds.setdefault(instant, []).append(young)
     whole = {instant: counts for instant, counts in herds.items() if len(counts) == 100}
+    assert len(whole) >= 2, {instant.isoformat(): len(counts) for instant, counts in herds.items()}
     growth = {instant.isoformat(): counts[-1] - counts[0] for instant, counts in whole.items()}
     assert all(grown <= 0 for grown in growth.values()), growth
+    assert CHIME.stragglers == stragglers  # every shard was rung in its herd, none woke late
 
 
 def test_many_run_once_workers_complete(workers: WorkerTracker) -> None:
