@@ -23,10 +23,10 @@ Nor may a shard's path to its run leave objects alive behind it: CPython starts 
 collection once the objects made exceed those freed by ``gc.get_threshold()[0]`` (700 by
 default), and a thousand shards each leaving one would start one inside the herd, holding up
 every shard behind it (and the objects young at that moment move to an older generation, on
-their way to the oldest, whose collection takes tens of milliseconds). A run's
-context is made before its shard sleeps, and what the run itself made is let go before it waits
-at the peal's end: while a peal rings its shards free more objects than they make (the next
-runs' contexts are made with the bookkeeping, after it).
+their way to the oldest, whose collection takes tens of milliseconds). A run's context is made
+before its shard sleeps, and what the run itself made is let go before it waits at the peal's
+end: while a peal rings its shards free more objects than they make (the next runs' contexts are
+made with the bookkeeping, after it).
 
 A shard that leaves its sleep for another reason (stop, trigger, resume) leaves the peal; one
 woken by the peal always passes it on, whatever woke it, so a peal never stops half-way. A
